@@ -1,0 +1,31 @@
+# Two commands: `make demo` and `make test`. Both create .venv when missing and install the project.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+# CPU wheel by default (it is what pip resolves for torch==2.13.0 on a CPU box with the local wheel);
+# on a GPU node: make TORCH_INDEX=https://download.pytorch.org/whl/cu128 ...
+TORCH_VERSION ?= 2.13.0
+TORCH_INDEX ?=
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test install clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) jobs/robpicker.py --smoke --output-dir outputs/demo
+
+test: $(STAMP)
+	$(VENV)/bin/pytest -q
+
+clean:
+	rm -rf $(VENV) outputs mlruns mlflow.db

@@ -1,0 +1,58 @@
+"""Build a named dataset recipe, or import a RELION particle set, into a cryoray dataset directory.
+
+Example usage:
+    python datasets/build.py --list
+    python datasets/build.py particles-smoke                      # -> $CRYORAY_DATA_DIR/particles-smoke
+    python datasets/build.py particles-4ake --output /data/4ake
+    python datasets/build.py --import-relion run_data.star --name myset --output /data/myset \
+        [--ground-truth-map reference.mrc]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from cryoray.data.recipes import build_particle_dataset, data_root, find_recipe, import_relion, known_recipes
+from cryoray.errors import CryorayInputError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("recipe", nargs="?", help="recipe name (datasets/<name>.yaml) or a recipe file")
+    parser.add_argument("--list", action="store_true", help="list the known recipes")
+    parser.add_argument("--import-relion", type=Path, metavar="STAR", help="RELION .star whose images to import")
+    parser.add_argument("--name", help="dataset name for an import (default: the STAR file's stem)")
+    parser.add_argument("--ground-truth-map", type=Path, help="reference map stored with an import")
+    parser.add_argument("--images-per-shard", type=int, default=4096)
+    parser.add_argument("--output", type=Path, help="dataset directory (default $CRYORAY_DATA_DIR/<name>)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    args = parser.parse_args(argv)
+    try:
+        if args.list:
+            print("\n".join(known_recipes()))
+            return 0
+        if args.import_relion:
+            name = args.name or args.import_relion.stem
+            out = import_relion(
+                args.import_relion, args.output or data_root() / name, name=name,
+                images_per_shard=args.images_per_shard, ground_truth_map=args.ground_truth_map,
+                overwrite=args.overwrite,
+            )
+        elif args.recipe:
+            recipe = Path(args.recipe) if args.recipe.endswith(".yaml") else find_recipe(args.recipe)
+            if recipe is None or not recipe.is_file():
+                raise CryorayInputError(None, "recipe", f"one of {', '.join(known_recipes())}", args.recipe)
+            out = build_particle_dataset(recipe, args.output or data_root() / recipe.stem, overwrite=args.overwrite)
+        else:
+            parser.error("give a recipe name, --import-relion STAR, or --list")
+    except CryorayInputError as exc:
+        print(f"datasets/build.py: bad input: {exc}", file=sys.stderr)
+        return 2
+    print(f"dataset written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""The job command line, written once: every ``jobs/<method>.py`` is ``sys.exit(run_job(Method()))``.
+
+Contract (DESIGN.md): ``--config FILE.yaml``, ``--dataset NAME|PATH``, ``--num-workers N``, ``--use-gpu``,
+``--output-dir DIR``, ``--tracking-uri URI``, ``--smoke``; the job joins the cluster in ``RAY_ADDRESS`` or
+starts a local Ray; it ends by writing ``<output-dir>/result.json`` and printing ``RESULT {json}`` as its
+last line; a failure exits non-zero with one sentence on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.train import TrainingFailedError
+
+from cryoray.config import deep_update, read_yaml_config, validate_job_config
+from cryoray.data.recipes import REPO_ROOT, resolve_dataset
+from cryoray.errors import CryorayInputError
+from cryoray.methods.base import Method
+from cryoray.tracking import RunLogger, default_tracking_uri, git_sha, start_run
+from cryoray.train.context import NonFiniteLossError
+from cryoray.train.runner import run_training
+
+RESULT_FILE = "result.json"
+
+
+def build_parser(method: Method) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=f"jobs/{method.name}.py",
+        description=f"Train {method.name} on Ray; tracked in MLflow. {(type(method).__doc__ or '').splitlines()[0]}",
+    )
+    parser.add_argument("--config", type=Path, help="YAML file (keys of cryoray.config.JobConfig; method settings under 'method:')")
+    parser.add_argument("--dataset", help=f"recipe name in datasets/ or a dataset directory (default {method.default_dataset})")
+    parser.add_argument("--num-workers", type=int, help="Ray Train workers (0 = train in this process)")
+    parser.add_argument("--use-gpu", action="store_true", default=None, help="one GPU per worker")
+    parser.add_argument("--output-dir", type=Path, help="where result.json and artifacts go (default outputs/<method>-<time>)")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///<cwd>/mlflow.db)")
+    parser.add_argument("--storage-path", help="Ray Train checkpoint storage (shared storage on multi-node clusters)")
+    parser.add_argument("--run-name", help="reuse a previous run name (same output dir) to resume from its checkpoint")
+    parser.add_argument("--smoke", action="store_true", help=f"tiny dataset and budget ({method.smoke_dataset}); < 2 minutes on 2 CPUs")
+    parser.add_argument("--overwrite", action="store_true", default=None, help="replace an output dir that already holds a result")
+    return parser
+
+
+def job_settings(method: Method, args: argparse.Namespace) -> dict[str, Any]:
+    """Merge defaults < smoke preset < config file < flags into one raw mapping."""
+    raw: dict[str, Any] = {"dataset": method.smoke_dataset if args.smoke else method.default_dataset}
+    if args.smoke:
+        raw = deep_update(raw, method.smoke_preset)
+    if args.config is not None:
+        raw = deep_update(raw, read_yaml_config(args.config))
+    flags = {
+        "dataset": args.dataset,
+        "num_workers": args.num_workers,
+        "use_gpu": args.use_gpu,
+        "output_dir": str(args.output_dir) if args.output_dir else None,
+        "tracking_uri": args.tracking_uri,
+        "storage_path": args.storage_path,
+        "run_name": args.run_name,
+        "overwrite": args.overwrite,
+    }
+    raw.update({k: v for k, v in flags.items() if v is not None})
+    raw.setdefault("output_dir", f"outputs/{method.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    raw["output_dir"] = str(Path(raw["output_dir"]).expanduser().resolve())
+    return raw
+
+
+def run_job(method: Method, argv: list[str] | None = None) -> int:
+    """Run one job end to end; returns the process exit code."""
+    args = build_parser(method).parse_args(argv)
+    try:
+        result = _run(method, args)
+    except CryorayInputError as exc:
+        return _fail(method, f"bad input: {exc}", code=2)
+    except NonFiniteLossError as exc:
+        return _fail(method, f"training stopped: {exc}")
+    except TrainingFailedError as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        return _fail(method, f"training failed: {lines[-1] if lines else type(exc).__name__}")
+    print("RESULT " + json.dumps(result), flush=True)
+    return 0
+
+
+def _fail(method: Method, sentence: str, code: int = 1) -> int:
+    print(f"cryoray {method.name}: {sentence}", file=sys.stderr, flush=True)
+    return code
+
+
+def _run(method: Method, args: argparse.Namespace) -> dict[str, Any]:
+    job, method_config = validate_job_config(job_settings(method, args), method.config_schema, args.config)
+    output_dir = Path(job.output_dir)
+    if (output_dir / RESULT_FILE).exists() and not job.overwrite:
+        raise CryorayInputError(output_dir, "--output-dir", "a folder without a finished result (or --overwrite)", f"{RESULT_FILE} exists")
+    dataset_dir, manifest = resolve_dataset(job.dataset)
+    if manifest.kind != method.dataset_kind:
+        raise CryorayInputError(dataset_dir, "kind", f"a {method.dataset_kind} dataset for {method.name}", manifest.kind)
+
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        # RAY_ADDRESS (set by `ray job submit`) joins that cluster; without it a local Ray starts.
+        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True, configure_logging=False)
+    tracking_uri = job.tracking_uri or default_tracking_uri(Path.cwd())
+    run_name = job.run_name or f"{method.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    handle = start_run(
+        tracking_uri,
+        job.experiment_name or f"cryoray-{method.name}",
+        run_name,
+        params={**job.model_dump(exclude={"method"}), "method": method_config.model_dump()},
+        tags={
+            "cryoray.method": method.name,
+            "cryoray.dataset": manifest.name,
+            "cryoray.dataset_dir": str(dataset_dir),
+            "mlflow.source.git.commit": git_sha(REPO_ROOT),
+        },
+    )
+    logger = RunLogger(handle)
+    try:
+        outcome = run_training(method, job, method_config, dataset_dir, manifest, run_name, handle)
+    except BaseException:
+        logger.finish(succeeded=False)
+        raise
+    finally:
+        if started_ray:
+            ray.shutdown()
+    logger.finish(succeeded=True)
+    result = {
+        "method": method.name,
+        "dataset": manifest.name,
+        "dataset_dir": str(dataset_dir),
+        "mlflow_run_id": handle.run_id if handle else None,
+        "tracking_uri": tracking_uri,
+        "run_name": run_name,
+        "metrics": outcome.metrics,
+        "artifacts": outcome.artifacts,
+        "output_dir": str(output_dir),
+        "checkpoint": outcome.checkpoint_path,
+        "resumed_from_epoch": outcome.resumed_from_epoch,
+    }
+    output_dir.mkdir(parents=True, exist_ok=True)
+    tmp = output_dir / f".{RESULT_FILE}.tmp"
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.replace(output_dir / RESULT_FILE)
+    return result

@@ -1,0 +1,106 @@
+"""Job configuration: one pydantic schema, validated once on the driver, with every problem named at once.
+
+Precedence, lowest first: the schema defaults, the method's ``--smoke`` preset, the ``--config`` YAML file,
+the command-line flags.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from cryoray.errors import CryorayInputError
+
+
+class RunnerConfig(BaseModel):
+    """Settings of the generic training runner, shared by every method."""
+
+    model_config = ConfigDict(extra="forbid")
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(64, ge=1, description="images (or patches) per worker per step")
+    max_steps_per_epoch: int | None = Field(None, ge=1, description="cap for smoke runs; None = whole shard")
+    checkpoint_every_epochs: int = Field(1, ge=1)
+    checkpoints_to_keep: int = Field(2, ge=1)
+    max_failures: int = Field(2, ge=0, description="worker-group restarts from the latest checkpoint")
+    log_every_steps: int = Field(10, ge=1)
+    seed: int = 0
+    shuffle_buffer_images: int | None = Field(1024, ge=1, description="local shuffle buffer per worker")
+    cpus_per_worker: float = Field(
+        0.5, gt=0, description="CPUs reserved per Train worker; keep some free for Ray Data read tasks"
+    )
+
+
+class JobConfig(BaseModel):
+    """Everything a job needs; ``method`` is validated by the method's own schema."""
+
+    model_config = ConfigDict(extra="forbid")
+    dataset: str = Field(description="recipe name in datasets/ or a dataset directory")
+    num_workers: int = Field(2, ge=0, description="Ray Train workers; 0 runs the loop in the driver process")
+    use_gpu: bool = False
+    output_dir: str
+    tracking_uri: str | None = None
+    experiment_name: str | None = None
+    storage_path: str | None = Field(None, description="Ray Train checkpoint storage; shared (s3://, NFS) on clusters")
+    run_name: str | None = Field(None, description="reuse a run name to resume it from its last checkpoint")
+    overwrite: bool = False
+    train: RunnerConfig = Field(default_factory=RunnerConfig)
+    method: dict[str, Any] = Field(default_factory=dict)
+
+
+def deep_update(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge (override wins), so a YAML file may set a single nested key."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_update(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_yaml_config(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping, or one clear error naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CryorayInputError(path, "--config", "an existing YAML file", "no such file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise CryorayInputError(path, "yaml", "valid YAML", str(exc).splitlines()[0]) from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise CryorayInputError(path, "top level", "a mapping of config keys", type(raw).__name__)
+    return raw
+
+
+def format_validation_errors(exc: ValidationError, prefix: str = "") -> list[str]:
+    """'key.path: message' for every problem pydantic found."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(part) for part in (prefix, *err["loc"]) if part != "")
+        lines.append(f"{loc}: {err['msg']}")
+    return lines
+
+
+def validate_job_config(
+    raw: dict[str, Any], method_schema: type[BaseModel], source: str | Path | None
+) -> tuple[JobConfig, BaseModel]:
+    """Validate the job part and the method part together; raise one error listing every problem."""
+    problems: list[str] = []
+    job = method_cfg = None
+    try:
+        job = JobConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems += format_validation_errors(exc)
+    try:
+        method_cfg = method_schema.model_validate(raw.get("method") or {})
+    except ValidationError as exc:
+        problems += format_validation_errors(exc, prefix="method")
+    if problems:
+        raise CryorayInputError(source or "configuration", "config", "valid settings", "; ".join(problems))
+    assert job is not None and method_cfg is not None
+    return job, method_cfg

@@ -1,0 +1,53 @@
+"""Ray Data pipelines for particle images: read the shards, stream batches into each Train worker.
+
+The driver builds one lazy ``ray.data.Dataset`` over the Parquet shards; ``TorchTrainer`` splits it across
+workers (``get_dataset_shard``), and each epoch re-executes the read in a new random block order with a local
+shuffle buffer, so the data are shuffled per epoch without ever being materialised in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import ray.data
+import torch
+
+from cryoray.data.shards import IMAGE_COLUMN, PARTICLE_COLUMNS
+from cryoray.io.manifest import DatasetManifest, shard_paths
+from cryoray.physics import euler_relion_to_matrix
+
+# Prefetching a few batches keeps the next batch ready while the model steps (benchmarks/data_throughput.py).
+PREFETCH_BATCHES = 4
+
+
+def particle_dataset(
+    dataset_dir: str | Path, manifest: DatasetManifest, extra_image_columns: tuple[str, ...] = ()
+) -> ray.data.Dataset:
+    """A lazy dataset of the numeric columns (images + pose + CTF), block order shuffled per execution."""
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    columns = [IMAGE_COLUMN, *extra_image_columns, *PARTICLE_COLUMNS]
+    ds = ray.data.read_parquet(shard_paths(dataset_dir, manifest)).select_columns(columns)
+    return ds.randomize_block_order()
+
+
+def iter_particle_batches(
+    shard: ray.data.DataIterator,
+    batch_size: int,
+    device: torch.device,
+    shuffle_buffer_images: int | None = None,
+    seed: int | None = None,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Batches of float32 tensors on ``device``, plus ``rotation`` (B, 3, 3) built from the Euler angles."""
+    for batch in shard.iter_torch_batches(
+        batch_size=batch_size,
+        dtypes=torch.float32,
+        device=device,
+        prefetch_batches=PREFETCH_BATCHES,
+        local_shuffle_buffer_size=shuffle_buffer_images,
+        local_shuffle_seed=seed,
+        drop_last=False,
+    ):
+        batch["rotation"] = euler_relion_to_matrix(batch["rot_deg"], batch["tilt_deg"], batch["psi_deg"])
+        yield batch

@@ -1,0 +1,87 @@
+"""Dataset directories: ``manifest.json`` plus the shards Ray Data streams.
+
+A dataset directory is self-describing: the manifest says what kind of data it holds, its voxel size and
+box, how many items, which shard files hold them, which ground-truth files came with it and how it was
+made (recipe, seed, source files), so a run can be reproduced from the manifest alone.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from cryoray import __version__
+from cryoray.errors import CryorayInputError
+
+MANIFEST_NAME = "manifest.json"
+SCHEMA_VERSION = 1
+
+DatasetKind = Literal["particles", "tomograms", "subtomograms"]
+
+
+class ShardEntry(BaseModel):
+    """One shard file, relative to the dataset directory, and the number of items in it."""
+
+    model_config = ConfigDict(extra="forbid")
+    path: str
+    count: int = Field(gt=0)
+
+
+class DatasetManifest(BaseModel):
+    """The contents of ``manifest.json``."""
+
+    model_config = ConfigDict(extra="forbid")
+    schema_version: Literal[1] = SCHEMA_VERSION
+    name: str
+    kind: DatasetKind
+    voxel_size_angstrom: float = Field(gt=0)
+    box_px: int = Field(gt=0)
+    count: int = Field(gt=0)
+    shards: list[ShardEntry] = Field(min_length=1)
+    columns: dict[str, str] = Field(description="column name -> meaning, with units")
+    ground_truth: dict[str, str] = Field(default_factory=dict, description="name -> file relative to the dataset")
+    provenance: dict[str, Any] = Field(default_factory=dict)
+    seed: int | None = None
+    created_with: str = f"cryoray {__version__}"
+
+
+def write_manifest(dataset_dir: str | Path, manifest: DatasetManifest) -> Path:
+    """Write ``manifest.json`` last, so a directory with a manifest is a complete dataset."""
+    path = Path(dataset_dir) / MANIFEST_NAME
+    path.write_text(json.dumps(manifest.model_dump(), indent=2) + "\n")
+    return path
+
+
+def read_manifest(dataset_dir: str | Path) -> DatasetManifest:
+    """Read and check a dataset directory: schema, shard files present, counts consistent."""
+    dataset_dir = Path(dataset_dir)
+    path = dataset_dir / MANIFEST_NAME
+    if not path.is_file():
+        raise CryorayInputError(dataset_dir, MANIFEST_NAME, "a dataset directory holding manifest.json", "no such file")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CryorayInputError(path, "json", "valid JSON", f"{exc.msg} at line {exc.lineno}") from None
+    try:
+        manifest = DatasetManifest.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise CryorayInputError(path, "manifest", "a valid cryoray manifest", problems) from None
+    missing = [s.path for s in manifest.shards if not (dataset_dir / s.path).is_file()]
+    if missing:
+        raise CryorayInputError(path, "shards", "every listed shard file to exist", f"missing {missing[:3]}")
+    total = sum(s.count for s in manifest.shards)
+    if total != manifest.count:
+        raise CryorayInputError(path, "count", f"the sum of shard counts ({total})", manifest.count)
+    for name, rel in manifest.ground_truth.items():
+        if not (dataset_dir / rel).is_file():
+            raise CryorayInputError(path, f"ground_truth.{name}", f"file {rel} to exist", "missing")
+    return manifest
+
+
+def shard_paths(dataset_dir: str | Path, manifest: DatasetManifest) -> list[str]:
+    """Absolute shard paths (workers chdir, so relative paths would break)."""
+    return [str((Path(dataset_dir) / s.path).resolve()) for s in manifest.shards]

@@ -1,0 +1,161 @@
+"""MRC / MRCS maps and image stacks, through `mrcfile`.
+
+Arrays are indexed (z, y, x) for volumes and (n, y, x) for image stacks, as `mrcfile` returns them.
+
+Voxel-size rule: the voxel size comes from the header unless the caller passes
+`voxel_size_angstrom`, which then wins. A header value of 0 means "not set" and is an error
+that asks for `voxel_size_angstrom`; a pixel size is never defaulted silently. A header value
+of 1.0 is read as 1.0 Å: it is also what many tools write when they know nothing, but it can be
+a real pixel size, so it is kept — pass `voxel_size_angstrom` (e.g. from the STAR file) to override.
+Volumes whose x/y/z voxel sizes differ (stacks: x/y) are read with the x size and a warning.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+
+from cryoray.errors import CryorayInputError
+from cryoray.io.validate import check_can_write, check_finite, check_positive
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_HARMLESS_HEADER_WARNINGS = ("Map ID string not found", "Unrecognised machine stamp")
+
+
+@dataclass(frozen=True)
+class MrcData:
+    """A map (z, y, x) or an image stack (n, y, x) in float32 with its voxel size."""
+
+    data: np.ndarray
+    voxel_size_angstrom: float
+    path: Path
+
+
+@dataclass(frozen=True)
+class MrcStack:
+    """A read-only memory-mapped image stack (n, y, x): images are read from disk only when indexed."""
+
+    data: np.memmap
+    voxel_size_angstrom: float
+    path: Path
+
+    def __len__(self) -> int:
+        return int(self.data.shape[0])
+
+
+def _open_permissive(path: Path, opener, **kwargs):
+    """Open leniently (files lacking the MAP id are common); fail only when mrcfile cannot find the data.
+
+    Other header oddities are passed on as warnings that name the file.
+    """
+    if not path.is_file():
+        raise CryorayInputError(path, "file", "an existing MRC file", "no such file")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            mrc = opener(str(path), mode="r", permissive=True, **kwargs)
+        except (ValueError, OSError, EOFError) as err:
+            raise CryorayInputError(path, "header", "a readable MRC file", str(err)) from None
+    problems = [str(w.message) for w in caught if not str(w.message).startswith(_HARMLESS_HEADER_WARNINGS)]
+    if mrc.data is None or mrc.data.size == 0 or mrc.data.ndim not in (2, 3):
+        mrc.close()
+        found = "; ".join(problems) or ("no data block" if mrc.data is None else f"data of shape {mrc.data.shape}")
+        raise CryorayInputError(path, "header", "a readable MRC file holding a 2D image, a volume or a stack", found)
+    for problem in problems:
+        warnings.warn(f"{path}: {problem}", stacklevel=3)
+    return mrc
+
+
+def _shortest_float(value: float) -> float:
+    """The header holds float32: read 2.806 back as 2.806, not 2.8059999942779541."""
+    return float(str(np.float32(value)))
+
+
+def _header_voxel_size(mrc, path: Path, given: float | None, is_stack: bool) -> float:
+    if given is not None:
+        return check_positive(given, path, "voxel_size_angstrom")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        voxel = mrc.voxel_size
+    axes = (voxel.x, voxel.y) if is_stack else (voxel.x, voxel.y, voxel.z)
+    sizes = tuple(_shortest_float(v) for v in axes)
+    if any(s <= 0 or not np.isfinite(s) for s in sizes):
+        raise CryorayInputError(
+            path, "voxel size", "a voxel size in the header, or pass voxel_size_angstrom", f"{sizes} (unset)"
+        )
+    if not np.allclose(sizes, sizes[0], rtol=1e-3):
+        warnings.warn(f"{path}: voxel size differs between axes {sizes} Å; using x = {sizes[0]} Å", stacklevel=3)
+    return sizes[0]
+
+
+def _is_stack(mrc, path: Path) -> bool:
+    return mrc.data.ndim == 3 and (mrc.header.ispg == 0 or path.name.endswith((".mrcs", ".mrcs.gz")))
+
+
+def read_mrc(path: str | Path, voxel_size_angstrom: float | None = None) -> MrcData:
+    """Load a whole .mrc/.mrcs/.map (optionally .gz) as float32, validated: finite values and a known voxel size."""
+    path = Path(path)
+    with _open_permissive(path, mrcfile.open) as mrc:
+        if not np.issubdtype(mrc.data.dtype, np.number) or np.iscomplexobj(mrc.data):
+            raise CryorayInputError(path, "mode", "a real-valued MRC mode (0, 1, 2, 6 or 12)", int(mrc.header.mode))
+        voxel = _header_voxel_size(mrc, path, voxel_size_angstrom, _is_stack(mrc, path))
+        data = np.asarray(mrc.data, dtype=np.float32).copy()
+    check_finite(data, path, "data")
+    return MrcData(data=data, voxel_size_angstrom=voxel, path=path)
+
+
+def open_stack_mmap(path: str | Path, voxel_size_angstrom: float | None = None) -> MrcStack:
+    """Memory-map an uncompressed image stack so large datasets stream without being loaded.
+
+    Values are not scanned here (that would read the whole file): check each batch with
+    `cryoray.io.validate.check_finite` where it is read. A single 2D image maps as (1, y, x).
+    """
+    path = Path(path)
+    if path.is_file():
+        with path.open("rb") as handle:
+            if handle.read(2) == _GZIP_MAGIC:
+                raise CryorayInputError(path, "compression", "an uncompressed file for memory mapping (gunzip it)", "gzip")
+    with _open_permissive(path, mrcfile.mmap) as mrc:
+        voxel = _header_voxel_size(mrc, path, voxel_size_angstrom, is_stack=True)
+        data = mrc.data if mrc.data.ndim == 3 else mrc.data[np.newaxis]
+    return MrcStack(data=data, voxel_size_angstrom=voxel, path=path)
+
+
+def read_mrc_shape(path: str | Path) -> tuple[int, ...]:
+    """The array shape from the header alone, without reading the data (e.g. a stack's box size)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CryorayInputError(path, "file", "an existing MRC file", "no such file")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            with mrcfile.open(str(path), mode="r", permissive=True, header_only=True) as mrc:
+                header = mrc.header
+                shape = (int(header.nz), int(header.ny), int(header.nx))
+        except (ValueError, OSError, EOFError) as err:
+            raise CryorayInputError(path, "header", "a readable MRC file", str(err)) from None
+    return shape
+
+
+def write_mrc(path: str | Path, array: np.ndarray, voxel_size_angstrom: float, overwrite: bool = False) -> Path:
+    """Write a float32 map, or an image stack when the name ends in .mrcs, with the voxel size in the header.
+
+    A name ending in .gz is gzip-compressed. An existing file is kept unless `overwrite=True`.
+    """
+    path = check_can_write(path, overwrite)
+    voxel = check_positive(voxel_size_angstrom, path, "voxel_size_angstrom")
+    data = np.asarray(array, dtype=np.float32)
+    if data.ndim not in (2, 3):
+        raise CryorayInputError(path, "array", "a 2D image, a (z, y, x) volume or an (n, y, x) stack", f"shape {data.shape}")
+    check_finite(data, path, "array")
+    stack = path.name.endswith((".mrcs", ".mrcs.gz"))
+    compression = "gzip" if path.suffix == ".gz" else None
+    with mrcfile.new(str(path), compression=compression, overwrite=True) as mrc:
+        mrc.set_data(np.ascontiguousarray(data))
+        if stack and data.ndim == 3:
+            mrc.set_image_stack()
+        mrc.voxel_size = voxel
+    return path

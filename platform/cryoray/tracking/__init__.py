@@ -1,0 +1,160 @@
+"""MLflow tracking: one run per job, logged by the driver and by rank 0 only, never fatal to training.
+
+The driver creates the run (params = flattened config, tags = git sha, package version, dataset, method) and
+hands a small picklable ``TrackingHandle`` to the workers; rank 0 logs metrics and artifacts through a
+stateless ``MlflowClient`` with the absolute tracking URI (Train workers change directory). Any tracking
+failure is reported once on stderr and logging stops, while training goes on.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# A dead tracking server should cost seconds, not MLflow's default minutes of retries.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+from mlflow.entities import Metric, Param, RunStatus  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from cryoray import __version__  # noqa: E402
+
+MAX_PARAM_LENGTH = 6000
+
+
+def default_tracking_uri(base_dir: str | Path) -> str:
+    """A local SQLite store ``<base_dir>/mlflow.db`` (absolute: Train workers chdir)."""
+    return f"sqlite:///{Path(base_dir).resolve() / 'mlflow.db'}"
+
+
+def flatten_params(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """{'train': {'epochs': 3}} -> {'train.epochs': '3'} (MLflow params are flat strings)."""
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_params(value, prefix=f"{name}."))
+        else:
+            flat[name] = str(value)[:MAX_PARAM_LENGTH]
+    return flat
+
+
+def git_sha(repo_dir: str | Path = ".") -> str:
+    """The commit of the code that ran, or 'unknown' outside a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=repo_dir, capture_output=True, text=True, timeout=5, check=True
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+@dataclass(frozen=True)
+class TrackingHandle:
+    """Picklable pointer to an MLflow run, sent to the workers."""
+
+    tracking_uri: str
+    experiment_id: str
+    run_id: str
+
+
+class RunLogger:
+    """Logs to one MLflow run; after the first failure it warns once and turns itself off."""
+
+    def __init__(self, handle: TrackingHandle | None) -> None:
+        self.handle = handle
+        self._client = MlflowClient(handle.tracking_uri) if handle else None
+
+    @property
+    def active(self) -> bool:
+        return self._client is not None
+
+    def _disable(self, what: str, exc: Exception) -> None:
+        uri = self.handle.tracking_uri if self.handle else "?"
+        print(
+            f"cryoray: MLflow tracking at {uri} failed while {what} ({type(exc).__name__}: {exc}); "
+            "training continues without tracking",
+            file=sys.stderr,
+            flush=True,
+        )
+        self._client = None
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        if not self._client or not metrics:
+            return
+        now = int(time.time() * 1000)
+        batch = [Metric(key, float(value), now, step) for key, value in metrics.items()]
+        try:
+            self._client.log_batch(self.handle.run_id, metrics=batch)
+        except Exception as exc:  # noqa: BLE001 - tracking must never stop training
+            self._disable("logging metrics", exc)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        if not self._client:
+            return
+        try:
+            self._client.log_artifact(self.handle.run_id, str(path), artifact_path)
+        except Exception as exc:  # noqa: BLE001
+            self._disable(f"uploading {path}", exc)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        if not self._client:
+            return
+        try:
+            for key, value in tags.items():
+                self._client.set_tag(self.handle.run_id, key, value)
+        except Exception as exc:  # noqa: BLE001
+            self._disable("setting tags", exc)
+
+    def finish(self, succeeded: bool) -> None:
+        if not self._client:
+            return
+        status = RunStatus.to_string(RunStatus.FINISHED if succeeded else RunStatus.FAILED)
+        try:
+            self._client.set_terminated(self.handle.run_id, status=status)
+        except Exception as exc:  # noqa: BLE001
+            self._disable("closing the run", exc)
+
+
+def start_run(
+    tracking_uri: str,
+    experiment_name: str,
+    run_name: str,
+    params: dict[str, Any],
+    tags: dict[str, str],
+    parent_run_id: str | None = None,
+) -> TrackingHandle | None:
+    """Create the job's run (nested under ``parent_run_id`` for sweep trials); None if tracking is down."""
+    try:
+        client = MlflowClient(tracking_uri)
+        experiment = client.get_experiment_by_name(experiment_name)
+        if experiment is not None:
+            experiment_id = experiment.experiment_id
+        else:
+            artifact_location = None
+            if tracking_uri.startswith("sqlite:///"):
+                store_dir = Path(tracking_uri.removeprefix("sqlite:///")).parent
+                artifact_location = (store_dir / "mlartifacts" / experiment_name).as_uri()
+            experiment_id = client.create_experiment(experiment_name, artifact_location=artifact_location)
+        all_tags = {"cryoray.version": __version__, **tags}
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
+        flat = flatten_params(params)
+        client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in flat.items()])
+    except Exception as exc:  # noqa: BLE001 - an unreachable server must not stop the job
+        print(
+            f"cryoray: MLflow tracking at {tracking_uri} is unavailable ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); training continues without tracking",
+            file=sys.stderr,
+            flush=True,
+        )
+        return None
+    return TrackingHandle(tracking_uri=tracking_uri, experiment_id=experiment_id, run_id=run.info.run_id)

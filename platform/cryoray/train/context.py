@@ -1,0 +1,78 @@
+"""Per-worker training context: rank, device, counters, and the guarded optimiser step."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.distributed as dist
+
+if TYPE_CHECKING:
+    import ray.data
+
+    from cryoray.io.manifest import DatasetManifest
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss term became NaN or Inf; raised before the optimiser step so no weight is corrupted."""
+
+
+@dataclass
+class TrainContext:
+    """What a method's hooks may use on a worker."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+    dataset_dir: Path
+    manifest: DatasetManifest
+    runner: Any  # cryoray.config.RunnerConfig
+    epoch: int = 0
+    global_step: int = 0
+    datasets: dict[str, ray.data.DataIterator] = field(default_factory=dict)
+
+    @property
+    def is_rank_zero(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1 and dist.is_available() and dist.is_initialized()
+
+    def all_reduce_mean(self, values: torch.Tensor) -> torch.Tensor:
+        """Mean over ranks (identity on one worker)."""
+        if not self.distributed:
+            return values
+        values = values.detach().clone()
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        return values / self.world_size
+
+    def check_finite(self, losses: Mapping[str, torch.Tensor]) -> None:
+        """Stop every rank together when any rank sees a non-finite term (a lone rank would hang DDP)."""
+        bad = [name for name, value in losses.items() if not torch.isfinite(value.detach()).all()]
+        flag = torch.tensor([float(bool(bad))], device=self.device)
+        if self.distributed:
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() > 0:
+            where = f"loss term {bad[0]!r}" if bad else "a loss term on another worker"
+            raise NonFiniteLossError(
+                f"{where} is not finite at step {self.global_step} (epoch {self.epoch}); "
+                "stopped before the optimizer step"
+            )
+
+    def step(
+        self,
+        optimizer: torch.optim.Optimizer,
+        losses: Mapping[str, torch.Tensor],
+        weights: Mapping[str, float] | None = None,
+    ) -> torch.Tensor:
+        """Weighted sum of named loss terms -> finite check -> backward -> optimiser step."""
+        self.check_finite(losses)
+        total = sum((weights or {}).get(name, 1.0) * value for name, value in losses.items())
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        return total.detach()
