@@ -21,8 +21,11 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
+# Until jobs/robpicker.py exists the demo is the smallest real job: build the simulated single-particle
+# smoke set, reconstruct its map on 2 Ray Train workers, track it in MLflow.
 demo: $(STAMP)
-	$(PY) jobs/robpicker.py --smoke --output-dir outputs/demo
+	$(PY) jobs/reconstruct.py --smoke --output-dir outputs/demo --overwrite
+	@echo "Results: outputs/demo (result.json, map.mrc, fsc.csv/png). Browse runs: $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db"
 
 test: $(STAMP)
 	$(VENV)/bin/pytest -q

@@ -24,3 +24,11 @@ def shared_data() -> Path:
             pytest.fail(reason)
         pytest.skip(reason)
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Datasets built by tests go to a session temp dir, never to the user's cache."""
+    path = tmp_path_factory.mktemp("cryoray_datasets")
+    os.environ["CRYORAY_DATA_DIR"] = str(path)
+    return path

@@ -67,7 +67,9 @@ def atomic_model_to_density(
     """
     path = Path(path)
     voxel = check_positive(voxel_size_angstrom, path, "voxel_size_angstrom")
-    resolution = 2.0 * voxel if resolution_angstrom is None else check_positive(resolution_angstrom, path, "resolution_angstrom")
+    resolution = (
+        2.0 * voxel if resolution_angstrom is None else check_positive(resolution_angstrom, path, "resolution_angstrom")
+    )
     model = _load_model(path)
     com = model.calculate_center_of_mass()
     offsets = _atom_positions(model) - np.array([com.x, com.y, com.z])
@@ -81,7 +83,8 @@ def atomic_model_to_density(
             needed = 2 * math.ceil(np.abs(offsets).max() / voxel) + 2
             raise CryorayInputError(path, "box_px", f"at least {needed} px to hold the model at {voxel} Å/px", box_px)
     centre = (box_px // 2) * voxel
-    model.transform_pos_and_adp(gemmi.Transform(gemmi.Mat33(), gemmi.Vec3(centre - com.x, centre - com.y, centre - com.z)))
+    to_centre = gemmi.Vec3(centre - com.x, centre - com.y, centre - com.z)
+    model.transform_pos_and_adp(gemmi.Transform(gemmi.Mat33(), to_centre))
     for cra in model.all():
         cra.atom.b_iso = 0.0
     side = box_px * voxel

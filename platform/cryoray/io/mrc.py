@@ -117,7 +117,9 @@ def open_stack_mmap(path: str | Path, voxel_size_angstrom: float | None = None) 
     if path.is_file():
         with path.open("rb") as handle:
             if handle.read(2) == _GZIP_MAGIC:
-                raise CryorayInputError(path, "compression", "an uncompressed file for memory mapping (gunzip it)", "gzip")
+                raise CryorayInputError(
+                    path, "compression", "an uncompressed file for memory mapping (gunzip it)", "gzip"
+                )
     with _open_permissive(path, mrcfile.mmap) as mrc:
         voxel = _header_voxel_size(mrc, path, voxel_size_angstrom, is_stack=True)
         data = mrc.data if mrc.data.ndim == 3 else mrc.data[np.newaxis]
@@ -149,7 +151,8 @@ def write_mrc(path: str | Path, array: np.ndarray, voxel_size_angstrom: float, o
     voxel = check_positive(voxel_size_angstrom, path, "voxel_size_angstrom")
     data = np.asarray(array, dtype=np.float32)
     if data.ndim not in (2, 3):
-        raise CryorayInputError(path, "array", "a 2D image, a (z, y, x) volume or an (n, y, x) stack", f"shape {data.shape}")
+        expected = "a 2D image, a (z, y, x) volume or an (n, y, x) stack"
+        raise CryorayInputError(path, "array", expected, f"shape {data.shape}")
     check_finite(data, path, "array")
     stack = path.name.endswith((".mrcs", ".mrcs.gz"))
     compression = "gzip" if path.suffix == ".gz" else None

@@ -9,7 +9,7 @@ names, writers turn them back. Particle columns:
     rot_deg tilt_deg psi_deg                 RELION ZYZ Euler angles (present when the STAR has them)
     shift_x_angstrom shift_y_angstrom        rlnOriginX/YAngst (RELION 3.0: rlnOriginX/Y · pixel size);
                                              0 when absent. RELION's sign: the particle sits at the
-                                             image centre + shift, i.e. image = shift(projection, +shift)
+                                             image centre − shift, i.e. image = shift(projection, −shift)
     defocus_u_angstrom defocus_v_angstrom defocus_angle_deg phase_shift_deg   (present when the STAR has a CTF)
     voltage_kv cs_mm amplitude_contrast pixel_size_angstrom box_px            (from the particle's optics group)
 
@@ -178,7 +178,8 @@ def _split_image_names(df: pd.DataFrame, path: Path, base: Path) -> tuple[np.nda
     bad = ~np.isfinite(numbers) | (numbers < 1) | (numbers != np.round(numbers))
     if bad.any():
         row = int(np.argmax(bad))
-        raise CryorayInputError(path, "rlnImageName", "'<1-based index>@<stack file>'", f"{names.iloc[row]!r} in row {row + 1}")
+        found = f"{names.iloc[row]!r} in row {row + 1}"
+        raise CryorayInputError(path, "rlnImageName", "'<1-based index>@<stack file>'", found)
     resolved = {f: os.path.abspath(base / f) for f in files.unique()}
     return numbers.astype(np.int64) - 1, [resolved[f] for f in files]
 
@@ -188,7 +189,8 @@ def _box_from_stacks(image_paths: list[str], path: Path) -> dict[str, int]:
     boxes = {}
     for stack in dict.fromkeys(image_paths):
         if not Path(stack).is_file():
-            raise CryorayInputError(path, "rlnImageSize", "an image size in the STAR, or the stacks it names", f"missing {stack}")
+            expected = "an image size in the STAR, or the stacks it names"
+            raise CryorayInputError(path, "rlnImageSize", expected, f"missing {stack}")
         shape = read_mrc_shape(stack)
         if shape[-1] != shape[-2]:
             raise CryorayInputError(stack, "image shape", "square images", f"{shape[-2]} x {shape[-1]}")
@@ -200,9 +202,8 @@ def _normalise_optics(raw: pd.DataFrame, path: Path, block: str) -> pd.DataFrame
     """Optics columns with units in their names; unknown rln optics columns are kept."""
     optics = pd.DataFrame(index=raw.index)
     optics["optics_group"] = _integers(raw, "rlnOpticsGroup", path, block)
-    optics["optics_group_name"] = (
-        raw["rlnOpticsGroupName"].astype(str) if "rlnOpticsGroupName" in raw else "opticsGroup" + optics["optics_group"].astype(str)
-    )
+    names = "opticsGroup" + optics["optics_group"].astype(str)
+    optics["optics_group_name"] = raw["rlnOpticsGroupName"].astype(str) if "rlnOpticsGroupName" in raw else names
     optics["pixel_size_angstrom"] = _pixel_sizes(raw, path, block)
     for rln in ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast"):
         if rln in raw:
@@ -234,7 +235,8 @@ def _relion30_optics(raw: pd.DataFrame, path: Path, block: str) -> tuple[pd.Data
 def _pick_blocks(blocks: dict[str, pd.DataFrame], path: Path) -> tuple[pd.DataFrame, pd.DataFrame | None, str]:
     if "optics" in blocks:
         if "particles" not in blocks:
-            raise CryorayInputError(path, "data_particles", "a particles block next to data_optics", f"blocks {list(blocks)}")
+            expected = "a particles block next to data_optics"
+            raise CryorayInputError(path, "data_particles", expected, f"blocks {list(blocks)}")
         return blocks["particles"], blocks["optics"], "particles"
     with_images = [name for name, df in blocks.items() if "rlnImageName" in df]
     if len(with_images) != 1:
@@ -270,10 +272,9 @@ def read_particles_star(path: str | Path, image_dir: str | Path | None = None) -
     unknown = ~particles["optics_group"].isin(optics["optics_group"])
     if unknown.any():
         row = int(np.argmax(unknown.to_numpy()))
-        raise CryorayInputError(
-            path, "rlnOpticsGroup", f"one of the groups in data_{optics_block} {sorted(optics['optics_group'].tolist())}",
-            f"{particles['optics_group'].iloc[row]} in row {row + 1}",
-        )
+        known = sorted(optics["optics_group"].tolist())
+        found = f"{particles['optics_group'].iloc[row]} in row {row + 1}"
+        raise CryorayInputError(path, "rlnOpticsGroup", f"one of the groups in data_{optics_block} {known}", found)
     pixel = optics.set_index("optics_group")["pixel_size_angstrom"].loc[particles["optics_group"]].to_numpy()
     for rln, name in PARTICLE_NAMES.items():
         if rln in raw:
@@ -287,12 +288,14 @@ def read_particles_star(path: str | Path, image_dir: str | Path | None = None) -
         _require(raw, ["rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle"], path, block)
         for rln in ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast"):
             if OPTICS_NAMES[rln] not in optics:
-                raise CryorayInputError(path, rln, f"a column in data_{optics_block} (needed for the CTF)", "no such column")
+                expected = f"a column in data_{optics_block} (needed for the CTF)"
+                raise CryorayInputError(path, rln, expected, "no such column")
         if "phase_shift_deg" not in particles:
             particles["phase_shift_deg"] = 0.0
     if "box_px" not in optics:
         boxes = _box_from_stacks(image_path, path)
-        per_group = pd.DataFrame({"g": particles["optics_group"], "box": [boxes[p] for p in image_path]}).drop_duplicates()
+        per_group = pd.DataFrame({"g": particles["optics_group"], "box": [boxes[p] for p in image_path]})
+        per_group = per_group.drop_duplicates()
         if per_group["g"].duplicated().any():
             raise CryorayInputError(path, "rlnImageName", "stacks of one box size per optics group", "mixed box sizes")
         optics["box_px"] = optics["optics_group"].map(per_group.set_index("g")["box"]).astype(np.int64)
@@ -310,15 +313,16 @@ def _optics_for_writing(particles: pd.DataFrame, optics_extra: pd.DataFrame | No
     per_group = particles[["optics_group", *present]].drop_duplicates()
     if per_group["optics_group"].duplicated().any():
         group = per_group["optics_group"][per_group["optics_group"].duplicated()].iloc[0]
-        raise CryorayInputError(path, "optics_group", "one voltage/Cs/amplitude contrast/pixel size/box per optics group",
-                                f"several settings in group {group}")
+        expected = "one voltage/Cs/amplitude contrast/pixel size/box per optics group"
+        raise CryorayInputError(path, "optics_group", expected, f"several settings in group {group}")
     optics = per_group.sort_values("optics_group").reset_index(drop=True)
     if optics_extra is not None:
         keep = [c for c in optics_extra.columns if c.startswith("rln") or c == "optics_group_name"]
         optics = optics.merge(optics_extra[["optics_group", *keep]], on="optics_group", how="left")
-    if "optics_group_name" not in optics:
-        optics["optics_group_name"] = "opticsGroup" + optics["optics_group"].astype(str)
-    optics["optics_group_name"] = optics["optics_group_name"].fillna("opticsGroup" + optics["optics_group"].astype(str))
+    default_names = "opticsGroup" + optics["optics_group"].astype(str)
+    if "optics_group_name" in optics:
+        default_names = optics["optics_group_name"].fillna(default_names)
+    optics["optics_group_name"] = default_names
     if "rlnImageDimensionality" not in optics:
         optics["rlnImageDimensionality"] = 2
     rename = {v: k for k, v in OPTICS_NAMES.items()} | {"optics_group_name": "rlnOpticsGroupName"}
@@ -343,13 +347,15 @@ def write_particles_star(path: str | Path, table: ParticleTable | pd.DataFrame, 
     if "optics_group" not in particles:
         settings = [c for c in _OPTICS_VALUES if c in particles]
         particles = particles.assign(optics_group=particles.groupby(settings, sort=False).ngroup().to_numpy() + 1)
-    numeric = ["image_index", "optics_group", *[c for c in (*PARTICLE_NAMES.values(), *_OPTICS_VALUES) if c in particles]]
+    numbers = [c for c in (*PARTICLE_NAMES.values(), *_OPTICS_VALUES) if c in particles]
+    numeric = ["image_index", "optics_group", *numbers]
     for column in numeric:
         _numbers(particles, column, path, "particles")
     optics = _optics_for_writing(particles, optics_extra, path)
     folder = path.parent.resolve()
     stacks = {p: _stack_name(p, folder) for p in particles["image_path"].astype(str).unique()}
-    names = [f"{int(i) + 1:06d}@{stacks[p]}" for i, p in zip(particles["image_index"], particles["image_path"].astype(str))]
+    image_paths = particles["image_path"].astype(str)
+    names = [f"{int(i) + 1:06d}@{stacks[p]}" for i, p in zip(particles["image_index"], image_paths)]
     out = pd.DataFrame({"rlnImageName": names, "rlnOpticsGroup": particles["optics_group"].astype(np.int64)})
     for rln, name in PARTICLE_NAMES.items():
         if name in particles:
@@ -364,7 +370,8 @@ def _coordinate_block(blocks: dict[str, pd.DataFrame], path: Path) -> pd.DataFra
     for block in blocks.values():
         if "rlnCoordinateX" in block:
             return block
-    raise CryorayInputError(path, "rlnCoordinateX", "a data block with rlnCoordinateX/Y/Z (tomogram picks)", f"blocks {list(blocks)}")
+    expected = "a data block with rlnCoordinateX/Y/Z (tomogram picks)"
+    raise CryorayInputError(path, "rlnCoordinateX", expected, f"blocks {list(blocks)}")
 
 
 def read_coordinates(path: str | Path) -> pd.DataFrame:
@@ -391,7 +398,8 @@ def read_coordinates(path: str | Path) -> pd.DataFrame:
         found = next((a for a in aliases if a in raw), None)
         if found is None:
             if name in ("x_px", "y_px", "z_px"):
-                raise CryorayInputError(path, aliases[-1] if block != "csv" else name, f"a column in {path.name}", "no such column")
+                field = name if block == "csv" else aliases[-1]
+                raise CryorayInputError(path, field, f"a column in {path.name}", "no such column")
             continue
         if name == "tomo_name":
             picks[name] = raw[found].astype(str)

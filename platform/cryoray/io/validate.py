@@ -22,9 +22,8 @@ def check_can_write(path: str | Path, overwrite: bool) -> Path:
     """Refuse to replace a user's file unless `overwrite=True`; returns the path as a Path."""
     path = Path(path)
     if path.exists() and not overwrite:
-        raise CryorayInputError(
-            path, "output path", "a path that does not exist yet (pass overwrite=True to replace it)", "an existing file"
-        )
+        expected = "a path that does not exist yet (pass overwrite=True to replace it)"
+        raise CryorayInputError(path, "output path", expected, "an existing file")
     if path.is_dir():
         raise CryorayInputError(path, "output path", "a file path", "a directory")
     return path

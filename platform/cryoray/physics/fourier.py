@@ -26,6 +26,7 @@ __all__ = [
     "hartley_to_fourier",
     "fourier_to_hartley",
     "negate_frequencies",
+    "centered_grid",
     "frequency_grid",
     "radial_frequency_grid",
 ]
@@ -147,6 +148,28 @@ def fourier_to_hartley(f: torch.Tensor) -> torch.Tensor:
     return f.real - f.imag
 
 
+def centered_grid(
+    box: int,
+    ndim: int,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Integer lattice coordinates relative to the centre ``box//2``, shape ``(box,)*ndim + (ndim,)``.
+
+    The last axis holds the components in vector order ``(x, y[, z])`` while the grid is indexed
+    ``([z,] y, x)`` like the arrays, so ``grid[..., 0]`` varies along the last array axis. The
+    values are exact integers in any floating dtype.
+    """
+    if isinstance(box, bool) or not isinstance(box, int) or box < 1:
+        raise ValueError(f"centered_grid: box must be a positive integer, got {box!r}")
+    if ndim not in (1, 2, 3):
+        raise ValueError(f"centered_grid: ndim must be 1, 2 or 3, got {ndim}")
+    c = torch.arange(box, dtype=dtype, device=device) - box // 2
+    axes = torch.meshgrid(*([c] * ndim), indexing="ij")
+    return torch.stack(axes[::-1], dim=-1)
+
+
 def frequency_grid(
     box: int,
     ndim: int,
@@ -155,23 +178,15 @@ def frequency_grid(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """Centred frequency vectors, shape ``(box,)*ndim + (ndim,)``.
+    """Centred frequency vectors ``(kx, ky[, kz])``, shape ``(box,)*ndim + (ndim,)``.
 
-    The last axis holds the components in vector order ``(kx, ky[, kz])`` while the grid is indexed
-    ``([z,] y, x)`` like the arrays, so ``grid[..., 0]`` varies along the last array axis. Units are
-    cycles/pixel, or 1/Å when ``pixel_size_angstrom`` is given.
+    Component order and indexing as :func:`centered_grid`. Units are cycles/pixel, or 1/Å when
+    ``pixel_size_angstrom`` is given.
     """
-    if box < 1:
-        raise ValueError(f"frequency_grid: box must be a positive integer, got {box}")
-    if ndim not in (1, 2, 3):
-        raise ValueError(f"frequency_grid: ndim must be 1, 2 or 3, got {ndim}")
     if pixel_size_angstrom is not None and not pixel_size_angstrom > 0:
         raise ValueError(f"frequency_grid: pixel_size_angstrom must be > 0, got {pixel_size_angstrom}")
-    k = (torch.arange(box, dtype=dtype, device=device) - box // 2) / box
-    if pixel_size_angstrom is not None:
-        k = k / pixel_size_angstrom
-    axes = torch.meshgrid(*([k] * ndim), indexing="ij")
-    return torch.stack(axes[::-1], dim=-1)
+    k = centered_grid(box, ndim, dtype=dtype, device=device) / box
+    return k / pixel_size_angstrom if pixel_size_angstrom is not None else k
 
 
 def radial_frequency_grid(

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .fourier import fft2_centered, fft3_centered, frequency_grid, ifft2_centered
+from .fourier import centered_grid, fft2_centered, fft3_centered, frequency_grid, ifft2_centered
 
 __all__ = [
     "slice_volume_fourier",
@@ -50,11 +50,6 @@ def _check_rotations(rotations: torch.Tensor, volume: torch.Tensor, name: str) -
     return rot, single
 
 
-def _lattice(box: int, ndim: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Integer lattice coordinates (x, y[, z]) centred at box//2, shape (box,)*ndim + (ndim,)."""
-    return frequency_grid(box, ndim, dtype=dtype, device=device) * box
-
-
 def _sample(volume: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     """Trilinear samples of ``volume`` (N, C, D, D, D) at centred (x, y, z) ``points`` (N, ...3)."""
     box = volume.shape[-1]
@@ -80,7 +75,7 @@ def slice_volume_fourier(volume_ft: torch.Tensor, rotations: torch.Tensor) -> to
     box = _check_cube(volume_ft, "slice_volume_fourier")
     rot, single = _check_rotations(rotations, volume_ft, "slice_volume_fourier")
     real_dtype = volume_ft.real.dtype if volume_ft.is_complex() else volume_ft.dtype
-    plane = _lattice(box, 2, real_dtype, volume_ft.device)
+    plane = centered_grid(box, 2, dtype=real_dtype, device=volume_ft.device)
     plane = torch.cat((plane, torch.zeros_like(plane[..., :1])), dim=-1)  # (D, D, 3) lab (kx, ky, 0)
     points = torch.einsum("bji,yxj->byxi", rot.to(real_dtype), plane)  # Rᵀ k for every pixel
     channels = _as_channels(volume_ft)
@@ -138,7 +133,7 @@ def project_real_space(volume: torch.Tensor, rotations: torch.Tensor) -> torch.T
     """
     box = _check_cube(volume, "project_real_space")
     rot, single = _check_rotations(rotations, volume, "project_real_space")
-    lattice = _lattice(box, 3, volume.dtype, volume.device)  # (D, D, D, 3) lab (x, y, z)
+    lattice = centered_grid(box, 3, dtype=volume.dtype, device=volume.device)  # (D, D, D, 3) lab (x, y, z)
     points = torch.einsum("bji,zyxj->bzyxi", rot.to(volume.dtype), lattice)
     channels = _as_channels(volume)
     if volume.ndim == 3:

@@ -1,9 +1,10 @@
 """A built-in test volume, so simulations and demos need no external file.
 
 "asymmetric_blobs": six Gaussian blobs of different sizes and heights at non-coplanar positions.
-The arrangement has no symmetry (three distinct principal moments) and is chiral, so a wrong hand or a wrong pose shows up in any
-comparison with the ground truth; it is smooth (band-limited in practice) so it projects cleanly,
-and it stays inside the sphere inscribed in the box so every rotation keeps it in the box.
+The arrangement has no symmetry (three distinct principal moments) and is chiral, so a wrong hand
+or a wrong pose shows up in any comparison with the ground truth. It is smooth (band-limited in
+practice), so it projects cleanly, and it stays inside the sphere inscribed in the box, so every
+rotation keeps it in the box.
 """
 
 from __future__ import annotations

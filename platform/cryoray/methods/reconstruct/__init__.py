@@ -107,7 +107,7 @@ class KnownPoseReconstruction(Method):
             "map_l2": config.l2_weight * torch.mean(state.unwrapped("map").density ** 2),
         }
         total = ctx.step(state.optimizers["map"], losses)
-        return {"loss": float(total), "data_mse": float(losses["data_mse"])}
+        return {"loss": total.item(), "data_mse": losses["data_mse"].item()}
 
     def evaluate(self, state: TrainState, config: ReconstructConfig, ctx: TrainContext) -> dict[str, float]:
         reference = self._ground_truth(ctx)

@@ -1,0 +1,361 @@
+"""Evaluation metrics: FSC and resolution, PSNR/SSIM, pose error after global alignment, picking scores.
+
+FSC follows cryoDRGN's ``fsc`` command: integer shells of the radius ``r`` (in pixels, from the
+centred origin ``D//2``); entry 0 is frequency 0 with FSC forced to 1, entry ``i = 1 .. D//2-1``
+correlates the voxels with ``i-1 <= r < i`` and is labelled ``i/D`` cycles/pixel.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
+
+from .fourier import centered_grid, fft2_centered, fft3_centered
+from .rotations import geodesic_distance_deg
+
+__all__ = [
+    "fourier_shell_correlation",
+    "fsc_resolution_angstrom",
+    "psnr",
+    "ssim",
+    "rotation_error_after_alignment",
+    "match_picks",
+    "picking_scores",
+]
+
+
+def fourier_shell_correlation(
+    map1: torch.Tensor, map2: torch.Tensor, *, ndim: int = 3
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fourier shell (ndim=3) or ring (ndim=2) correlation, cryoDRGN's integer shells.
+
+    ``map1``, ``map2``: real (..., D, D, D) (or (..., D, D)), same shape; leading dims are a batch.
+    Returns ``(frequency, fsc)``: frequency (D//2,) in cycles/pixel, fsc (..., D//2) with
+    ``fsc_i = Re Σ F1 F2* / sqrt(Σ|F1|² Σ|F2|²)`` over shell i. Differentiable (usable as a loss).
+    """
+    if ndim not in (2, 3):
+        raise ValueError(f"fourier_shell_correlation: ndim must be 2 or 3, got {ndim}")
+    if map1.shape != map2.shape:
+        raise ValueError(f"fourier_shell_correlation: maps differ in shape: {tuple(map1.shape)} vs {tuple(map2.shape)}")
+    box = map1.shape[-1] if map1.ndim >= ndim else 0
+    if map1.ndim < ndim or len(set(map1.shape[-ndim:])) != 1 or box < 4:
+        raise ValueError(f"fourier_shell_correlation: expected cubic/square maps of size >= 4, got shape {tuple(map1.shape)}")
+    if map1.is_complex() or map2.is_complex():
+        raise ValueError("fourier_shell_correlation: expected real maps")
+    fft = fft3_centered if ndim == 3 else fft2_centered
+    f1, f2 = fft(map1), fft(map2)
+    n_shells = box // 2
+    radius = torch.linalg.vector_norm(centered_grid(box, ndim, dtype=torch.float64, device=map1.device), dim=-1)
+    shell = torch.floor(radius).long() + 1
+    shell = torch.where(shell < n_shells, shell, torch.full_like(shell, n_shells)).reshape(-1)  # n_shells = dropped
+
+    def shell_sum(values: torch.Tensor) -> torch.Tensor:
+        flat = values.reshape(*values.shape[: values.ndim - ndim], -1)
+        out = flat.new_zeros(*flat.shape[:-1], n_shells + 1)
+        return out.index_add(-1, shell, flat)[..., :n_shells]
+
+    numerator = shell_sum((f1 * f2.conj()).real)
+    power1 = shell_sum(f1.real**2 + f1.imag**2)
+    power2 = shell_sum(f2.real**2 + f2.imag**2)
+    fsc = numerator / torch.sqrt((power1 * power2).clamp_min(torch.finfo(numerator.dtype).tiny))
+    fsc = torch.cat((torch.ones_like(fsc[..., :1]), fsc[..., 1:]), dim=-1)
+    frequency = torch.arange(n_shells, dtype=map1.dtype, device=map1.device) / box
+    return frequency, fsc
+
+
+def fsc_resolution_angstrom(
+    frequency: torch.Tensor,
+    fsc: torch.Tensor,
+    pixel_size_angstrom: float,
+    threshold: float = 0.5,
+    rule: str = "first_crossing",
+) -> float:
+    """Resolution in Å at which the FSC meets ``threshold`` (0.5 vs a reference, 0.143 half-maps).
+
+    ``rule="first_crossing"``: the curve is followed from low frequency to the first shell below
+    the threshold and the crossing is interpolated linearly between that shell and the one before;
+    bumps above the threshold after the first dip are ignored. If the curve never drops below,
+    the last shell's frequency is used. ``rule="last_above"``: cryoDRGN's choice, the highest
+    shell frequency with ``fsc >= threshold`` (no interpolation); it is optimistic when the curve
+    bumps back up. Returns ``inf`` when only frequency 0 qualifies.
+    """
+    freq = torch.as_tensor(frequency, dtype=torch.float64).detach().cpu()
+    curve = torch.as_tensor(fsc, dtype=torch.float64).detach().cpu()
+    if freq.ndim != 1 or curve.shape != freq.shape or freq.numel() < 2:
+        raise ValueError(
+            f"fsc_resolution_angstrom: expected 1D frequency and fsc of equal length >= 2, got {tuple(freq.shape)} and {tuple(curve.shape)}"
+        )
+    if not pixel_size_angstrom > 0:
+        raise ValueError(f"fsc_resolution_angstrom: pixel_size_angstrom must be > 0, got {pixel_size_angstrom}")
+    if not 0 < threshold < 1:
+        raise ValueError(f"fsc_resolution_angstrom: threshold must lie in (0, 1), got {threshold}")
+    if rule == "last_above":
+        above = torch.nonzero(curve >= threshold).flatten()
+        best = float(freq[above[-1]]) if above.numel() else 0.0
+    elif rule == "first_crossing":
+        below = torch.nonzero(curve[1:] < threshold).flatten()
+        if below.numel() == 0:
+            best = float(freq[-1])
+        else:
+            j = int(below[0]) + 1
+            f0, f1, c0, c1 = (float(v) for v in (freq[j - 1], freq[j], curve[j - 1], curve[j]))
+            best = f0 + (c0 - threshold) / (c0 - c1) * (f1 - f0) if c0 > threshold else f0
+    else:
+        raise ValueError(f"fsc_resolution_angstrom: rule must be 'first_crossing' or 'last_above', got {rule!r}")
+    return math.inf if best <= 0 else pixel_size_angstrom / best
+
+
+def psnr(x: torch.Tensor, ref: torch.Tensor, data_range: float, *, ndim: int | None = None) -> torch.Tensor:
+    """Peak SNR in dB, ``10 log10(data_range² / MSE)``.
+
+    The MSE is taken over all elements (``ndim=None``, as ``skimage.metrics.peak_signal_noise_ratio``)
+    or per sample over the last ``ndim`` dims.
+    """
+    if x.shape != ref.shape:
+        raise ValueError(f"psnr: shapes differ: {tuple(x.shape)} vs {tuple(ref.shape)}")
+    if not data_range > 0:
+        raise ValueError(f"psnr: data_range must be > 0, got {data_range}")
+    dims = tuple(range(x.ndim)) if ndim is None else tuple(range(-ndim, 0))
+    mse = ((x - ref) ** 2).mean(dim=dims)
+    return 10 * torch.log10(data_range**2 / mse)
+
+
+def _gaussian_kernel(sigma: float, truncate: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    radius = int(truncate * sigma + 0.5)
+    offsets = torch.arange(-radius, radius + 1, dtype=dtype, device=device)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    return kernel / kernel.sum()
+
+
+def ssim(
+    x: torch.Tensor,
+    ref: torch.Tensor,
+    data_range: float,
+    *,
+    ndim: int = 2,
+    sigma: float = 1.5,
+    truncate: float = 3.5,
+    k1: float = 0.01,
+    k2: float = 0.03,
+) -> torch.Tensor:
+    """Mean structural similarity (Wang et al. 2004) with a Gaussian window, per sample.
+
+    Local means/variances/covariance use a normalised Gaussian (``sigma``, radius
+    ``int(truncate·sigma + 0.5)``: 11 taps by default) over the last ``ndim`` (2 or 3) dims, with
+    population (not sample) statistics; the SSIM map is averaged where the window fits entirely
+    (no padding). This equals ``skimage.metrics.structural_similarity(x, ref, data_range=...,
+    gaussian_weights=True, sigma=1.5, use_sample_covariance=False)``. Returns the leading shape.
+    """
+    if ndim not in (2, 3):
+        raise ValueError(f"ssim: ndim must be 2 or 3, got {ndim}")
+    if x.shape != ref.shape or x.ndim < ndim:
+        raise ValueError(f"ssim: expected equal shapes with >= {ndim} dims, got {tuple(x.shape)} and {tuple(ref.shape)}")
+    if not data_range > 0:
+        raise ValueError(f"ssim: data_range must be > 0, got {data_range}")
+    kernel = _gaussian_kernel(sigma, truncate, x.dtype, x.device)
+    if min(x.shape[-ndim:]) < kernel.numel():
+        raise ValueError(f"ssim: the spatial size {tuple(x.shape[-ndim:])} is smaller than the {kernel.numel()}-tap window")
+    lead = x.shape[: x.ndim - ndim]
+    conv = F.conv2d if ndim == 2 else F.conv3d
+
+    def blur(v: torch.Tensor) -> torch.Tensor:
+        out = v.reshape(-1, 1, *v.shape[-ndim:])
+        for axis in range(ndim):
+            shape = [1, 1] + [1] * ndim
+            shape[2 + axis] = kernel.numel()
+            out = conv(out, kernel.reshape(shape))
+        return out
+
+    mu_x, mu_y = blur(x), blur(ref)
+    var_x = blur(x * x) - mu_x**2
+    var_y = blur(ref * ref) - mu_y**2
+    cov = blur(x * ref) - mu_x * mu_y
+    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
+    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    return ssim_map.reshape(ssim_map.shape[0], -1).mean(-1).reshape(lead)
+
+
+def _procrustes(P_sum: torch.Tensor) -> torch.Tensor:
+    """The rotation A maximising tr(Aᵀ P_sum)."""
+    U, _, Vh = torch.linalg.svd(P_sum)
+    d = torch.sign(torch.linalg.det(U @ Vh))
+    D = torch.diag(torch.stack((torch.ones_like(d), torch.ones_like(d), d)))
+    return U @ D @ Vh
+
+
+def rotation_error_after_alignment(
+    R_pred: torch.Tensor, R_gt: torch.Tensor, n_references: int = 100, flip: bool = True
+) -> dict:
+    """Pose error after the best global alignment (and hand flip), as in cryoAI/cryoSPIN.
+
+    A map reconstructed in another frame has poses ``R_pred·A`` for a global rotation ``A``; a map
+    of the other hand has ``F R F`` with ``F = diag(1, 1, -1)``. Candidate alignments per hand are
+    ``A_i = C_iᵀ G_i`` for ``n_references`` images spread over the set (cryoAI's reference
+    alignment) plus the least-squares (Procrustes) rotation over all images; the candidate with
+    the smallest median squared Frobenius error wins and is refined by Procrustes over the images
+    with at most median error. Returns ``mean_deg`` and ``median_deg`` (floats), ``errors_deg``
+    (N,), ``aligned`` (N, 3, 3) (the aligned, possibly hand-flipped predictions), ``alignment``
+    (3, 3) and ``flipped`` (bool).
+    """
+    if R_pred.shape != R_gt.shape or R_pred.ndim != 3 or tuple(R_pred.shape[-2:]) != (3, 3) or R_pred.shape[0] < 1:
+        raise ValueError(
+            f"rotation_error_after_alignment: expected two (N, 3, 3) stacks of equal N >= 1, got {tuple(R_pred.shape)} and {tuple(R_gt.shape)}"
+        )
+    if n_references < 1:
+        raise ValueError(f"rotation_error_after_alignment: n_references must be >= 1, got {n_references}")
+    R_pred = R_pred.detach()
+    R_gt = R_gt.detach().to(R_pred.dtype)
+    n = R_pred.shape[0]
+    refs = torch.linspace(0, n - 1, min(n_references, n), device=R_pred.device).round().long().unique()
+    flip_matrix = torch.diag(torch.tensor([1.0, 1.0, -1.0], dtype=R_pred.dtype, device=R_pred.device))
+    hands = [(False, R_pred)] + ([(True, flip_matrix @ R_pred @ flip_matrix)] if flip else [])
+
+    best = None
+    for flipped, C in hands:
+        P = C.transpose(-1, -2) @ R_gt  # per image, |C A - G|² = 6 - 2 tr(Aᵀ P)
+        candidates = torch.cat((P[refs], _procrustes(P.sum(0))[None]), dim=0)
+        sq_err = 6 - 2 * torch.einsum("kab,nab->kn", candidates, P)
+        k = int(sq_err.median(dim=1).values.argmin())
+        inliers = sq_err[k] <= sq_err[k].median()
+        refined = _procrustes(P[inliers].sum(0))
+        options = [(candidates[k], sq_err[k].median()), (refined, (6 - 2 * torch.einsum("ab,nab->n", refined, P)).median())]
+        A, score = min(options, key=lambda item: float(item[1]))
+        if best is None or float(score) < best[0]:
+            best = (float(score), flipped, C, A)
+    _, flipped, C, A = best
+    aligned = C @ A
+    errors = geodesic_distance_deg(aligned, R_gt)
+    return {
+        "mean_deg": float(errors.mean()),
+        "median_deg": float(errors.median()),
+        "errors_deg": errors,
+        "aligned": aligned,
+        "alignment": A,
+        "flipped": flipped,
+    }
+
+
+def _as_points(xyz: torch.Tensor | np.ndarray, name: str) -> np.ndarray:
+    arr = np.asarray(xyz.detach().cpu() if isinstance(xyz, torch.Tensor) else xyz, dtype=np.float64)
+    if arr.ndim != 2 or arr.shape[1] not in (2, 3):
+        raise ValueError(f"picking: {name} must have shape (N, 3) (or (N, 2)), got {arr.shape}")
+    return arr
+
+
+def _as_classes(cls: torch.Tensor | np.ndarray | None, n: int, name: str) -> np.ndarray:
+    if cls is None:
+        return np.zeros(n, dtype=np.int64)
+    arr = np.asarray(cls.detach().cpu() if isinstance(cls, torch.Tensor) else cls).reshape(-1)
+    if arr.shape[0] != n:
+        raise ValueError(f"picking: {name} has {arr.shape[0]} entries for {n} coordinates")
+    return arr
+
+
+def match_picks(
+    pred_xyz: torch.Tensor | np.ndarray,
+    pred_class: torch.Tensor | np.ndarray | None,
+    true_xyz: torch.Tensor | np.ndarray,
+    true_class: torch.Tensor | np.ndarray | None,
+    max_distance_px: float,
+) -> dict:
+    """One-to-one matching of picks to true particles of the same class within ``max_distance_px``.
+
+    Per class, the assignment minimising the total distance (Hungarian, ``linear_sum_assignment``)
+    over the pairs closer than the limit. Coordinates are (x, y, z) pixels. Classes may be None
+    (one class). Returns ``pred_index``, ``true_index`` (matched pairs, int64 tensors) and
+    ``distance_px``.
+    """
+    pred, true = _as_points(pred_xyz, "pred_xyz"), _as_points(true_xyz, "true_xyz")
+    if pred.shape[1] != true.shape[1]:
+        raise ValueError(f"match_picks: predictions are {pred.shape[1]}D but true positions {true.shape[1]}D")
+    if not max_distance_px > 0:
+        raise ValueError(f"match_picks: max_distance_px must be > 0, got {max_distance_px}")
+    pred_cls = _as_classes(pred_class, len(pred), "pred_class")
+    true_cls = _as_classes(true_class, len(true), "true_class")
+    pairs_pred, pairs_true, pairs_dist = [], [], []
+    for cls in np.intersect1d(np.unique(pred_cls), np.unique(true_cls)):
+        p_idx, t_idx = np.flatnonzero(pred_cls == cls), np.flatnonzero(true_cls == cls)
+        dist = np.linalg.norm(pred[p_idx, None, :] - true[None, t_idx, :], axis=-1)
+        allowed = dist <= max_distance_px
+        cost = np.where(allowed, dist, max_distance_px * 1e6 + 1.0)
+        rows, cols = linear_sum_assignment(cost)
+        keep = allowed[rows, cols]
+        pairs_pred.append(p_idx[rows[keep]])
+        pairs_true.append(t_idx[cols[keep]])
+        pairs_dist.append(dist[rows[keep], cols[keep]])
+    return {
+        "pred_index": torch.from_numpy(_concat(pairs_pred, np.int64)),
+        "true_index": torch.from_numpy(_concat(pairs_true, np.int64)),
+        "distance_px": torch.from_numpy(_concat(pairs_dist, np.float64)),
+    }
+
+
+def _concat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
+    return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
+
+
+def _match_by_label_map(
+    pred: np.ndarray, pred_cls: np.ndarray, true_cls: np.ndarray, label_map: torch.Tensor | np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """SHREC hit-box rule: a pick hits particle j if ``label_map[z, y, x] == j + 1`` (0 = background)."""
+    labels = np.asarray(label_map.detach().cpu() if isinstance(label_map, torch.Tensor) else label_map)
+    if labels.ndim != pred.shape[1]:
+        raise ValueError(f"picking_scores: label_map is {labels.ndim}D but the picks are {pred.shape[1]}D")
+    index = np.rint(pred[:, ::-1]).astype(np.int64)  # (x, y, z) -> (z, y, x)
+    inside = np.all((index >= 0) & (index < np.array(labels.shape)), axis=1)
+    hit = np.zeros(len(pred), dtype=np.int64)
+    hit[inside] = labels[tuple(index[inside].T)]
+    if hit.max(initial=0) > len(true_cls):
+        raise ValueError(f"picking_scores: label_map holds label {hit.max()} but only {len(true_cls)} true particles")
+    true_idx = hit - 1
+    hits = np.flatnonzero(true_idx >= 0)
+    candidates = hits[pred_cls[hits] == true_cls[true_idx[hits]]]
+    _, first = np.unique(true_idx[candidates], return_index=True)  # the first pick in order wins
+    chosen = candidates[first]
+    return chosen, true_idx[chosen]
+
+
+def _scores(tp: int, n_pred: int, n_true: int) -> dict:
+    precision = tp / n_pred if n_pred else 0.0
+    recall = tp / n_true if n_true else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"tp": tp, "fp": n_pred - tp, "fn": n_true - tp, "precision": precision, "recall": recall, "f1": f1}
+
+
+def picking_scores(
+    pred_xyz: torch.Tensor | np.ndarray,
+    pred_class: torch.Tensor | np.ndarray | None,
+    true_xyz: torch.Tensor | np.ndarray,
+    true_class: torch.Tensor | np.ndarray | None,
+    max_distance_px: float | None = None,
+    *,
+    label_map: torch.Tensor | np.ndarray | None = None,
+) -> dict:
+    """Precision, recall and F1 per class and overall (micro-averaged) for particle picks.
+
+    Give exactly one rule. Distance rule (``max_distance_px``): :func:`match_picks`. Hit-box rule
+    (``label_map``, SHREC'19): an occupancy map indexed (z, y, x) holding ``j + 1`` inside true
+    particle ``j`` and 0 elsewhere; a pick of the right class inside an unclaimed particle is a
+    true positive, the first such pick (in input order, so sort by score) claims it, and repeated
+    hits are false positives. Returns ``{"overall": scores, "per_class": {class: scores}}`` with
+    scores ``tp, fp, fn, precision, recall, f1``.
+    """
+    if (max_distance_px is None) == (label_map is None):
+        raise ValueError("picking_scores: give exactly one of max_distance_px and label_map")
+    pred, true = _as_points(pred_xyz, "pred_xyz"), _as_points(true_xyz, "true_xyz")
+    pred_cls = _as_classes(pred_class, len(pred), "pred_class")
+    true_cls = _as_classes(true_class, len(true), "true_class")
+    if label_map is None:
+        matched = match_picks(pred, pred_cls, true, true_cls, max_distance_px)
+        matched_pred = matched["pred_index"].numpy()
+    else:
+        matched_pred, _ = _match_by_label_map(pred, pred_cls, true_cls, label_map)
+    per_class = {}
+    for cls in np.union1d(np.unique(pred_cls), np.unique(true_cls)).tolist():
+        tp = int(np.sum(pred_cls[matched_pred] == cls))
+        per_class[cls] = _scores(tp, int(np.sum(pred_cls == cls)), int(np.sum(true_cls == cls)))
+    return {"overall": _scores(len(matched_pred), len(pred), len(true)), "per_class": per_class}

@@ -1,0 +1,29 @@
+"""cluster.yaml passes Ray's own launcher validation (schema + semantic checks, no cloud calls)."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+from ray.autoscaler._private.util import prepare_config, validate_config
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load() -> dict:
+    return yaml.safe_load((REPO_ROOT / "cluster.yaml").read_text())
+
+
+def test_cluster_yaml_is_valid_for_the_ray_launcher():
+    config = prepare_config(copy.deepcopy(_load()))
+    validate_config(config)
+    assert config["head_node_type"] == "head.cpu"
+    assert any("pip install" in c and "/home/ray/cryoray" in c for c in config["setup_commands"])
+    assert config["docker"]["image"].startswith("rayproject/ray:2.60.0-py311")
+
+
+def test_validation_catches_a_typo():
+    broken = _load()
+    broken["available_node_types"]["gpu.a10g"]["min_worker"] = 1
+    with pytest.raises(Exception, match="min_worker"):
+        validate_config(prepare_config(broken))

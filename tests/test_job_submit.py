@@ -1,0 +1,52 @@
+"""`ray job submit --working-dir . -- python jobs/reconstruct.py` against a `ray start --head` that this test
+starts and stops; the job joins that cluster through RAY_ADDRESS instead of starting its own."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.ray
+
+GCS_PORT = 6391
+DASHBOARD_PORT = 8267
+
+
+def _ray(*args: str, env: dict, timeout: int = 300) -> subprocess.CompletedProcess:
+    ray_cli = Path(sys.executable).with_name("ray")
+    return subprocess.run([str(ray_cli), *args], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def test_ray_job_submit_runs_a_job_on_a_running_cluster(tmp_path):
+    if shutil.which("ray", path=str(Path(sys.executable).parent)) is None:
+        pytest.fail("the ray CLI is not installed next to this Python")
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{DASHBOARD_PORT}"}
+    env.pop("RAY_ADDRESS", None)
+    start = _ray("start", "--head", "--num-cpus=2", f"--port={GCS_PORT}", f"--dashboard-port={DASHBOARD_PORT}",
+                 "--disable-usage-stats", env=env)
+    assert start.returncode == 0, start.stderr
+    try:
+        runtime_env = json.dumps({"env_vars": {"CRYORAY_DATA_DIR": os.environ["CRYORAY_DATA_DIR"]}})
+        out_dir = tmp_path / "out"
+        submit = _ray(
+            "job", "submit", "--working-dir", ".", "--runtime-env-json", runtime_env, "--",
+            "python", "jobs/reconstruct.py", "--smoke", "--num-workers", "1",
+            "--output-dir", str(out_dir), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+            env=env, timeout=480,
+        )
+        assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
+        assert "succeeded" in submit.stdout
+        result_lines = [line for line in submit.stdout.splitlines() if line.startswith("RESULT ")]
+        assert result_lines, submit.stdout[-3000:]
+        result = json.loads(result_lines[-1].removeprefix("RESULT "))
+        assert result["method"] == "reconstruct" and Path(result["artifacts"]["map"]).is_file()
+        assert json.loads((out_dir / "result.json").read_text())["mlflow_run_id"] == result["mlflow_run_id"]
+    finally:
+        _ray("stop", "--force", env=env, timeout=120)

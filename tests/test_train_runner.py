@@ -1,0 +1,125 @@
+"""The generic runner end to end on a real local Ray: DDP learning, MLflow read-back, resume after a
+killed worker, the non-finite guard, a dead tracking server, and bad configuration."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+
+from cryoray.cli import run_job
+from cryoray.io.mrc import read_mrc
+from cryoray.methods.reconstruct import KnownPoseReconstruction
+
+pytestmark = pytest.mark.ray
+
+
+def _run(capsys, argv: list[str], method=None) -> tuple[int, dict | None, str]:
+    code = run_job(method or KnownPoseReconstruction(), argv)
+    captured = capsys.readouterr()
+    lines = [line for line in captured.out.splitlines() if line.strip()]
+    result = json.loads(lines[-1].removeprefix("RESULT ")) if code == 0 else None
+    if code == 0:
+        assert lines[-1].startswith("RESULT "), "the RESULT line must be the last line"
+    return code, result, captured.err
+
+
+def _config(tmp_path: Path, settings: dict) -> str:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    return str(path)
+
+
+def test_two_workers_reconstruct_the_map_and_mlflow_holds_the_run(tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = _config(tmp_path, {"train": {"epochs": 5, "batch_size": 64}, "method": {"learning_rate": 0.02}})
+    code, result, err = _run(
+        capsys,
+        ["--smoke", "--num-workers", "2", "--config", config, "--output-dir", str(tmp_path / "out"), "--tracking-uri", uri],
+    )
+    assert code == 0, err
+    assert json.loads((tmp_path / "out" / "result.json").read_text()) == result
+
+    client = MlflowClient(uri)
+    run = client.get_run(result["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.epochs"] == "5" and run.data.params["num_workers"] == "2"
+    assert run.data.tags["cryoray.method"] == "reconstruct" and run.data.tags["cryoray.dataset"] == "particles-smoke"
+    loss = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "epoch/train_data_mse"), key=lambda m: m.step)]
+    correlation = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "epoch/map_correlation"), key=lambda m: m.step)]
+    assert len(loss) == 5 and loss[-1] < 0.8 * loss[0], loss
+    assert correlation[-1] > correlation[0] + 0.2 and correlation[-1] > 0.6, correlation
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "outputs")} >= {"outputs/map.mrc", "outputs/fsc.csv", "outputs/fsc.png"}
+
+    density = read_mrc(result["artifacts"]["map"])
+    assert density.voxel_size_angstrom == pytest.approx(8.0) and density.data.shape == (24, 24, 24)
+
+
+def _kill_a_train_worker_after(checkpoint_dir: Path, killed: list[int], timeout_s: float = 240) -> None:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline and not checkpoint_dir.exists():
+        time.sleep(0.2)
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        if any("RayTrainWorker" in part for part in proc.info["cmdline"] or []):
+            proc.kill()
+            killed.append(proc.info["pid"])
+            return
+
+
+def test_a_killed_worker_is_replaced_and_training_resumes_from_the_checkpoint(tmp_path, capsys):
+    out = tmp_path / "out"
+    killed: list[int] = []
+    killer = threading.Thread(
+        target=_kill_a_train_worker_after, args=(out / "checkpoints" / "resume-test" / "epoch_0001", killed)
+    )
+    killer.start()
+    config = _config(tmp_path, {"train": {"epochs": 8, "max_failures": 2}})
+    code, result, err = _run(
+        capsys,
+        ["--smoke", "--num-workers", "2", "--config", config, "--output-dir", str(out), "--run-name", "resume-test",
+         "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"],
+    )
+    killer.join()
+    assert killed, "no Train worker was found to kill"
+    assert code == 0, err
+    assert result["resumed_from_epoch"] is not None and result["resumed_from_epoch"] >= 1
+    assert Path(result["checkpoint"]).name == "epoch_0007"
+
+
+class _DivergingReconstruction(KnownPoseReconstruction):
+    """Turns the data term into NaN from the third step on, as a diverging model would."""
+
+    def train_step(self, state, batch, config, ctx):
+        if ctx.global_step >= 2:
+            batch = {**batch, "image": batch["image"] * torch.nan}
+        return super().train_step(state, batch, config, ctx)
+
+
+def test_a_non_finite_loss_stops_before_the_step_and_names_the_term(tmp_path, capsys):
+    code, _, err = _run(
+        capsys,
+        ["--smoke", "--num-workers", "0", "--output-dir", str(tmp_path / "out"), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"],
+        method=_DivergingReconstruction(),
+    )
+    assert code == 1
+    message = err.strip().splitlines()[-1]
+    assert "'data_mse'" in message and "step 2" in message and "before the optimizer step" in message
+    assert not (tmp_path / "out" / "result.json").exists()
+
+
+def test_a_dead_tracking_server_is_reported_and_training_goes_on(tmp_path, capsys):
+    config = _config(tmp_path, {"train": {"epochs": 1, "max_steps_per_epoch": 2}})
+    code, result, err = _run(
+        capsys,
+        ["--smoke", "--num-workers", "0", "--config", config, "--output-dir", str(tmp_path / "out"), "--tracking-uri", "http://127.0.0.1:9"],
+    )
+    assert code == 0
+    assert "unavailable" in err and "training continues" in err
+    assert result["mlflow_run_id"] is None and Path(result["artifacts"]["map"]).is_file()
