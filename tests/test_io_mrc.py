@@ -83,6 +83,11 @@ def test_garbage_and_missing_files_fail_clearly(tmp_path):
         read_mrc(garbage)
     with pytest.raises(CryorayInputError, match="no such file"):
         read_mrc(tmp_path / "absent.mrc")
+    complex_map = tmp_path / "complex.mrc"
+    with mrcfile.new(complex_map) as mrc:
+        mrc.set_data(np.zeros((4, 4, 4), dtype=np.complex64))
+    with pytest.raises(CryorayInputError, match="complex.mrc: mode"):
+        read_mrc(complex_map)
 
 
 def test_mmap_stack_streams_without_loading(tmp_path):

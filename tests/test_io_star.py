@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from cryoray.errors import CryorayInputError
+from cryoray.io.mrc import open_stack_mmap
 from cryoray.io.star import (
     ParticleTable,
     read_coordinates,
@@ -158,6 +159,9 @@ def test_relion31_real_file_and_optics_after_particles(shared_data):
     assert p["rot_deg"].iloc[0] == pytest.approx(-102.30296)
     assert p["shift_x_angstrom"].iloc[0] == pytest.approx(0.019324)
     assert p["defocus_u_angstrom"].iloc[0] == pytest.approx(13108.082418)
+    stack = open_stack_mmap(p["image_path"].iloc[0], voxel_size_angstrom=p["pixel_size_angstrom"].iloc[0])
+    assert stack.data.shape == (5, 256, 256) and stack.voxel_size_angstrom == 2.806
+    assert p["image_index"].max() < len(stack)
 
 
 def test_relion5_and_cryojax_files(shared_data):

@@ -131,6 +131,8 @@ def test_dataset_round_trip(tmp_path, noisy_stack):
 def test_bad_arguments(volume):
     with pytest.raises(CryorayInputError, match="at most one"):
         simulate_particle_stack(volume, VOXEL, 4, snr_linear=1.0, snr_db=0.0)
+    with pytest.raises(CryorayInputError, match="snr_linear"):
+        simulate_particle_stack(volume, VOXEL, 4, snr_linear=0.0)
     with pytest.raises(CryorayInputError, match="volume"):
         simulate_particle_stack(np.zeros((8, 8, 9)), VOXEL, 4)
     with pytest.raises(CryorayInputError, match="poses"):

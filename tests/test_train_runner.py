@@ -89,7 +89,9 @@ def test_a_killed_worker_is_replaced_and_training_resumes_from_the_checkpoint(tm
     killer.join()
     assert killed, "no Train worker was found to kill"
     assert code == 0, err
-    assert result["resumed_from_epoch"] is not None and result["resumed_from_epoch"] >= 1
+    # The replacement worker group started from a saved epoch, not from scratch (the kill may land before
+    # epoch 1's checkpoint is registered, so the restored epoch is 0 or 1).
+    assert result["resumed_from_epoch"] in (0, 1)
     assert Path(result["checkpoint"]).name == "epoch_0007"
 
 

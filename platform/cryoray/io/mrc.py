@@ -28,7 +28,7 @@ _HARMLESS_HEADER_WARNINGS = ("Map ID string not found", "Unrecognised machine st
 
 @dataclass(frozen=True)
 class MrcData:
-    """A map (z, y, x) or an image stack (n, y, x) in float32 with its voxel size."""
+    """A map (z, y, x), an image stack (n, y, x) or one image (y, x), in float32, with its voxel size."""
 
     data: np.ndarray
     voxel_size_angstrom: float
@@ -65,6 +65,10 @@ def _open_permissive(path: Path, opener, **kwargs):
         mrc.close()
         found = "; ".join(problems) or ("no data block" if mrc.data is None else f"data of shape {mrc.data.shape}")
         raise CryorayInputError(path, "header", "a readable MRC file holding a 2D image, a volume or a stack", found)
+    if np.iscomplexobj(mrc.data) or not np.issubdtype(mrc.data.dtype, np.number):
+        mode = int(mrc.header.mode)
+        mrc.close()
+        raise CryorayInputError(path, "mode", "a real-valued MRC mode (0, 1, 2, 6 or 12)", mode)
     for problem in problems:
         warnings.warn(f"{path}: {problem}", stacklevel=3)
     return mrc
@@ -99,8 +103,6 @@ def read_mrc(path: str | Path, voxel_size_angstrom: float | None = None) -> MrcD
     """Load a whole .mrc/.mrcs/.map (optionally .gz) as float32, validated: finite values and a known voxel size."""
     path = Path(path)
     with _open_permissive(path, mrcfile.open) as mrc:
-        if not np.issubdtype(mrc.data.dtype, np.number) or np.iscomplexobj(mrc.data):
-            raise CryorayInputError(path, "mode", "a real-valued MRC mode (0, 1, 2, 6 or 12)", int(mrc.header.mode))
         voxel = _header_voxel_size(mrc, path, voxel_size_angstrom, _is_stack(mrc, path))
         data = np.asarray(mrc.data, dtype=np.float32).copy()
     check_finite(data, path, "data")

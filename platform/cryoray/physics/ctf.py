@@ -49,10 +49,10 @@ def electron_wavelength_angstrom(voltage_kv: torch.Tensor | float) -> torch.Tens
 
 
 def _batch_param(value: torch.Tensor | float, name: str, dtype: torch.dtype, device: torch.device | None) -> torch.Tensor:
-    t = torch.as_tensor(value, device=device)
+    t = torch.as_tensor(value, dtype=dtype, device=device)  # Python numbers go straight to `dtype`
     if t.ndim > 1:
         raise ValueError(f"ctf_2d: {name} must be a scalar or a tensor of shape (B,), got shape {tuple(t.shape)}")
-    return t.to(dtype).reshape(-1)
+    return t.reshape(-1)
 
 
 def ctf_2d(

@@ -1,8 +1,11 @@
 """Evaluation metrics: FSC and resolution, PSNR/SSIM, pose error after global alignment, picking scores.
 
 FSC follows cryoDRGN's ``fsc`` command: integer shells of the radius ``r`` (in pixels, from the
-centred origin ``D//2``); entry 0 is frequency 0 with FSC forced to 1, entry ``i = 1 .. D//2-1``
-correlates the voxels with ``i-1 <= r < i`` and is labelled ``i/D`` cycles/pixel.
+centred origin ``D//2``); entry 0 is frequency 0 with FSC 1, entry ``i = 1 .. D//2-1`` correlates
+the voxels with ``i-1 <= r < i`` and is labelled ``i/D`` cycles/pixel (the shell's outer edge).
+Entry 1 (``r < 1``) holds only the origin again; cryoDRGN reports its correlation, ±1 by the signs
+of the two means, while here it is set to 1 like entry 0, so that a mean offset can never end the
+curve. All other entries equal cryoDRGN's.
 """
 
 from __future__ import annotations
@@ -62,7 +65,7 @@ def fourier_shell_correlation(
     power1 = shell_sum(f1.real**2 + f1.imag**2)
     power2 = shell_sum(f2.real**2 + f2.imag**2)
     fsc = numerator / torch.sqrt((power1 * power2).clamp_min(torch.finfo(numerator.dtype).tiny))
-    fsc = torch.cat((torch.ones_like(fsc[..., :1]), fsc[..., 1:]), dim=-1)
+    fsc = torch.cat((torch.ones_like(fsc[..., :2]), fsc[..., 2:]), dim=-1)
     frequency = torch.arange(n_shells, dtype=map1.dtype, device=map1.device) / box
     return frequency, fsc
 

@@ -50,7 +50,10 @@ def add_gaussian_noise(
         )
     if images.is_complex() or not images.is_floating_point():
         raise ValueError(f"add_gaussian_noise: expected real floating-point images, got {images.dtype}")
-    snr = snr_db_to_linear(snr_db) if snr_db is not None else torch.as_tensor(snr_linear)
+    if snr_db is not None:
+        snr = snr_db_to_linear(snr_db)
+    else:
+        snr = snr_linear if isinstance(snr_linear, torch.Tensor) else torch.as_tensor(snr_linear, dtype=torch.float64)
     snr = snr.to(device=images.device, dtype=images.dtype)
     if bool((snr <= 0).any()):
         raise ValueError(f"add_gaussian_noise: the SNR must be > 0, got {snr_linear if snr_db is None else snr_db}")

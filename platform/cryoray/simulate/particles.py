@@ -31,23 +31,16 @@ from cryoray.io.star import PARTICLE_COLUMNS, ParticleTable, write_particles_sta
 from cryoray.io.validate import check_can_write, check_finite, check_positive
 from cryoray.physics import (
     add_gaussian_noise,
-    apply_ctf,
-    ctf_2d,
     euler_relion_to_matrix,
     matrix_to_euler_relion,
-    project_fourier_slice,
     random_rotations,
-    shift_images,
     snr_db_to_linear,
 )
+from cryoray.physics.image_formation import CTF_PARAMETERS, form_particle_images
 
 STACK_NAME = "particles.mrcs"
 STAR_NAME = "particles.star"
 MAP_NAME = "ground_truth_map.mrc"
-_CTF_COLUMNS = (
-    "defocus_u_angstrom", "defocus_v_angstrom", "defocus_angle_deg", "voltage_kv", "cs_mm", "amplitude_contrast",
-    "phase_shift_deg",
-)
 
 
 @dataclass(frozen=True)
@@ -130,6 +123,10 @@ def simulate_particle_stack(
         raise CryorayInputError(None, "batch_size", "a positive integer", batch_size)
     if snr_linear is not None and snr_db is not None:
         raise CryorayInputError(None, "snr_linear / snr_db", "at most one of them", f"{snr_linear} and {snr_db}")
+    if snr_linear is not None:
+        check_positive(snr_linear, None, "snr_linear")
+    if snr_db is not None and not math.isfinite(snr_db):
+        raise CryorayInputError(None, "snr_db", "a finite number", snr_db)
     if not (math.isfinite(max_shift_px) and max_shift_px >= 0):
         raise CryorayInputError(None, "max_shift_px", "a finite number >= 0", max_shift_px)
     density = _check_volume(volume)
@@ -166,11 +163,12 @@ def simulate_particle_stack(
     for start in range(0, n, int(batch_size)):
         rows = table.iloc[start : start + int(batch_size)]
         angles_deg = (torch.tensor(rows[c].to_numpy()) for c in ("rot_deg", "tilt_deg", "psi_deg"))
-        batch = project_fourier_slice(density, euler_relion_to_matrix(*angles_deg).to(torch.float32))
-        batch = shift_images(batch, -torch.as_tensor(shifts_px[start : start + len(rows)], dtype=torch.float32))
-        if ctf:
-            params = {c: torch.tensor(rows[c].to_numpy(), dtype=torch.float32) for c in _CTF_COLUMNS}
-            batch = apply_ctf(batch, ctf_2d(box, voxel, **params))
+        origin = torch.as_tensor(shifts_px[start : start + len(rows)] * voxel, dtype=torch.float32)
+        ctf_parameters = (
+            {c: torch.tensor(rows[c].to_numpy(), dtype=torch.float32) for c in CTF_PARAMETERS} if ctf else None
+        )
+        rotations = euler_relion_to_matrix(*angles_deg).to(torch.float32)
+        batch = form_particle_images(density, rotations, voxel, origin, ctf_parameters)
         clean[start : start + len(rows)] = batch
     if snr_linear is None and snr_db is None:
         noisy, noise_std = clean.clone(), 0.0

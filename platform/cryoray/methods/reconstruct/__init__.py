@@ -21,14 +21,8 @@ from cryoray.io.figures import write_fsc_curve
 from cryoray.io.manifest import DatasetManifest
 from cryoray.io.mrc import read_mrc, write_mrc
 from cryoray.methods.base import Method, TrainState
-from cryoray.physics import (
-    apply_ctf,
-    ctf_2d,
-    fourier_shell_correlation,
-    fsc_resolution_angstrom,
-    project_fourier_slice,
-    shift_images,
-)
+from cryoray.physics import fourier_shell_correlation, fsc_resolution_angstrom
+from cryoray.physics.image_formation import CTF_PARAMETERS, form_particle_images
 from cryoray.train.context import TrainContext
 
 
@@ -48,30 +42,24 @@ class VoxelMap(torch.nn.Module):
         super().__init__()
         self.density = torch.nn.Parameter(torch.zeros(box_px, box_px, box_px))
 
-    def forward(self, rotations: torch.Tensor) -> torch.Tensor:
-        return project_fourier_slice(self.density, rotations)
+    def forward(
+        self,
+        rotations: torch.Tensor,
+        pixel_size_angstrom: float,
+        origin_angstrom: torch.Tensor,
+        ctf_parameters: dict[str, torch.Tensor] | None,
+    ) -> torch.Tensor:
+        # Through forward, so DDP's gradient all-reduce sees every use of the map.
+        return form_particle_images(self.density, rotations, pixel_size_angstrom, origin_angstrom, ctf_parameters)
 
 
 def predicted_images(
     model: torch.nn.Module, batch: dict[str, torch.Tensor], pixel_size_angstrom: float, with_ctf: bool
 ) -> torch.Tensor:
-    """Projection -> CTF -> in-plane shift, the order the simulator uses (the last two commute)."""
-    images = model(batch["rotation"])
-    if with_ctf:
-        ctf = ctf_2d(
-            images.shape[-1],
-            pixel_size_angstrom,
-            batch["defocus_u_angstrom"],
-            batch["defocus_v_angstrom"],
-            batch["defocus_angle_deg"],
-            batch["voltage_kv"],
-            batch["cs_mm"],
-            batch["amplitude_contrast"],
-            batch["phase_shift_deg"],
-        )
-        images = apply_ctf(images, ctf)
-    shifts_px = torch.stack([batch["shift_x_angstrom"], batch["shift_y_angstrom"]], dim=-1) / pixel_size_angstrom
-    return shift_images(images, shifts_px)
+    """The simulator's image-formation model applied to the learned map at the batch's known poses."""
+    origin = torch.stack([batch["shift_x_angstrom"], batch["shift_y_angstrom"]], dim=-1)
+    ctf = {name: batch[name] for name in CTF_PARAMETERS} if with_ctf else None
+    return model(batch["rotation"], pixel_size_angstrom, origin, ctf)
 
 
 class KnownPoseReconstruction(Method):
@@ -100,8 +88,7 @@ class KnownPoseReconstruction(Method):
     def train_step(
         self, state: TrainState, batch: dict[str, torch.Tensor], config: ReconstructConfig, ctx: TrainContext
     ) -> dict[str, float]:
-        model = state.modules["map"]
-        predicted = predicted_images(model, batch, ctx.manifest.voxel_size_angstrom, config.apply_ctf)
+        predicted = predicted_images(state.modules["map"], batch, ctx.manifest.voxel_size_angstrom, config.apply_ctf)
         losses = {
             "data_mse": torch.mean((predicted - batch["image"]) ** 2),
             "map_l2": config.l2_weight * torch.mean(state.unwrapped("map").density ** 2),
