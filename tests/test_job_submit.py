@@ -27,7 +27,13 @@ def _ray(*args: str, env: dict, timeout: int = 300) -> subprocess.CompletedProce
 def test_ray_job_submit_runs_a_job_on_a_running_cluster(tmp_path):
     if shutil.which("ray", path=str(Path(sys.executable).parent)) is None:
         pytest.fail("the ray CLI is not installed next to this Python")
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{DASHBOARD_PORT}"}
+    # As in an activated virtual environment: `python` and `ray` are the ones cryoray is installed in.
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "RAY_AUTH_MODE": "token",
+        "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{DASHBOARD_PORT}",
+    }
     env.pop("RAY_ADDRESS", None)
     start = _ray("start", "--head", "--num-cpus=2", f"--port={GCS_PORT}", f"--dashboard-port={DASHBOARD_PORT}",
                  "--disable-usage-stats", env=env)
