@@ -8,6 +8,7 @@ Example usage:
 Paths measured per box size (steady state = the second pass over the data, page cache warm):
   mmap_loader      torch DataLoader, each item a 256-image slice of mrcfile.mmap (the fastest plain loader)
   ray_driver       particle_dataset(...).iter_torch_batches in the driver (one consumer)
+  ray_driver_mrcs_shards  the same images as .mrcs shards read by Ray and decoded by mrcfile (format choice)
   ray_trainer      inside a 2-worker TorchTrainer via get_dataset_shard, per rank and summed, with
                    cryoray's settings (row groups of 1024, prefetch 4, 0.5 CPU per worker)
   ray_trainer_base the same with the settings the first measurement used (row groups of 128, prefetch 1,
@@ -18,6 +19,7 @@ Paths measured per box size (steady state = the second pass over the data, page 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import platform
 import tempfile
@@ -58,6 +60,10 @@ def make_data(folder: Path, box: int, n_images: int, row_group: int, images_per_
     with mrcfile.new(folder / "stack.mrcs", overwrite=True) as mrc:
         mrc.set_data(images)
         mrc.voxel_size = 4.0
+    (folder / "mrcs_shards").mkdir(exist_ok=True)
+    for i, start in enumerate(range(0, n_images, images_per_shard)):
+        with mrcfile.new(folder / f"mrcs_shards/part-{i:05d}.mrcs", overwrite=True) as mrc:
+            mrc.set_data(images[start : start + images_per_shard])
     entries = []
     for i, start in enumerate(range(0, n_images, images_per_shard)):
         part = slice(start, start + images_per_shard)
@@ -94,8 +100,23 @@ def rate_mmap_loader(folder: Path) -> float:
     return n / (time.perf_counter() - start)
 
 
-def rate_ray_driver(folder: Path, manifest: DatasetManifest) -> float:
-    ds = particle_dataset(folder, manifest)
+def _decode_mrcs(batch: dict) -> dict:
+    stacks = []
+    for blob in batch["bytes"]:
+        with mrcfile.mrcinterpreter.MrcInterpreter(iostream=io.BytesIO(blob), permissive=True) as mrc:
+            stacks.append(np.asarray(mrc.data, dtype=np.float32))
+    return {"image": np.concatenate(stacks)}
+
+
+def mrcs_shard_dataset(folder: Path) -> ray.data.Dataset:
+    """The alternative shard format: .mrcs shards read whole by Ray and decoded by mrcfile."""
+    return ray.data.read_binary_files(sorted(str(p) for p in (folder / "mrcs_shards").glob("*.mrcs"))).map_batches(
+        _decode_mrcs, batch_size=1, batch_format="numpy"
+    )
+
+
+def rate_ray_driver(folder: Path, manifest: DatasetManifest, mrcs_shards: bool = False) -> float:
+    ds = mrcs_shard_dataset(folder) if mrcs_shards else particle_dataset(folder, manifest)
     rates = []
     for _ in range(2):
         start, n = time.perf_counter(), 0
@@ -173,6 +194,7 @@ def main() -> None:
         row = {"images": n, "MB": n * box * box * 4 / 1e6}
         row["mmap_loader"] = rate_mmap_loader(folder)
         row["ray_driver"] = rate_ray_driver(folder, manifest)
+        row["ray_driver_mrcs_shards"] = rate_ray_driver(folder, manifest, mrcs_shards=True)
         row["ray_trainer_per_rank"] = rate_ray_trainer(folder, manifest, cryoray_settings=True)
         row["ray_trainer_base_per_rank"] = rate_ray_trainer(base_folder, base_manifest, cryoray_settings=False)
         row["model_step"] = rate_model_step(box)

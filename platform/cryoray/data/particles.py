@@ -1,8 +1,10 @@
 """Ray Data pipelines for particle images: read the shards, stream batches into each Train worker.
 
 The driver builds one lazy ``ray.data.Dataset`` over the Parquet shards; ``TorchTrainer`` splits it across
-workers (``get_dataset_shard``), and each epoch re-executes the read in a new random block order with a local
-shuffle buffer, so the data are shuffled per epoch without ever being materialised in memory.
+workers (``get_dataset_shard``), and each epoch re-executes the read with the shard files in a new random
+order, followed by a local shuffle buffer in each worker, so the data are shuffled per epoch without ever
+being materialised. (``randomize_block_order`` would be an all-to-all barrier that holds the whole dataset in
+the object store before the first batch; benchmarks/RESULTS.md has the numbers.)
 """
 
 from __future__ import annotations
@@ -24,12 +26,11 @@ PREFETCH_BATCHES = 4
 def particle_dataset(
     dataset_dir: str | Path, manifest: DatasetManifest, extra_image_columns: tuple[str, ...] = ()
 ) -> ray.data.Dataset:
-    """A lazy dataset of the numeric columns (images + pose + CTF), block order shuffled per execution."""
+    """A lazy dataset of the numeric columns (images + pose + CTF), shard order shuffled per execution."""
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     columns = [IMAGE_COLUMN, *extra_image_columns, *PARTICLE_COLUMNS]
-    ds = ray.data.read_parquet(shard_paths(dataset_dir, manifest)).select_columns(columns)
-    return ds.randomize_block_order()
+    return ray.data.read_parquet(shard_paths(dataset_dir, manifest), shuffle="files").select_columns(columns)
 
 
 def iter_particle_batches(

@@ -57,6 +57,7 @@ from .hopf import (
     hopf_to_quaternion,
     nearest_hopf_neighbours,
 )
+from .image_formation import CTF_PARAMETERS, form_particle_images
 from .metrics import (
     fourier_shell_correlation,
     fsc_resolution_angstrom,
@@ -98,6 +99,8 @@ from .wedge import (
 )
 
 __all__ = [
+    "CTF_PARAMETERS",
+    "form_particle_images",
     "add_gaussian_noise",
     "apply_ctf",
     "apply_fourier_mask",

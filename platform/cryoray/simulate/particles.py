@@ -30,13 +30,14 @@ from cryoray.io.mrc import write_mrc
 from cryoray.io.star import PARTICLE_COLUMNS, ParticleTable, write_particles_star
 from cryoray.io.validate import check_can_write, check_finite, check_positive
 from cryoray.physics import (
+    CTF_PARAMETERS,
     add_gaussian_noise,
     euler_relion_to_matrix,
+    form_particle_images,
     matrix_to_euler_relion,
     random_rotations,
     snr_db_to_linear,
 )
-from cryoray.physics.image_formation import CTF_PARAMETERS, form_particle_images
 
 STACK_NAME = "particles.mrcs"
 STAR_NAME = "particles.star"

@@ -21,8 +21,7 @@ from cryoray.io.figures import write_fsc_curve
 from cryoray.io.manifest import DatasetManifest
 from cryoray.io.mrc import read_mrc, write_mrc
 from cryoray.methods.base import Method, TrainState
-from cryoray.physics import fourier_shell_correlation, fsc_resolution_angstrom
-from cryoray.physics.image_formation import CTF_PARAMETERS, form_particle_images
+from cryoray.physics import CTF_PARAMETERS, form_particle_images, fourier_shell_correlation, fsc_resolution_angstrom
 from cryoray.train.context import TrainContext
 
 
