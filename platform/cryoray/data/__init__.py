@@ -1,1 +1,1 @@
-"""data"""
+"""Datasets on disk and in flight: Parquet shards, Ray Data pipelines, named recipes and the RELION importer."""

@@ -1,1 +1,1 @@
-"""methods"""
+"""Methods, each a subpackage implementing the one interface in ``methods.base``."""

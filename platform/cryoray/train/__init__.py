@@ -1,1 +1,1 @@
-"""train"""
+"""The one generic Ray Train runner (``runner.run_training``) and the per-worker context."""
