@@ -2,6 +2,9 @@
 
 import json
 
+import pytest
+import torch
+
 import yaml
 
 from cryoray.cli import run_job
@@ -39,3 +42,10 @@ def test_a_yaml_that_is_not_a_mapping_is_refused(tmp_path, capsys):
     config.write_text("- 1\n- 2\n")
     code = run_job(KnownPoseReconstruction(), ["--config", str(config), "--output-dir", str(tmp_path / "o")])
     assert code == 2 and "list.yaml" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_asking_for_gpus_a_local_machine_lacks_fails_at_once(tmp_path, capsys):
+    code = run_job(KnownPoseReconstruction(), ["--smoke", "--use-gpu", "--num-workers", "1", "--output-dir", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "--use-gpu: expected 1 GPU(s)" in err and len(err.splitlines()) == 1

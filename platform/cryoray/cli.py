@@ -20,7 +20,7 @@ from typing import Any
 import ray
 from ray.train import TrainingFailedError
 
-from cryoray.config import deep_update, read_yaml_config, validate_job_config
+from cryoray.config import JobConfig, deep_update, read_yaml_config, validate_job_config
 from cryoray.data.recipes import REPO_ROOT, resolve_dataset
 from cryoray.errors import CryorayInputError
 from cryoray.methods.base import Method
@@ -93,6 +93,19 @@ def _fail(method: Method, sentence: str, code: int = 1) -> int:
     return code
 
 
+def _check_gpus(job: JobConfig, joined_cluster: bool, started_ray: bool) -> None:
+    """On a local Ray, asking for more GPUs than exist would make Ray Train wait forever: refuse it now.
+    (A cluster may autoscale GPU nodes in, so there the request stands.)"""
+    if not job.use_gpu or joined_cluster:
+        return
+    wanted = max(job.num_workers, 1)
+    available = ray.cluster_resources().get("GPU", 0)
+    if available < wanted:
+        if started_ray:
+            ray.shutdown()
+        raise CryorayInputError(None, "--use-gpu", f"{wanted} GPU(s) for {wanted} worker(s) on this machine", f"{available:g}")
+
+
 def _run(method: Method, args: argparse.Namespace) -> dict[str, Any]:
     job, method_config = validate_job_config(job_settings(method, args), method.config_schema, args.config)
     output_dir = Path(job.output_dir)
@@ -106,6 +119,7 @@ def _run(method: Method, args: argparse.Namespace) -> dict[str, Any]:
     if started_ray:
         # RAY_ADDRESS (set by `ray job submit`) joins that cluster; without it a local Ray starts.
         ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True, configure_logging=False)
+    _check_gpus(job, joined_cluster=bool(os.environ.get("RAY_ADDRESS")), started_ray=started_ray)
     tracking_uri = job.tracking_uri or default_tracking_uri(Path.cwd())
     run_name = job.run_name or f"{method.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     handle = start_run(
