@@ -25,6 +25,7 @@ from cryoray.io.atomic import atomic_model_to_density
 from cryoray.io.manifest import MANIFEST_NAME, DatasetManifest, read_manifest, write_manifest
 from cryoray.io.mrc import open_stack_mmap, read_mrc, write_mrc
 from cryoray.io.star import read_particles_star
+from cryoray.io.validate import check_finite
 from cryoray.simulate.particles import simulate_particle_stack
 from cryoray.simulate.phantom import builtin_phantom
 
@@ -215,8 +216,8 @@ def import_relion(
     for index, start in enumerate(range(0, len(meta), images_per_shard)):
         chunk = meta.iloc[start : start + images_per_shard]
         images = np.stack([stacks[p].data[i] for p, i in zip(chunk["image_path"], chunk["image_index"])]).astype(np.float32)
-        if not np.isfinite(images).all():
-            raise CryorayInputError(chunk["image_path"].iloc[0], "data", "finite pixel values", "NaN or Inf")
+        for stack_path in chunk["image_path"].unique():  # name the stack that holds the bad pixels
+            check_finite(images[(chunk["image_path"] == stack_path).to_numpy()], stack_path, "data")
         shards.append(write_particle_shard(out_dir, index, images, _with_defaults(chunk)))
     ground_truth = {}
     if ground_truth_map is not None:
