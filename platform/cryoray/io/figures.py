@@ -8,8 +8,12 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+
+from cryoray.errors import CryorayInputError  # noqa: E402
+from cryoray.io.validate import check_can_write  # noqa: E402
 
 
 def write_fsc_curve(
@@ -48,3 +52,82 @@ def write_fsc_curve(
     fig.savefig(png_path)
     plt.close(fig)
     return {f"{stem}_csv": str(csv_path.resolve()), f"{stem}_png": str(png_path.resolve())}
+
+
+def _slab_mean(tomogram: np.ndarray, axis: int, centre_px: int, half_px: int) -> np.ndarray:
+    """Mean over the slices centre ± half_px along one axis: averaging a few slices lifts the contrast of noisy tomograms."""
+    first, last = max(centre_px - half_px, 0), min(centre_px + half_px + 1, tomogram.shape[axis])
+    return np.take(tomogram, np.arange(first, last), axis=axis).astype(np.float64).mean(axis=axis)
+
+
+def write_orthoslices_with_picks(
+    path: str | Path,
+    tomogram: np.ndarray,
+    picks: pd.DataFrame,
+    truth: pd.DataFrame | None = None,
+    slab_px: int = 10,
+    class_names: dict[int, str] | None = None,
+    *,
+    average_px: int = 2,
+    overwrite: bool = False,
+) -> Path:
+    """PNG of the three central orthoslices (XY, XZ, YZ) of a (Z, Y, X) tomogram with the picks drawn on them.
+
+    Each slice is the mean of the slices within ± ``average_px`` of the centre (contrast), shown
+    between its 1st and 99th percentile. Picks (``x_px, y_px, z_px, class_id``) within ± ``slab_px``
+    of a slice are drawn on it as filled circles coloured by class, ``truth`` (same columns) as
+    hollow squares; the legend names the classes (``class_names``, else the ids). An existing
+    ``path`` is refused unless ``overwrite=True``, as for every cryoray writer.
+    """
+    path = check_can_write(path, overwrite)
+    if path.suffix.lower() != ".png":
+        raise CryorayInputError(path, "file type", "a .png file", path.suffix or "no suffix")
+    volume = np.asarray(tomogram)
+    if volume.ndim != 3:
+        raise ValueError(f"write_orthoslices_with_picks: expected a (Z, Y, X) tomogram, got shape {volume.shape}")
+    tables = {"picks": picks} if truth is None else {"picks": picks, "truth": truth}
+    for name, table in tables.items():
+        missing = [c for c in ("x_px", "y_px", "z_px", "class_id") if c not in table]
+        if missing:
+            raise CryorayInputError(None, name, "a table with columns x_px, y_px, z_px, class_id", f"no column {missing[0]}")
+    names = class_names or {}
+    classes = sorted(set().union(*(table["class_id"].astype(int).tolist() for table in tables.values())))
+    colours = {cls: plt.get_cmap("tab10")(i % 10) for i, cls in enumerate(classes)}
+    centre_zyx = [n // 2 for n in volume.shape]
+    # (title, projection axis, image row column, image column column, column normal to the slice)
+    panels = (
+        (f"XY, z = {centre_zyx[0]}", 0, "y_px", "x_px", "z_px"),
+        (f"XZ, y = {centre_zyx[1]}", 1, "z_px", "x_px", "y_px"),
+        (f"YZ, x = {centre_zyx[2]}", 2, "z_px", "y_px", "x_px"),
+    )
+    widths = [volume.shape[2], volume.shape[2], volume.shape[1]]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.8), dpi=120, gridspec_kw={"width_ratios": widths})
+    for ax, (title, axis, row, column, normal) in zip(axes, panels):
+        image = _slab_mean(volume, axis, centre_zyx[axis], average_px)
+        low, high = np.percentile(image, [1, 99])
+        ax.imshow(image, cmap="gray", origin="lower", vmin=low, vmax=high if high > low else low + 1)
+        for name, table in tables.items():
+            near = table[(table[normal] - centre_zyx[axis]).abs() <= slab_px]
+            style = {"marker": "o", "s": 36, "alpha": 0.7, "linewidths": 0}
+            if name == "truth":
+                style = {"marker": "s", "s": 64, "facecolors": "none", "linewidths": 1.2}
+            for cls, group in near.groupby(near["class_id"].astype(int)):
+                colour_key = "edgecolors" if name == "truth" else "c"
+                ax.scatter(group[column], group[row], **style, **{colour_key: [colours[cls]]})
+        ax.set_title(f"{title} (picks within ±{slab_px} px)", fontsize=9)
+        ax.set_xlabel(column.replace("_px", " (px)"))
+        ax.set_ylabel(row.replace("_px", " (px)"))
+        ax.set_xlim(-0.5, image.shape[1] - 0.5)
+        ax.set_ylim(-0.5, image.shape[0] - 0.5)
+    handles = [
+        Line2D([], [], ls="", marker="o", color=colours[cls], label=names.get(cls, str(cls))) for cls in classes
+    ]
+    if truth is not None:
+        handles.append(Line2D([], [], ls="", marker="o", color="grey", label="pick"))
+        handles.append(Line2D([], [], ls="", marker="s", mfc="none", color="grey", label="ground truth"))
+    if handles:
+        axes[-1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", bbox_inches="tight")
+    plt.close(fig)
+    return path
