@@ -85,6 +85,16 @@ class Method(ABC):
     def evaluate(self, state: TrainState, config: BaseModel, ctx: TrainContext) -> dict[str, float]:
         """Epoch-end metrics (called on every rank; may use collectives)."""
 
+    def test(
+        self, state: TrainState, config: BaseModel, ctx: TrainContext, output_dir: Path
+    ) -> tuple[dict[str, float], dict[str, str]]:
+        """After training, on every rank: held-out metrics and the files that show them (rank 0 writes).
+
+        The metrics join the run's final metrics (``RESULT``) and MLflow; a method without a held-out
+        split keeps this default.
+        """
+        return {}, {}
+
     @abstractmethod
     def write_artifacts(
         self, state: TrainState, config: BaseModel, ctx: TrainContext, output_dir: Path

@@ -28,13 +28,10 @@ Choices where the paper is silent (logged as MLflow params through the config):
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import ClassVar, Literal
 
-import numpy as np
-import pandas as pd
 import ray.data
 import torch
 import torch.distributed as dist
@@ -129,7 +126,7 @@ class RobPickerConfig(BaseModel):
         )
 
 
-def _cycle(make: callable) -> Iterator[dict[str, torch.Tensor]]:
+def _cycle(make: Callable[[], Iterator[dict[str, torch.Tensor]]]) -> Iterator[dict[str, torch.Tensor]]:
     """Iterate a stream over and over (the validation stream is replicated and may be shorter than an epoch)."""
     while True:
         empty = True
@@ -281,7 +278,7 @@ class RobPicker(Method):
         metrics.update({"weighted_dice": float(loss.detach()), **{k: float(v.detach()) for k, v in parts.items()}})
         return metrics
 
-    def _on_rank_zero(self, ctx: TrainContext, compute: callable) -> dict[str, float]:
+    def _on_rank_zero(self, ctx: TrainContext, compute: Callable[[], dict[str, float]]) -> dict[str, float]:
         """Run ``compute`` on rank 0 only and hand every rank its result (picking is not worth splitting)."""
         payload = [compute() if ctx.is_rank_zero else None]
         if ctx.distributed:
@@ -300,17 +297,11 @@ class RobPicker(Method):
     def test(
         self, state: TrainState, config: RobPickerConfig, ctx: TrainContext, output_dir: Path
     ) -> tuple[dict[str, float], dict[str, str]]:
-        segmenter = state.unwrapped("segmenter")
-
-        def run() -> tuple[dict[str, float], dict[str, str]]:
-            return write_split_outputs(segmenter, ctx.dataset_dir, ctx.manifest, "test", config.picking(), ctx.device, output_dir)
-
+        """Pick the held-out test tomograms on rank 0: picks, class maps, orthoslices, scores table, F1."""
         if not ctx.is_rank_zero:
-            self._on_rank_zero(ctx, lambda: None)
             return {}, {}
-        metrics, artifacts = run()
-        self._on_rank_zero(ctx, lambda: None)
-        return metrics, artifacts
+        segmenter = state.unwrapped("segmenter")
+        return write_split_outputs(segmenter, ctx.dataset_dir, ctx.manifest, "test", config.picking(), ctx.device, output_dir)
 
     def write_artifacts(self, state: TrainState, config: RobPickerConfig, ctx: TrainContext, output_dir: Path) -> dict[str, str]:
         if not ctx.is_rank_zero:

@@ -1,0 +1,20 @@
+"""RobPicker: train a cryo-ET particle picker by bi-level meta-learning, then pick and score held-out tomograms.
+
+Example usage:
+    python jobs/robpicker.py                       # built-in simulated tomograms, 2 CPU workers
+    python jobs/robpicker.py --smoke
+    python jobs/robpicker.py --dataset tomograms-shrec --config jobs/configs/robpicker-paper.yaml --num-workers 4 --use-gpu
+    ray job submit --working-dir . -- python jobs/robpicker.py --tracking-uri http://HEAD:5000
+    python jobs/robpicker.py predict --model outputs/robpicker/model.pt --tomograms my.mrc --output-dir picks/
+"""
+
+import sys
+
+from cryoray.cli import run_job
+from cryoray.methods.robpicker import RobPicker
+from cryoray.methods.robpicker.predict import run_predict
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["predict"]:
+        sys.exit(run_predict(sys.argv[2:]))
+    sys.exit(run_job(RobPicker()))

@@ -1,0 +1,163 @@
+"""Pick particles in new tomograms with a trained RobPicker model: ``python jobs/robpicker.py predict ...``.
+
+Each tomogram is one Ray task (on a GPU with ``--use-gpu``), so a cluster picks many tomograms at once.
+A tomogram whose voxel size differs from the training voxel size by more than 2% is resampled to it for
+inference (linear interpolation), and its picks are mapped back to its own voxel grid. Evaluation against
+a given particle list (distance rule; the hit-box rule needs instance maps only simulations have) is
+optional. Output: ``picks_<tomogram>.star/.csv`` per tomogram, ``picks.star`` with all of them
+(``rlnTomoName``), an orthoslice PNG per tomogram, ``result.json``, and a last line ``RESULT {json}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import ray
+import torch
+from scipy import ndimage
+
+from cryoray.errors import CryorayInputError
+from cryoray.io.figures import write_orthoslices_with_picks
+from cryoray.io.mrc import read_mrc
+from cryoray.io.star import read_coordinates, write_coordinates
+from cryoray.io.validate import check_can_write
+from cryoray.methods.robpicker.inference import PickingSettings, pick_tomogram, score_tomograms
+from cryoray.nn.unet3d import UNet3D
+
+RESAMPLE_TOLERANCE = 0.02
+MODEL_FILE = "model.pt"
+
+
+def load_model(reference: str) -> dict[str, Any]:
+    """The ``model.pt`` a training run wrote: a path, a run's output folder, or an MLflow URI (``runs:/<id>/outputs/model.pt``)."""
+    if "://" in reference or reference.startswith("runs:/"):
+        import mlflow
+
+        try:
+            reference = mlflow.artifacts.download_artifacts(reference, dst_path=tempfile.mkdtemp(prefix="cryoray-model-"))
+        except Exception as exc:  # noqa: BLE001 - any download failure is the user's reference
+            raise CryorayInputError(reference, "--model", "a downloadable MLflow artifact URI", str(exc).splitlines()[0]) from None
+    path = Path(reference)
+    if path.is_dir():
+        path = path / MODEL_FILE
+    if not path.is_file():
+        raise CryorayInputError(path, "--model", f"a RobPicker {MODEL_FILE} (or the output folder of a training run)", "no such file")
+    try:
+        model = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - a corrupt or foreign file
+        raise CryorayInputError(path, "--model", "a file written by torch.save", type(exc).__name__) from None
+    if not isinstance(model, dict) or model.get("method") != "robpicker":
+        raise CryorayInputError(path, "method", "a RobPicker model", model.get("method") if isinstance(model, dict) else type(model).__name__)
+    return model
+
+
+def build_segmenter(model: dict[str, Any]) -> UNet3D:
+    config = model["config"]
+    segmenter = UNet3D(model["num_classes"], config["channels"], config["bottleneck_channels"])
+    segmenter.load_state_dict(model["segmenter"])
+    return segmenter.eval()
+
+
+def picking_settings(config: dict[str, Any]) -> PickingSettings:
+    return PickingSettings(
+        patch_px=config["patch_px"],
+        overlap_px=config["inference_overlap_px"],
+        batch_size=config["inference_batch_size"],
+        dbscan_eps_px=config["dbscan_eps_px"],
+        dbscan_min_voxels=config["dbscan_min_voxels"],
+        min_cluster_voxels=config["min_cluster_voxels"],
+        tolerance_px=config["tolerance_px"],
+    )
+
+
+def pick_file(model: dict[str, Any], tomogram_path: str, voxel_size_angstrom: float | None, output_dir: str, use_gpu: bool) -> dict[str, Any]:
+    """Pick one tomogram file; returns its picks (in its own voxel grid) and where they were written."""
+    device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+    mrc = read_mrc(tomogram_path, voxel_size_angstrom)
+    tomogram, voxel = mrc.data, mrc.voxel_size_angstrom
+    scale = voxel / model["voxel_size_angstrom"]
+    resampled = abs(scale - 1.0) > RESAMPLE_TOLERANCE
+    volume = ndimage.zoom(tomogram, scale, order=1) if resampled else tomogram
+    picks, _ = pick_tomogram(build_segmenter(model).to(device), volume, picking_settings(model["config"]), device)
+    if resampled:
+        picks[["x_px", "y_px", "z_px"]] = picks[["x_px", "y_px", "z_px"]] / scale
+    name = Path(tomogram_path).name.split(".")[0]
+    picks.insert(0, "tomo_name", name)
+    out = Path(output_dir)
+    names = {s["class_id"]: s["name"] for s in model["species"]}
+    files = [str(write_coordinates(out / f"picks_{name}.{suffix}", picks, overwrite=True)) for suffix in ("star", "csv")]
+    files.append(str(write_orthoslices_with_picks(out / f"orthoslices_{name}.png", tomogram, picks, class_names=names, overwrite=True)))
+    return {"name": name, "picks": picks, "files": files, "shape_zyx": list(tomogram.shape), "resampled_by": scale if resampled else 1.0}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jobs/robpicker.py predict", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="model.pt, a training output folder, or runs:/<run id>/outputs/model.pt")
+    parser.add_argument("--tomograms", nargs="+", required=True, help=".mrc tomograms to pick (any size)")
+    parser.add_argument("--voxel-size-angstrom", type=float, help="use instead of the MRC header's voxel size")
+    parser.add_argument("--truth", nargs="+", help="particle lists (.star/.csv), one per tomogram, to score the picks against")
+    parser.add_argument("--tolerance-px", type=float, help="distance rule radius (default: the model's tolerance_px)")
+    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--use-gpu", action="store_true", help="one GPU per tomogram task")
+    parser.add_argument("--overwrite", action="store_true", help="replace picks already in --output-dir")
+    return parser
+
+
+def _predict(args: argparse.Namespace) -> dict[str, Any]:
+    model = load_model(args.model)
+    tomograms = [str(Path(t).resolve()) for t in args.tomograms]
+    if args.truth and len(args.truth) != len(tomograms):
+        raise CryorayInputError(None, "--truth", f"one particle list per tomogram ({len(tomograms)})", len(args.truth))
+    truths = [read_coordinates(t) for t in args.truth] if args.truth else None
+    output_dir = Path(args.output_dir).resolve()
+    check_can_write(output_dir / "picks.star", args.overwrite)
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True, configure_logging=False)
+    try:
+        task = ray.remote(num_cpus=1, num_gpus=1 if args.use_gpu else 0)(pick_file)
+        model_ref = ray.put(model)
+        done = ray.get([task.remote(model_ref, t, args.voxel_size_angstrom, str(output_dir), args.use_gpu) for t in tomograms])
+    finally:
+        if started:
+            ray.shutdown()
+    all_picks = pd.concat([d["picks"] for d in done], ignore_index=True)
+    write_coordinates(output_dir / "picks.star", all_picks, overwrite=True)
+    names = {s["class_id"]: s["name"] for s in model["species"]}
+    counts = {names.get(int(c), str(c)): int(n) for c, n in all_picks["class_id"].value_counts().sort_index().items()}
+    result: dict[str, Any] = {
+        "tomograms": {d["name"]: {"picks": len(d["picks"]), "shape_zyx": d["shape_zyx"], "resampled_by": d["resampled_by"]} for d in done},
+        "picks_per_class": counts,
+        "picks": str(output_dir / "picks.star"),
+        "files": [f for d in done for f in d["files"]],
+    }
+    if truths is not None:
+        tolerance = args.tolerance_px or model["config"]["tolerance_px"]
+        groups = {s["class_id"]: s["size_group"] for s in model["species"]}
+        scores = score_tomograms([(d["picks"], t, None) for d, t in zip(done, truths)], tolerance, names, groups)["distance"]
+        result["f1_macro"] = scores["macro"]["f1"]
+        result["f1"] = {entry["name"]: entry["f1"] for entry in scores["per_class"].values()}
+    (output_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def run_predict(argv: list[str]) -> int:
+    """CLI entry: exit 0 with a ``RESULT`` line, 2 on bad input (one line naming file and field), 1 on failure."""
+    args = _parser().parse_args(argv)
+    try:
+        result = _predict(args)
+    except CryorayInputError as exc:
+        print(f"robpicker predict: {exc}", file=sys.stderr)
+        return 2
+    print("RESULT " + json.dumps(result))
+    return 0
