@@ -3,6 +3,7 @@
 Example usage:
     python datasets/build.py --list
     python datasets/build.py particles-smoke                      # -> $CRYORAY_DATA_DIR/particles-smoke
+    python datasets/build.py tomograms-smoke                      # kind: tomograms recipes build the same way
     python datasets/build.py particles-4ake --output /data/4ake
     python datasets/build.py --import-relion run_data.star --name myset --output /data/myset \
         [--ground-truth-map reference.mrc]
@@ -14,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cryoray.data.recipes import build_particle_dataset, data_root, find_recipe, import_relion, known_recipes
+from cryoray.data.recipes import build_recipe, data_root, find_recipe, import_relion, known_recipes
 from cryoray.errors import CryorayInputError
 
 
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
             recipe = Path(args.recipe) if args.recipe.endswith(".yaml") else find_recipe(args.recipe)
             if recipe is None or not recipe.is_file():
                 raise CryorayInputError(None, "recipe", f"one of {', '.join(known_recipes())}", args.recipe)
-            out = build_particle_dataset(recipe, args.output or data_root() / recipe.stem, overwrite=args.overwrite)
+            out = build_recipe(recipe, args.output or data_root() / recipe.stem, overwrite=args.overwrite)
         else:
             parser.error("give a recipe name, --import-relion STAR, or --list")
     except CryorayInputError as exc:

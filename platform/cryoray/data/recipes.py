@@ -119,6 +119,20 @@ def load_recipe(path: str | Path) -> ParticleRecipe:
         raise CryorayInputError(path, "recipe", "a valid recipe", "; ".join(format_validation_errors(exc))) from None
 
 
+def build_recipe(recipe_path: str | Path, out_dir: str | Path, overwrite: bool = False) -> Path:
+    """Build any recipe into `out_dir`: dispatch on its ``kind`` (particles, the default, or tomograms)."""
+    recipe_path = Path(recipe_path)
+    try:
+        raw = yaml.safe_load(recipe_path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise CryorayInputError(recipe_path, "recipe", "a readable YAML recipe", str(exc).splitlines()[0]) from None
+    if isinstance(raw, dict) and raw.get("kind") == "tomograms":
+        from cryoray.data.tomogram_recipes import build_tomogram_dataset  # imports this module: import on use
+
+        return build_tomogram_dataset(recipe_path, out_dir, overwrite)
+    return build_particle_dataset(recipe_path, out_dir, overwrite)
+
+
 def _resolve_source_path(recipe_path: Path, relative: str) -> Path:
     path = Path(relative)
     if not path.is_absolute():
@@ -270,7 +284,7 @@ def resolve_dataset(name_or_path: str) -> tuple[Path, DatasetManifest]:
     target = data_root() / name_or_path
     if not (target / MANIFEST_NAME).is_file():
         staging = target.with_name(f".{target.name}.building-{os.getpid()}")
-        build_particle_dataset(recipe, staging, overwrite=True)
+        build_recipe(recipe, staging, overwrite=True)
         if (target / MANIFEST_NAME).is_file():  # another process finished the same build first
             shutil.rmtree(staging)
         else:

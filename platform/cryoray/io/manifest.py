@@ -30,6 +30,31 @@ class ShardEntry(BaseModel):
     count: int = Field(gt=0)
 
 
+class SpeciesEntry(BaseModel):
+    """One particle species of a tomograms dataset (radius: the equivalent-volume radius of its mask)."""
+
+    model_config = ConfigDict(extra="forbid")
+    class_id: int = Field(ge=1)
+    name: str
+    radius_px: float = Field(gt=0)
+    size_group: Literal["tiny", "small", "medium", "large"]
+    source: str = ""
+
+
+class TomogramEntry(BaseModel):
+    """One tomogram and its ground-truth files, paths relative to the dataset directory."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    split: Literal["train", "val", "test"]
+    tomogram: str = Field(description="the (noisy) tomogram .mrc")
+    shape_zyx: list[int] = Field(min_length=3, max_length=3)
+    particles: str = Field(description="ground-truth particle list .csv (a .star next to it)")
+    annotations: str = Field(description="the annotation list .csv the sphere labels were painted from")
+    labels: dict[str, str] = Field(description="sphere / shape / instances -> label map .mrc")
+    clean: str | None = Field(None, description="wedge-free, noise-free density .mrc")
+
+
 class DatasetManifest(BaseModel):
     """The contents of ``manifest.json``."""
 
@@ -46,6 +71,8 @@ class DatasetManifest(BaseModel):
     provenance: dict[str, Any] = Field(default_factory=dict)
     seed: int | None = None
     created_with: str = f"cryoray {__version__}"
+    species: list[SpeciesEntry] = Field(default_factory=list, description="tomograms datasets: the particle species")
+    tomograms: list[TomogramEntry] = Field(default_factory=list, description="tomograms datasets: one entry per tomogram")
 
 
 def write_manifest(dataset_dir: str | Path, manifest: DatasetManifest) -> Path:
@@ -79,6 +106,14 @@ def read_manifest(dataset_dir: str | Path) -> DatasetManifest:
     for name, rel in manifest.ground_truth.items():
         if not (dataset_dir / rel).is_file():
             raise CryorayInputError(path, f"ground_truth.{name}", f"file {rel} to exist", "missing")
+    for index, entry in enumerate(manifest.tomograms):
+        files = {"tomogram": entry.tomogram, "particles": entry.particles, "annotations": entry.annotations}
+        files |= {f"labels.{kind}": rel for kind, rel in entry.labels.items()}
+        if entry.clean is not None:
+            files["clean"] = entry.clean
+        for field, rel in files.items():
+            if not (dataset_dir / rel).is_file():
+                raise CryorayInputError(path, f"tomograms[{index}].{field}", f"file {rel} to exist", "missing")
     return manifest
 
 

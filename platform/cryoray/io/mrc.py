@@ -144,18 +144,41 @@ def read_mrc_shape(path: str | Path) -> tuple[int, ...]:
     return shape
 
 
-def write_mrc(path: str | Path, array: np.ndarray, voxel_size_angstrom: float, overwrite: bool = False) -> Path:
+_STORED_DTYPES = (np.dtype(np.float32), np.dtype(np.int8), np.dtype(np.int16))
+
+
+def write_mrc(
+    path: str | Path,
+    array: np.ndarray,
+    voxel_size_angstrom: float,
+    overwrite: bool = False,
+    dtype: np.dtype | type | str = np.float32,
+) -> Path:
     """Write a float32 map, or an image stack when the name ends in .mrcs, with the voxel size in the header.
 
     A name ending in .gz is gzip-compressed. An existing file is kept unless `overwrite=True`.
+    `dtype` int8 (MRC mode 0) or int16 (mode 1) stores label maps compactly; their values must be
+    whole numbers within the type's range (MRC has no 32-bit integer mode).
     """
     path = check_can_write(path, overwrite)
     voxel = check_positive(voxel_size_angstrom, path, "voxel_size_angstrom")
-    data = np.asarray(array, dtype=np.float32)
+    try:
+        stored = np.dtype(dtype)
+    except TypeError:
+        stored = None
+    if stored not in _STORED_DTYPES:
+        raise CryorayInputError(path, "dtype", "float32, int8 or int16", dtype)
+    data = np.asarray(array, dtype=np.float32) if stored == np.float32 else np.asarray(array)
     if data.ndim not in (2, 3):
         expected = "a 2D image, a (z, y, x) volume or an (n, y, x) stack"
         raise CryorayInputError(path, "array", expected, f"shape {data.shape}")
     check_finite(data, path, "array")
+    if stored != np.float32:
+        limits = np.iinfo(stored)
+        if data.size and (data.min() < limits.min or data.max() > limits.max or not np.array_equal(data, np.round(data))):
+            expected = f"whole numbers in [{limits.min}, {limits.max}] for {stored.name}"
+            raise CryorayInputError(path, "array", expected, f"values in [{data.min()}, {data.max()}]")
+        data = data.astype(stored)
     stack = path.name.endswith((".mrcs", ".mrcs.gz"))
     compression = "gzip" if path.suffix == ".gz" else None
     with mrcfile.new(str(path), compression=compression, overwrite=True) as mrc:

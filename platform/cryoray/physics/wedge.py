@@ -22,6 +22,7 @@ from .fourier import fft3_centered, frequency_grid, ifft3_centered
 
 __all__ = [
     "missing_wedge_mask",
+    "tilt_series_mask",
     "apply_fourier_mask",
     "cube_rotations",
     "wedge_changing_rotations",
@@ -62,6 +63,69 @@ def missing_wedge_mask(
     measured = (angle >= tilt_min_deg - tolerance) & (angle <= tilt_max_deg + tolerance)
     on_axis = (along == 0) & (across == 0)
     return (measured | on_axis).to(dtype)
+
+
+def tilt_series_mask(
+    shape_zyx: tuple[int, int, int],
+    tilt_min_deg: float = -60.0,
+    tilt_max_deg: float = 60.0,
+    tilt_step_deg: float | None = None,
+    tilt_axis: str = "y",
+    *,
+    plane_thickness_px: float = 1.0,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Centred 3D Fourier mask of a (Z, Y, X) volume, 1 where a single-axis tilt series measures data.
+
+    Frequencies are in cycles/pixel on each axis (``(i - D//2) / D``), so directions are physical
+    for non-cubic volumes. With ``tilt_step_deg=None`` the whole range is measured (a continuous
+    wedge; for a cube this is exactly :func:`missing_wedge_mask`). With a step, only the central
+    planes of the tilts ``tilt_min, tilt_min + step, ... <= tilt_max`` are measured, each
+    ``plane_thickness_px`` Fourier voxels thick (distance to the plane counted in voxel units of
+    the grid): a real tilt series samples discrete planes, so high frequencies between two planes
+    stay unmeasured beyond the Crowther radius. The tilt axis itself is always measured.
+    """
+    if len(shape_zyx) != 3 or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in shape_zyx):
+        raise ValueError(f"tilt_series_mask: shape_zyx must be three positive integers, got {shape_zyx!r}")
+    if not -90.0 <= tilt_min_deg < tilt_max_deg <= 90.0:
+        raise ValueError(
+            f"tilt_series_mask: need -90 <= tilt_min_deg < tilt_max_deg <= 90, got {tilt_min_deg}, {tilt_max_deg}"
+        )
+    if tilt_step_deg is not None and not tilt_step_deg > 0:
+        raise ValueError(f"tilt_series_mask: tilt_step_deg must be > 0 or None, got {tilt_step_deg}")
+    if not plane_thickness_px > 0:
+        raise ValueError(f"tilt_series_mask: plane_thickness_px must be > 0, got {plane_thickness_px}")
+    if tilt_axis not in ("x", "y"):
+        raise ValueError(f"tilt_series_mask: tilt_axis must be 'x' or 'y', got {tilt_axis!r}")
+    size_z, size_y, size_x = shape_zyx
+    size_along = size_x if tilt_axis == "y" else size_y
+
+    def frequencies(size: int) -> torch.Tensor:
+        return (torch.arange(size, dtype=torch.float64, device=device) - size // 2) / size
+
+    # The mask does not depend on the coordinate along the tilt axis: build the (z, across) plane once.
+    across = frequencies(size_z)[:, None] * (1.0 if tilt_axis == "y" else -1.0)
+    along = frequencies(size_along)[None, :]
+    on_axis = (along == 0) & (across == 0)
+    if tilt_step_deg is None:
+        angle = torch.rad2deg(torch.atan2(across, along))
+        angle = torch.where(angle > 90, angle - 180, torch.where(angle <= -90, angle + 180, angle))
+        tolerance = 1e-9
+        measured = (angle >= tilt_min_deg - tolerance) & (angle <= tilt_max_deg + tolerance)
+    else:
+        n_tilts = int((tilt_max_deg - tilt_min_deg) / tilt_step_deg + 1e-9) + 1
+        tilts = torch.deg2rad(tilt_min_deg + tilt_step_deg * torch.arange(n_tilts, dtype=torch.float64, device=device))
+        # In voxel units a plane of direction (cos a, sin a) runs along (D_along cos a, D_z sin a).
+        u_along, u_across = along * size_along, across * size_z
+        dir_along, dir_across = size_along * torch.cos(tilts), size_z * torch.sin(tilts)
+        norm = torch.sqrt(dir_along**2 + dir_across**2)
+        distance = (u_along[..., None] * dir_across - u_across[..., None] * dir_along).abs() / norm
+        measured = (distance <= plane_thickness_px / 2 + 1e-9).any(dim=-1)
+    plane = (measured | on_axis).to(dtype)
+    if tilt_axis == "y":
+        return plane[:, None, :].expand(size_z, size_y, size_x).contiguous()
+    return plane[:, :, None].expand(size_z, size_y, size_x).contiguous()
 
 
 def apply_fourier_mask(volume: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
