@@ -21,11 +21,11 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
-# Until jobs/robpicker.py exists the demo is the smallest real job: build the simulated single-particle
-# smoke set, reconstruct its map on 2 Ray Train workers, track it in MLflow.
+# The flagship job: simulate the smoke tomograms, train RobPicker (bi-level meta-learning) on 2 Ray Train
+# workers, pick and score the held-out tomogram, track it all in MLflow.
 demo: $(STAMP)
-	$(PY) jobs/reconstruct.py --smoke --output-dir outputs/demo --overwrite
-	@echo "Results: outputs/demo (result.json, map.mrc, fsc.csv/png). Browse runs: $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db"
+	$(PY) jobs/robpicker.py --smoke --output-dir outputs/demo --overwrite
+	@echo "Results: outputs/demo (result.json, picks_*.star/csv, orthoslices_*.png, scores_test.csv, model.pt). Browse runs: $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db"
 
 test: $(STAMP)
 	$(VENV)/bin/pytest -q

@@ -1,4 +1,4 @@
-"""`ray job submit --working-dir . -- python jobs/reconstruct.py` against a `ray start --head` that this test
+"""`ray job submit --working-dir . -- python jobs/robpicker.py --smoke` (the flagship job) against a `ray start --head` that this test
 starts and stops; the job joins that cluster through RAY_ADDRESS instead of starting its own."""
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def test_ray_job_submit_runs_a_job_on_a_running_cluster(tmp_path):
         out_dir = tmp_path / "out"
         submit = _ray(
             "job", "submit", "--working-dir", ".", "--runtime-env-json", runtime_env, "--",
-            "python", "jobs/reconstruct.py", "--smoke", "--num-workers", "1",
+            "python", "jobs/robpicker.py", "--smoke", "--num-workers", "1",
             "--output-dir", str(out_dir), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
             env=env, timeout=480,
         )
@@ -52,7 +52,11 @@ def test_ray_job_submit_runs_a_job_on_a_running_cluster(tmp_path):
         result_lines = [line for line in submit.stdout.splitlines() if line.startswith("RESULT ")]
         assert result_lines, submit.stdout[-3000:]
         result = json.loads(result_lines[-1].removeprefix("RESULT "))
-        assert result["method"] == "reconstruct" and Path(result["artifacts"]["map"]).is_file()
+        assert result["method"] == "robpicker" and Path(result["artifacts"]["model"]).is_file()
+        metrics = result["metrics"]
+        assert 0.0 <= metrics["test_f1_macro"] <= 1.0
+        assert any(key.startswith("test/hitbox/f1/") for key in metrics), sorted(metrics)
+        assert any(name.startswith("picks_") and path.endswith(".star") for name, path in result["artifacts"].items())
         assert json.loads((out_dir / "result.json").read_text())["mlflow_run_id"] == result["mlflow_run_id"]
     finally:
         _ray("stop", "--force", env=env, timeout=120)

@@ -102,11 +102,16 @@ def score_tomograms(
 
 
 def headline_metrics(result: dict, prefix: str) -> dict[str, float]:
-    """The flat per-class metrics plus ``<prefix>f1_macro`` (hit-box rule when present): the number to tune on."""
+    """F1 per class and size group, macro P/R/F1 per rule, and ``<prefix>f1_macro`` (hit-box rule when present).
+
+    The full table (tp/fp/fn per class and rule) is the scores CSV; MLflow gets what one plots.
+    """
     rule = "hitbox" if "hitbox" in result else "distance"
     flat = flatten_pick_scores(result, prefix.rstrip("_"))
-    flat[f"{prefix}f1_macro"] = result[rule]["macro"]["f1"]
-    return flat
+    wanted = ("/f1/", "/f1_group/", "/f1_macro", "/precision_macro", "/recall_macro")
+    headline = {key: value for key, value in flat.items() if any(part in key for part in wanted)}
+    headline[f"{prefix}f1_macro"] = result[rule]["macro"]["f1"]
+    return headline
 
 
 def _split_results(
