@@ -1,1 +1,27 @@
-"""Methods, each a subpackage implementing the one interface in ``methods.base``."""
+"""Methods, each a subpackage implementing the one interface in ``methods.base``.
+
+``METHODS`` names every method by its job script name (``jobs/<name>.py``) so that tools which take a method
+by name (the sweep driver, ``tuning/<name>.yaml``) find it; entries are "module:Class" strings, imported only
+when asked for, so a method's heavy imports cost nothing to the others. Adding a method is one line here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cryoray.methods.base import Method
+
+METHODS: dict[str, str] = {
+    "reconstruct": "cryoray.methods.reconstruct:KnownPoseReconstruction",
+    "robpicker": "cryoray.methods.robpicker:RobPicker",
+}
+
+
+def load_method(name: str) -> Method:
+    """A fresh instance of the method registered as ``name``; ``KeyError`` names the known ones."""
+    if name not in METHODS:
+        raise KeyError(f"unknown method {name!r}; known: {', '.join(sorted(METHODS))}")
+    module_name, class_name = METHODS[name].split(":")
+    return getattr(importlib.import_module(module_name), class_name)()

@@ -18,7 +18,7 @@ import ray.train
 import ray.train.torch
 import torch
 from pydantic import BaseModel
-from ray.train import Checkpoint, CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import Checkpoint, CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig, UserCallback
 from ray.train.torch import TorchTrainer
 
 from cryoray import __version__
@@ -51,8 +51,13 @@ def run_training(
     manifest: DatasetManifest,
     run_name: str,
     tracking: TrackingHandle | None,
+    callbacks: list[UserCallback] | None = None,
 ) -> TrainingOutcome:
-    """Train ``method`` on Ray Train; raises ``NonFiniteLossError`` or Ray's ``TrainingFailedError``."""
+    """Train ``method`` on Ray Train; raises ``NonFiniteLossError`` or Ray's ``TrainingFailedError``.
+
+    ``callbacks`` are Ray Train controller callbacks, e.g. a sweep trial's ``TuneReportCallback`` that forwards
+    every epoch report to Tune.
+    """
     datasets = method.datasets(dataset_dir, manifest, method_config)
     resources: dict[str, float] = {"CPU": job.train.cpus_per_worker}
     if job.use_gpu:
@@ -77,6 +82,7 @@ def run_training(
             storage_path=storage_path,
             failure_config=FailureConfig(max_failures=job.train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=job.train.checkpoints_to_keep),
+            callbacks=callbacks,
         ),
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=["train"]),
@@ -195,6 +201,10 @@ def _worker_loop(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     if ctx.is_rank_zero:
         output_dir.mkdir(parents=True, exist_ok=True)
     artifacts = method.write_artifacts(state, method_config, ctx, output_dir)
+    test_metrics, test_artifacts = method.test(state, method_config, ctx, output_dir)
+    artifacts.update(test_artifacts)
+    epoch_metrics = {**epoch_metrics, **test_metrics}
+    logger.log_metrics(test_metrics, step=job.train.epochs - 1)
     for path in artifacts.values():
         logger.log_artifact(path, artifact_path="outputs")
     if not ctx.is_rank_zero:
