@@ -81,7 +81,11 @@ def score_tomograms(
     all_picks, all_truth, maps = [], [], []
     offset_px, id_offset = 0, 0
     for picks, truth, instances in items:
-        width = int(instances.shape[2]) if instances is not None else int(max(picks["x_px"].max(initial=0), truth["x_px"].max(initial=0))) + 1
+        if instances is not None:
+            width = int(instances.shape[2])
+        else:
+            xs = np.concatenate([picks["x_px"].to_numpy(np.float64), truth["x_px"].to_numpy(np.float64)])
+            width = int(np.ceil(xs.max(initial=0.0))) + 1
         all_picks.append(picks.assign(x_px=picks["x_px"] + offset_px))
         all_truth.append(truth[["x_px", "y_px", "z_px", "class_id"]].assign(x_px=truth["x_px"] + offset_px))
         if with_maps:

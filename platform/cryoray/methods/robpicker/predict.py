@@ -26,7 +26,7 @@ from scipy import ndimage
 
 from cryoray.errors import CryorayInputError
 from cryoray.io.figures import write_orthoslices_with_picks
-from cryoray.io.mrc import read_mrc
+from cryoray.io.mrc import read_mrc, read_mrc_shape
 from cryoray.io.star import read_coordinates, write_coordinates
 from cryoray.io.validate import check_can_write
 from cryoray.methods.robpicker.inference import PickingSettings, pick_tomogram, score_tomograms
@@ -114,6 +114,9 @@ def _parser() -> argparse.ArgumentParser:
 def _predict(args: argparse.Namespace) -> dict[str, Any]:
     model = load_model(args.model)
     tomograms = [str(Path(t).resolve()) for t in args.tomograms]
+    for tomogram in tomograms:  # fail on the driver, naming the file, before any task starts
+        if len(read_mrc_shape(tomogram)) != 3:
+            raise CryorayInputError(tomogram, "shape", "a 3D tomogram", read_mrc_shape(tomogram))
     if args.truth and len(args.truth) != len(tomograms):
         raise CryorayInputError(None, "--truth", f"one particle list per tomogram ({len(tomograms)})", len(args.truth))
     truths = [read_coordinates(t) for t in args.truth] if args.truth else None

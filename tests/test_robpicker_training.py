@@ -1,0 +1,106 @@
+"""RobPicker learns on the smoke tomograms (in-process, the method's own steps), and its predict mode picks new files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cryoray.config import RunnerConfig
+from cryoray.data.patches import WEDGE_PRESERVING_FLIPS, cut_patch, patch_source, sample_patches, split_entries
+from cryoray.data.recipes import resolve_dataset
+from cryoray.io.mrc import read_mrc, write_mrc
+from cryoray.methods.robpicker import RobPicker, RobPickerConfig
+from cryoray.methods.robpicker.inference import evaluate_split
+from cryoray.methods.robpicker.predict import run_predict
+from cryoray.train.context import TrainContext
+
+STEPS = 60
+
+
+def test_cut_patch_clamps_inside_and_pads_small_volumes() -> None:
+    volume = np.arange(10 * 12 * 14, dtype=np.float32).reshape(10, 12, 14)
+    inside = cut_patch(volume, np.array([5.0, 6.0, 7.0]), 4)
+    assert np.array_equal(inside, volume[3:7, 4:8, 5:9])
+    edge = cut_patch(volume, np.array([0.0, 0.0, 13.0]), 4)  # clamped, never outside the tomogram
+    assert np.array_equal(edge, volume[0:4, 0:4, 10:14])
+    assert cut_patch(volume, np.array([5.0, 6.0, 7.0]), 16).shape == (16, 16, 16)
+
+
+def test_class_balanced_sampling_and_aligned_augmentation() -> None:
+    dataset_dir, manifest = resolve_dataset("tomograms-smoke")
+    source = patch_source(dataset_dir, split_entries(manifest, "val"), "shape", "particles")
+    batch = sample_patches({"id": np.arange(300)}, source, 16, 0, "class_balanced", augment=True)
+    # with no shift the patch centre sits on the drawn particle, inside its (shape) label: classes ~ uniform
+    centre_classes = batch["labels"][:, 8, 8, 8]
+    counts = np.bincount(centre_classes, minlength=4)[1:]
+    assert counts.sum() > 200 and counts.min() > 0.6 * counts.max()
+    # every augmentation is a proper rotation that keeps an axis-aligned wedge (two flipped axes or none)
+    assert all(len(axes) in (0, 2) for axes in WEDGE_PRESERVING_FLIPS)
+    plain = sample_patches({"id": np.arange(1)}, source, 16, 0, "particles", augment=False)
+    assert abs(float(plain["patch"].mean())) < 1e-4 and abs(float(plain["patch"].std()) - 1) < 1e-3
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Train the full method (meta steps included) for a few dozen steps and keep what the tests need."""
+    torch.manual_seed(0)
+    dataset_dir, manifest = resolve_dataset("tomograms-smoke")
+    method = RobPicker()
+    config = RobPickerConfig(**{**RobPicker.smoke_preset["method"], "mode": "full", "learning_rate": 0.1})
+    ctx = TrainContext(rank=0, world_size=1, device=torch.device("cpu"), dataset_dir=dataset_dir, manifest=manifest, runner=RunnerConfig(epochs=1))
+    state = method.setup(config, manifest, ctx)
+    segmenter = state.unwrapped("segmenter")
+    f1_before = evaluate_split(segmenter, dataset_dir, manifest, "val", config.picking(), ctx.device, "val_")["val_f1_macro"]
+    train = patch_source(dataset_dir, split_entries(manifest, "train"), "sphere", "annotations")
+    val = patch_source(dataset_dir, split_entries(manifest, "val"), "shape", "particles")
+    history = []
+    for _ in range(STEPS):
+        for module in state.modules.values():
+            module.train()
+        lower = sample_patches({"id": np.arange(4)}, train, config.patch_px, 4, "particles", augment=True)
+        upper = sample_patches({"id": np.arange(4)}, val, config.patch_px, 4, "class_balanced", augment=True)
+        batch = {
+            "patch": torch.from_numpy(lower["patch"]),
+            "labels": torch.from_numpy(lower["labels"]).long(),
+            "meta_patch": torch.from_numpy(upper["patch"]),
+            "meta_labels": torch.from_numpy(upper["labels"]).long(),
+        }
+        history.append(method.train_step(state, batch, config, ctx))
+        ctx.global_step += 1
+    f1_after = evaluate_split(segmenter, dataset_dir, manifest, "val", config.picking(), ctx.device, "val_")["val_f1_macro"]
+    out = tmp_path_factory.mktemp("robpicker")
+    artifacts = method.write_artifacts(state, config, ctx, out)
+    return {"history": history, "f1_before": f1_before, "f1_after": f1_after, "model": artifacts["model"], "dataset_dir": dataset_dir, "manifest": manifest}
+
+
+def test_full_robpicker_learns(trained: dict) -> None:
+    history = trained["history"]
+    first, last = np.mean([h["dice"] for h in history[:10]]), np.mean([h["dice"] for h in history[-10:]])
+    assert last < first - 0.05, (first, last)
+    assert all(np.isfinite(h["hypergradient_norm"]) and h["hypergradient_norm"] > 0 for h in history)
+    assert all(0 < h["weight"] < 1 and 0 < h["alpha"] < 1 for h in history)
+    assert trained["f1_after"] > trained["f1_before"] + 0.1, (trained["f1_before"], trained["f1_after"])
+
+
+@pytest.mark.ray
+def test_predict_mode_picks_a_user_tomogram_and_scores_it(trained: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    entry = split_entries(trained["manifest"], "test")[0]
+    source = read_mrc(trained["dataset_dir"] / entry.tomogram)
+    user_tomogram = write_mrc(tmp_path / "my tomo.mrc", source.data, source.voxel_size_angstrom)
+    truth = trained["dataset_dir"] / entry.particles
+    out = tmp_path / "picks"
+    code = run_predict(["--model", trained["model"], "--tomograms", str(user_tomogram), "--truth", str(truth), "--output-dir", str(out)])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert code == 0 and lines[-1].startswith("RESULT ")
+    result = json.loads(lines[-1].removeprefix("RESULT "))
+    assert (out / "picks.star").is_file() and (out / "picks_my tomo.csv").is_file() and (out / "orthoslices_my tomo.png").is_file()
+    assert 0.0 <= result["f1_macro"] <= 1.0 and result["tomograms"]["my tomo"]["picks"] > 0
+    # picks are not overwritten without --overwrite, and a missing tomogram is named in one line
+    assert run_predict(["--model", trained["model"], "--tomograms", str(user_tomogram), "--output-dir", str(out)]) == 2
+    assert run_predict(["--model", trained["model"], "--tomograms", str(tmp_path / "nope.mrc"), "--output-dir", str(tmp_path / "o2")]) == 2
+    err = capsys.readouterr().err
+    assert "picks.star" in err and "nope.mrc" in err
