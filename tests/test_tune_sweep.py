@@ -20,7 +20,7 @@ from cryoray.errors import CryorayInputError
 from cryoray.methods import METHODS, load_method
 from cryoray.methods.reconstruct import KnownPoseReconstruction
 from cryoray.tune import run_sweep, trial_concurrency
-from cryoray.tune.spec import load_sweep_spec, plan_sweep
+from cryoray.tune.spec import check_search_space, load_sweep_spec, plan_sweep
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SPEC = REPO_ROOT / "tuning" / "reconstruct.yaml"
@@ -186,3 +186,12 @@ def test_a_smoke_sweep_tracks_every_trial_under_one_parent_run(tmp_path, capsys)
         history = client.get_metric_history(child.info.run_id, "epoch/map_correlation")
         assert len({m.step for m in history}) == int(row["epochs_run"])
         assert max(history, key=lambda m: m.step).value == pytest.approx(float(row["final_map_correlation"]))
+
+
+@pytest.mark.parametrize("spec_path", sorted((REPO_ROOT / "tuning").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("smoke", [False, True])
+def test_every_shipped_sweep_spec_validates_against_its_method(spec_path, smoke):
+    spec = load_sweep_spec(spec_path)
+    method = load_method(spec.job)
+    plan = plan_sweep(spec, spec_path, method, smoke, None)
+    assert check_search_space(plan, method)
