@@ -4,7 +4,7 @@ Every mode trains on the same dataset (sphere labels from noisy annotations on t
 the same number of lower-level steps, then picks the held-out test tomogram; the table gives per-class
 hit-box F1, macro F1 per size group, wall time and peak resident memory of the job's process tree.
 
-    python benchmarks/robpicker_ablation.py --dataset tomograms-shrec --epochs 4 --out benchmarks/results/robpicker_ablation
+    python benchmarks/robpicker_ablation.py --dataset tomograms-shrec --epochs 4 --out benchmarks/_work/robpicker_ablation
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def main() -> None:
     parser.add_argument("--patches-per-epoch", type=int, default=384)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/robpicker_ablation")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks/_work/robpicker_ablation")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 

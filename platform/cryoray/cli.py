@@ -93,6 +93,22 @@ def _fail(method: Method, sentence: str, code: int = 1) -> int:
     return code
 
 
+def connect_ray(include_dashboard: bool | None = None) -> bool:
+    """Join the cluster in RAY_ADDRESS (set by ``ray job submit``), else start a private local Ray.
+
+    ``address="local"``: a bare ``ray.init()`` would join any ``ray start`` cluster running on the machine
+    (someone else's, or a test's). Returns True when this call connected (and so must shut down).
+    """
+    if ray.is_initialized():
+        return False
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True, configure_logging=False)
+    else:
+        ray.init(address="local", include_dashboard=include_dashboard, log_to_driver=True, configure_logging=False)
+    return True
+
+
 def _check_gpus(job: JobConfig, joined_cluster: bool, started_ray: bool) -> None:
     """On a local Ray, asking for more GPUs than exist would make Ray Train wait forever: refuse it now.
     (A cluster may autoscale GPU nodes in, so there the request stands.)"""
@@ -115,10 +131,7 @@ def _run(method: Method, args: argparse.Namespace) -> dict[str, Any]:
     if manifest.kind != method.dataset_kind:
         raise CryorayInputError(dataset_dir, "kind", f"a {method.dataset_kind} dataset for {method.name}", manifest.kind)
 
-    started_ray = not ray.is_initialized()
-    if started_ray:
-        # RAY_ADDRESS (set by `ray job submit`) joins that cluster; without it a local Ray starts.
-        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True, configure_logging=False)
+    started_ray = connect_ray()
     _check_gpus(job, joined_cluster=bool(os.environ.get("RAY_ADDRESS")), started_ray=started_ray)
     tracking_uri = job.tracking_uri or default_tracking_uri(Path.cwd())
     run_name = job.run_name or f"{method.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"

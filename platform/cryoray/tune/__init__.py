@@ -30,6 +30,7 @@ from ray.tune.result_grid import ResultGrid
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
+from cryoray.cli import connect_ray
 from cryoray.config import JobConfig, validate_job_config
 from cryoray.data.recipes import REPO_ROOT, resolve_dataset
 from cryoray.errors import CryorayInputError
@@ -166,7 +167,7 @@ def run_sweep(
     experiment = plan.base.get("experiment_name") or f"cryoray-{method.name}-sweeps"
 
     joined_cluster = bool(os.environ.get("RAY_ADDRESS"))
-    started_ray = _connect_ray(joined_cluster)
+    started_ray = _connect_ray()
     try:
         concurrency = trial_concurrency(
             plan.max_concurrent_trials, edge_jobs, ray.cluster_resources(), joined_cluster, plan.spec_path
@@ -233,18 +234,11 @@ def run_sweep(
             ray.shutdown()
 
 
-def _connect_ray(joined_cluster: bool) -> bool:
-    """Join the cluster in RAY_ADDRESS (set by ``ray job submit``) or start a local Ray; True if this call
-    started the connection (and so must shut it down)."""
-    if ray.is_initialized():
-        return False
-    if joined_cluster:
-        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True, configure_logging=False)
-    else:
-        # The dashboard's State API is what frees the placement groups of trials the scheduler stops; without
-        # it they leak and later trials wait forever (ray_conventions.md section 3).
-        ray.init(include_dashboard=True, log_to_driver=True, configure_logging=False)
-    return True
+def _connect_ray() -> bool:
+    """Join RAY_ADDRESS or start a local Ray; True if this call connected (and so must shut down)."""
+    # The dashboard's State API is what frees the placement groups of trials the scheduler stops; without
+    # it they leak and later trials wait forever (ray_conventions.md section 3).
+    return connect_ray(include_dashboard=True)
 
 
 def trial_concurrency(

@@ -12,18 +12,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import ray
 import torch
 from scipy import ndimage
 
+from cryoray.cli import connect_ray
 from cryoray.errors import CryorayInputError
 from cryoray.io.figures import write_orthoslices_with_picks
 from cryoray.io.mrc import read_mrc, read_mrc_shape
@@ -124,9 +123,7 @@ def _predict(args: argparse.Namespace) -> dict[str, Any]:
     check_can_write(output_dir / "picks.star", args.overwrite)
     output_dir.mkdir(parents=True, exist_ok=True)
 
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True, configure_logging=False)
+    started = connect_ray()
     try:
         task = ray.remote(num_cpus=1, num_gpus=1 if args.use_gpu else 0)(pick_file)
         model_ref = ray.put(model)
