@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -30,6 +30,7 @@ from cryoray.simulate.particles import simulate_particle_stack
 from cryoray.simulate.phantom import builtin_phantom
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
+RecipeModel = TypeVar("RecipeModel", bound=BaseModel)
 GROUND_TRUTH_MAP = "ground_truth_map.mrc"
 
 
@@ -107,16 +108,21 @@ def known_recipes() -> list[str]:
     return sorted({p.stem for folder in recipe_dirs() if folder.is_dir() for p in folder.glob("*.yaml")})
 
 
-def load_recipe(path: str | Path) -> ParticleRecipe:
+def load_yaml_model(path: str | Path, model: type[RecipeModel], what: str) -> RecipeModel:
+    """Read a YAML recipe into ``model``; every problem in one ``CryorayInputError`` naming the file."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise CryorayInputError(path, "recipe", "a readable YAML recipe", str(exc).splitlines()[0]) from None
     try:
-        return ParticleRecipe.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as exc:
-        raise CryorayInputError(path, "recipe", "a valid recipe", "; ".join(format_validation_errors(exc))) from None
+        raise CryorayInputError(path, "recipe", f"a valid {what}", "; ".join(format_validation_errors(exc))) from None
+
+
+def load_recipe(path: str | Path) -> ParticleRecipe:
+    return load_yaml_model(path, ParticleRecipe, "recipe")
 
 
 def build_recipe(recipe_path: str | Path, out_dir: str | Path, overwrite: bool = False) -> Path:

@@ -24,11 +24,9 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from cryoray.config import format_validation_errors
-from cryoray.data.recipes import _prepare_output
+from cryoray.data.recipes import _prepare_output, load_yaml_model
 from cryoray.errors import CryorayInputError
 from cryoray.io.manifest import DatasetManifest, ShardEntry, SpeciesEntry, TomogramEntry, write_manifest
 from cryoray.io.mrc import write_mrc
@@ -174,15 +172,7 @@ class TomogramRecipe(BaseModel):
 
 def load_tomogram_recipe(path: str | Path) -> TomogramRecipe:
     """Read and validate a tomogram recipe; every problem in one `CryorayInputError` naming the file."""
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise CryorayInputError(path, "recipe", "a readable YAML recipe", str(exc).splitlines()[0]) from None
-    try:
-        return TomogramRecipe.model_validate(raw)
-    except ValidationError as exc:
-        raise CryorayInputError(path, "recipe", "a valid tomogram recipe", "; ".join(format_validation_errors(exc))) from None
+    return load_yaml_model(path, TomogramRecipe, "tomogram recipe")
 
 
 def _resolve(recipe_path: Path, relative: str, field: str) -> Path:
