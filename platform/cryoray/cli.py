@@ -50,8 +50,9 @@ def build_parser(method: Method) -> argparse.ArgumentParser:
 
 
 def job_settings(method: Method, args: argparse.Namespace) -> dict[str, Any]:
-    """Merge defaults < smoke preset < config file < flags into one raw mapping."""
+    """Merge defaults < the method's preset < smoke preset < config file < flags into one raw mapping."""
     raw: dict[str, Any] = {"dataset": method.smoke_dataset if args.smoke else method.default_dataset}
+    raw = deep_update(raw, method.default_preset)
     if args.smoke:
         raw = deep_update(raw, method.smoke_preset)
     if args.config is not None:

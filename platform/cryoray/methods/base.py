@@ -50,6 +50,9 @@ class Method(ABC):
     dataset_kind: ClassVar[DatasetKind]
     default_dataset: ClassVar[str]
     smoke_dataset: ClassVar[str]
+    # The method's own defaults for the shared runner settings ({"train": {...}}), e.g. a batch of 3D patches
+    # is far smaller than a batch of 2D images.
+    default_preset: ClassVar[dict[str, Any]] = {}
     # Overrides applied by --smoke (a run of at most 2 minutes on 2 CPU cores): {"train": {...}, "method": {...}}.
     smoke_preset: ClassVar[dict[str, Any]] = {}
     # Multi-head or partly frozen models leave parameters unused on some steps; DDP must know.

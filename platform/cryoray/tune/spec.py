@@ -146,8 +146,8 @@ def load_sweep_spec(path: str | Path) -> SweepSpec:
 
 
 def plan_sweep(spec: SweepSpec, spec_path: str | Path, method: Method, smoke: bool, num_samples: int | None) -> SweepPlan:
-    """Merge base < smoke block (``--smoke``) and the budget overrides into what this launch runs."""
-    base = deep_update({"dataset": method.default_dataset}, spec.base)
+    """Merge the method's preset < base < smoke block (``--smoke``) and the budget overrides into what this launch runs."""
+    base = deep_update(deep_update({"dataset": method.default_dataset}, method.default_preset), spec.base)
     scheduler, samples, concurrency = spec.scheduler, spec.num_samples, spec.max_concurrent_trials
     if smoke:
         base = deep_update(base, deep_update({"dataset": method.smoke_dataset}, spec.smoke.base))

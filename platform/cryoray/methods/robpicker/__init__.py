@@ -157,6 +157,7 @@ class RobPicker(Method):
     dataset_kind: ClassVar[str] = "tomograms"
     default_dataset: ClassVar[str] = "tomograms-default"
     smoke_dataset: ClassVar[str] = "tomograms-smoke"
+    default_preset: ClassVar[dict] = {"train": {"epochs": 10, "batch_size": 8, "log_every_steps": 5}}
     smoke_preset: ClassVar[dict] = {
         "num_workers": 2,
         "train": {"epochs": 2, "batch_size": 4, "log_every_steps": 2},
