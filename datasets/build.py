@@ -1,4 +1,4 @@
-"""Build a named dataset recipe, or import a RELION particle set, into a cryoray dataset directory.
+"""Build a named dataset recipe, or import a RELION particle set or real tomograms, into a cryoray dataset directory.
 
 Example usage:
     python datasets/build.py --list
@@ -7,6 +7,7 @@ Example usage:
     python datasets/build.py particles-4ake --output /data/4ake
     python datasets/build.py --import-relion run_data.star --name myset --output /data/myset \
         [--ground-truth-map reference.mrc]
+    python datasets/build.py --import-tomograms spec.yaml --output /data/myset   # spec format: cryoray.data.tomogram_import
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 from pathlib import Path
 
 from cryoray.data.recipes import build_recipe, data_root, find_recipe, import_relion, known_recipes
+from cryoray.data.tomogram_import import import_tomograms, load_import_spec
 from cryoray.errors import CryorayInputError
 
 
@@ -24,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("recipe", nargs="?", help="recipe name (datasets/<name>.yaml) or a recipe file")
     parser.add_argument("--list", action="store_true", help="list the known recipes")
     parser.add_argument("--import-relion", type=Path, metavar="STAR", help="RELION .star whose images to import")
-    parser.add_argument("--name", help="dataset name for an import (default: the STAR file's stem)")
+    parser.add_argument("--import-tomograms", type=Path, metavar="SPEC", help="YAML spec of real tomograms + picks to import")
+    parser.add_argument("--name", help="dataset name for a RELION import (default: the STAR file's stem)")
     parser.add_argument("--ground-truth-map", type=Path, help="reference map stored with an import")
     parser.add_argument("--images-per-shard", type=int, default=4096)
     parser.add_argument("--output", type=Path, help="dataset directory (default $CRYORAY_DATA_DIR/<name>)")
@@ -41,13 +44,16 @@ def main(argv: list[str] | None = None) -> int:
                 images_per_shard=args.images_per_shard, ground_truth_map=args.ground_truth_map,
                 overwrite=args.overwrite,
             )
+        elif args.import_tomograms:
+            name = load_import_spec(args.import_tomograms).name
+            out = import_tomograms(args.import_tomograms, args.output or data_root() / name, overwrite=args.overwrite)
         elif args.recipe:
             recipe = Path(args.recipe) if args.recipe.endswith(".yaml") else find_recipe(args.recipe)
             if recipe is None or not recipe.is_file():
                 raise CryorayInputError(None, "recipe", f"one of {', '.join(known_recipes())}", args.recipe)
             out = build_recipe(recipe, args.output or data_root() / recipe.stem, overwrite=args.overwrite)
         else:
-            parser.error("give a recipe name, --import-relion STAR, or --list")
+            parser.error("give a recipe name, --import-relion STAR, --import-tomograms SPEC, or --list")
     except CryorayInputError as exc:
         print(f"datasets/build.py: bad input: {exc}", file=sys.stderr)
         return 2
