@@ -92,7 +92,8 @@ def write_orthoslices_with_picks(
             raise CryorayInputError(None, name, "a table with columns x_px, y_px, z_px, class_id", f"no column {missing[0]}")
     names = class_names or {}
     classes = sorted(set().union(*(table["class_id"].astype(int).tolist() for table in tables.values())))
-    colours = {cls: plt.get_cmap("tab10")(i % 10) for i, cls in enumerate(classes)}
+    palette = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")  # distinct colours for SHREC's 12 classes
+    colours = {cls: palette(i % palette.N) for i, cls in enumerate(classes)}
     centre_zyx = [n // 2 for n in volume.shape]
     # (title, projection axis, image row column, image column column, column normal to the slice)
     panels = (
