@@ -77,6 +77,7 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/_work/robpicker_ablation")
     args = parser.parse_args()
+    args.out = args.out.resolve()  # the MLflow sqlite URI needs an absolute path
     args.out.mkdir(parents=True, exist_ok=True)
 
     rows, per_class = [], []
