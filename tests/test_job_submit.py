@@ -8,8 +8,10 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
+import psutil
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -24,6 +26,24 @@ def _ray(*args: str, env: dict, timeout: int = 300) -> subprocess.CompletedProce
     return subprocess.run([str(ray_cli), *args], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
 
 
+def stop_head(temp_dir: Path) -> None:
+    """Stop only this head's processes (command lines naming its temp dir) and their children.
+
+    ``ray stop --force`` would kill every Ray on the machine, a developer's runs and benchmarks included.
+    """
+    roots = [p for p in psutil.process_iter(["cmdline"]) if any(str(temp_dir) in part for part in p.info["cmdline"] or [])]
+    processes = {p.pid: p for root in roots for p in [root, *root.children(recursive=True)]}
+    for process in processes.values():
+        try:
+            process.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(list(processes.values()), timeout=30)
+    for process in alive:
+        process.kill()
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
 def test_ray_job_submit_runs_a_job_on_a_running_cluster(tmp_path):
     if shutil.which("ray", path=str(Path(sys.executable).parent)) is None:
         pytest.fail("the ray CLI is not installed next to this Python")
@@ -35,8 +55,9 @@ def test_ray_job_submit_runs_a_job_on_a_running_cluster(tmp_path):
         "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{DASHBOARD_PORT}",
     }
     env.pop("RAY_ADDRESS", None)
+    temp_dir = Path(tempfile.mkdtemp(prefix="cr", dir="/tmp"))  # short: Ray's socket paths live under it
     start = _ray("start", "--head", "--num-cpus=2", f"--port={GCS_PORT}", f"--dashboard-port={DASHBOARD_PORT}",
-                 "--disable-usage-stats", env=env)
+                 f"--temp-dir={temp_dir}", "--disable-usage-stats", env=env)
     assert start.returncode == 0, start.stderr
     try:
         runtime_env = json.dumps({"env_vars": {"CRYORAY_DATA_DIR": os.environ["CRYORAY_DATA_DIR"]}})
@@ -59,4 +80,4 @@ def test_ray_job_submit_runs_a_job_on_a_running_cluster(tmp_path):
         assert any(name.startswith("picks_") and path.endswith(".star") for name, path in result["artifacts"].items())
         assert json.loads((out_dir / "result.json").read_text())["mlflow_run_id"] == result["mlflow_run_id"]
     finally:
-        _ray("stop", "--force", env=env, timeout=120)
+        stop_head(temp_dir)
