@@ -66,10 +66,15 @@ def _kill_a_train_worker_after(checkpoint_dir: Path, killed: list[int], timeout_
     deadline = time.time() + timeout_s
     while time.time() < deadline and not checkpoint_dir.exists():
         time.sleep(0.2)
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        if any("RayTrainWorker" in part for part in proc.info["cmdline"] or []):
+    # Only this test's Ray (started by this process) is a candidate, never another Ray on the machine.
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            cmdline = proc.cmdline()
+        except psutil.NoSuchProcess:
+            continue
+        if any("RayTrainWorker" in part for part in cmdline):
             proc.kill()
-            killed.append(proc.info["pid"])
+            killed.append(proc.pid)
             return
 
 
