@@ -35,7 +35,7 @@ from typing import ClassVar, Literal
 import ray.data
 import torch
 import torch.distributed as dist
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 from torch.func import functional_call
 
 from cryoray.data.patches import patch_dataset, patch_source, split_entries
@@ -62,7 +62,7 @@ class RobPickerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     mode: Mode = Field("full", description="full | lc_only | dr_only | supervised (the paper's ablations)")
     patch_px: int = Field(32, ge=8, description="patch edge in voxels (paper 64); a multiple of 2**len(channels)")
-    channels: list[int] = Field([8, 16, 32, 48], min_length=1, description="U-Net down-block widths (paper: 4 blocks)")
+    channels: list[PositiveInt] = Field([8, 16, 32, 48], min_length=1, description="U-Net down-block widths (paper: 4 blocks)")
     bottleneck_channels: int = Field(64, ge=1)
     train_patches_per_epoch: int = Field(512, ge=1, description="training patches drawn per epoch (all workers)")
     meta_patches_per_epoch: int = Field(256, ge=1, description="validation-stream patches per epoch; cycled if short")
@@ -85,13 +85,6 @@ class RobPickerConfig(BaseModel):
     min_cluster_voxels: int = Field(1, ge=1, description="drop clusters smaller than this (1 = paper: no filter)")
     tolerance_px: float = Field(4.0, gt=0, description="distance rule: a pick matches a particle within this radius")
     eval_every_epochs: int = Field(1, ge=1, description="validation picking + F1 every this many epochs")
-
-    @field_validator("channels")
-    @classmethod
-    def _positive(cls, widths: list[int]) -> list[int]:
-        if min(widths) < 1:
-            raise ValueError("widths must be >= 1")
-        return widths
 
     @model_validator(mode="after")
     def _patch_fits_depth(self) -> RobPickerConfig:
