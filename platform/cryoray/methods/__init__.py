@@ -14,6 +14,10 @@ if TYPE_CHECKING:
     from cryoray.methods.base import Method
 
 METHODS: dict[str, str] = {
+    "betagan": "cryoray.methods.betagan:BetaGAN",
+    "cryo2ssnet": "cryoray.methods.cryo2ssnet:Cryo2SSNet",
+    "cryogen2": "cryoray.methods.cryogen2:CryoGEN2",
+    "cryospin": "cryoray.methods.cryospin:CryoSPIN",
     "reconstruct": "cryoray.methods.reconstruct:KnownPoseReconstruction",
     "robpicker": "cryoray.methods.robpicker:RobPicker",
 }
