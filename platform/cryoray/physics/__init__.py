@@ -53,6 +53,7 @@ from .hopf import (
     hopf_grid_quaternions,
     hopf_grid_resolution_deg,
     hopf_grid_rotations,
+    hopf_grid_rotations_at,
     hopf_grid_size,
     hopf_to_quaternion,
     nearest_hopf_neighbours,
@@ -97,6 +98,7 @@ from .wedge import (
     rotate_volume_90,
     wedge_changing_rotations,
 )
+from .wedge_metrics import mean_shell_correlation, missing_wedge_region, region_fourier_shell_correlation
 
 __all__ = [
     "CTF_PARAMETERS",
@@ -123,6 +125,7 @@ __all__ = [
     "hopf_grid_quaternions",
     "hopf_grid_resolution_deg",
     "hopf_grid_rotations",
+    "hopf_grid_rotations_at",
     "hopf_grid_size",
     "hopf_to_quaternion",
     "ht2_centered",
@@ -136,7 +139,9 @@ __all__ = [
     "matrix_to_euler_relion",
     "matrix_to_quaternion",
     "matrix_to_s2s2",
+    "mean_shell_correlation",
     "missing_wedge_mask",
+    "missing_wedge_region",
     "nearest_hopf_neighbours",
     "negate_frequencies",
     "picking_scores",
@@ -148,6 +153,7 @@ __all__ = [
     "radial_frequency_grid",
     "random_quaternions",
     "random_rotations",
+    "region_fourier_shell_correlation",
     "rotate_volume_90",
     "rotation_error_after_alignment",
     "s2s2_to_matrix",

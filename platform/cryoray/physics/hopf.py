@@ -26,13 +26,13 @@ from .rotations import matrix_to_quaternion, quaternion_to_matrix
 
 __all__ = [
     "healpix_pix2ang_nested",
-    "hopf_to_quaternion",
-    "hopf_grid_size",
-    "hopf_grid_quaternions",
-    "hopf_grid_rotations",
     "hopf_children",
-    "nearest_hopf_neighbours",
+    "hopf_grid_quaternions",
     "hopf_grid_resolution_deg",
+    "hopf_grid_rotations",
+    "hopf_grid_size",
+    "hopf_to_quaternion",
+    "nearest_hopf_neighbours",
 ]
 
 # HEALPix base faces: ring number (in units of Nside) of the face centre, and its longitude index.
@@ -130,6 +130,17 @@ def hopf_grid_rotations(
 ) -> torch.Tensor:
     """The level-``level`` grid as rotation matrices, shape ``(72·8**level, 3, 3)``."""
     q = hopf_grid_quaternions(level, dtype=torch.float64)
+    return quaternion_to_matrix(q).to(dtype=dtype, device=device)
+
+
+def hopf_grid_rotations_at(
+    indices: torch.Tensor, level: int, *, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """Rotation matrices ``indices.shape + (3, 3)`` of the given level-``level`` grid points, without building the grid."""
+    _check_level(level, "hopf_grid_rotations_at")
+    indices = torch.as_tensor(indices, dtype=torch.int64)
+    n_psi = _n_psi(level)
+    q = _quaternions_at(indices // n_psi, indices % n_psi, level)
     return quaternion_to_matrix(q).to(dtype=dtype, device=device)
 
 

@@ -1,0 +1,173 @@
+"""Cryo2SSNet: the unbiased loss, quaternion distance, DHBS on a known map, GD enhancement, the stage
+schedule, bad input, and learning on a tiny noiseless set (in-process, the method's own steps)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from cryoray.config import RunnerConfig
+from cryoray.errors import CryorayInputError
+from cryoray.io.manifest import DatasetManifest, ShardEntry
+from cryoray.methods.cryo2ssnet import Cryo2SSNet, Cryo2SSNetConfig
+from cryoray.methods.cryo2ssnet.networks import (
+    HartleyDecoder,
+    PoseEncoder,
+    standardise_images,
+)
+from cryoray.methods.cryo2ssnet.search import (
+    beam_search,
+    quaternion_distance_squared,
+    refine_poses,
+    unbiased_l2,
+)
+from cryoray.methods.single_particle import evaluate_reconstruction
+from cryoray.physics import (
+    axis_angle_to_matrix,
+    geodesic_distance_deg,
+    hopf_grid_resolution_deg,
+    matrix_to_quaternion,
+    quaternion_distance,
+    random_rotations,
+)
+from cryoray.physics.image_formation import CTF_PARAMETERS
+from cryoray.simulate.particles import simulate_particle_stack
+from cryoray.simulate.phantom import builtin_phantom
+from cryoray.train.context import TrainContext
+
+
+def _manifest(box_px: int, voxel: float, count: int, **provenance: object) -> DatasetManifest:
+    return DatasetManifest(
+        name="tiny", kind="particles", voxel_size_angstrom=voxel, box_px=box_px, count=count,
+        shards=[ShardEntry(path="shards/none.parquet", count=count)], columns={}, provenance=provenance,
+    )
+
+
+def test_unbiased_loss_matches_the_clean_l2_in_expectation() -> None:
+    g = torch.Generator().manual_seed(0)
+    clean = torch.nn.functional.avg_pool2d(torch.randn(1, 1, 36, 36, generator=g), 5, 1)[0, 0]  # smooth 32×32
+    simulated = standardise_images(clean + 0.5 * torch.randn(clean.shape, generator=g))
+    target = float(((standardise_images(clean) - simulated) ** 2).mean())
+    for snr in (1.0, 0.1):
+        sigma = clean.std() / snr**0.5
+        noisy = standardise_images(clean + sigma * torch.randn(4000, *clean.shape, generator=g))
+        unbiased = float(unbiased_l2(noisy, simulated, snr).mean())
+        plain = float(unbiased_l2(noisy, simulated, None).mean())
+        assert unbiased == pytest.approx(target, abs=0.03 * (1 + 1 / snr) ** 0.5), (snr, unbiased, target)
+        assert abs(plain - target) > 0.1  # the plain ℓ2 of noisy images is biased
+
+
+def test_quaternion_distance_from_matrices() -> None:
+    g = torch.Generator().manual_seed(1)
+    R1, R2 = random_rotations(64, generator=g), random_rotations(64, generator=g)
+    expected = quaternion_distance(matrix_to_quaternion(R1), matrix_to_quaternion(R2)) ** 2
+    assert torch.allclose(quaternion_distance_squared(R1, R2), expected, atol=1e-5)
+    assert torch.allclose(quaternion_distance_squared(R1, R1), torch.zeros(64), atol=1e-6)
+    assert torch.allclose(quaternion_distance_squared(R1, R2), quaternion_distance_squared(R2, R1), atol=1e-6)
+    # it is a function of the geodesic angle: 2 − 2 cos(θ/2)
+    theta = torch.deg2rad(geodesic_distance_deg(R1, R2).double())
+    assert torch.allclose(quaternion_distance_squared(R1, R2).double(), 2 - 2 * torch.cos(theta / 2), atol=1e-4)
+    omega = torch.tensor([[1e-4, 0.0, 0.0]], requires_grad=True)  # finite gradient near coincidence
+    quaternion_distance_squared(axis_angle_to_matrix(omega), torch.eye(3)[None]).sum().backward()
+    assert torch.isfinite(omega.grad).all()
+
+
+def test_encoder_outputs_rotations() -> None:
+    R = PoseEncoder(24)(torch.randn(5, 24, 24))
+    assert R.shape == (5, 3, 3)
+    assert torch.allclose(R @ R.transpose(-1, -2), torch.eye(3).expand(5, 3, 3), atol=1e-5)
+    assert torch.allclose(torch.linalg.det(R), torch.ones(5), atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def known_map() -> dict:
+    box = 32
+    decoder = HartleyDecoder(box, 3.0, 14)
+    with torch.no_grad():
+        decoder.density.copy_(torch.from_numpy(builtin_phantom(box)))
+    hartley = decoder.hartley_volume().detach()
+    truth = random_rotations(16, generator=torch.Generator().manual_seed(2))
+    observed = HartleyDecoder.render(hartley, truth, None)
+
+    def cost(rotations: torch.Tensor) -> torch.Tensor:
+        return ((HartleyDecoder.render(hartley, rotations, None) - observed[:, None]) ** 2).mean(dim=(-2, -1))
+
+    # an encoder-like first guess: the truth off by 10°
+    axes = torch.nn.functional.normalize(torch.randn(16, 3, generator=torch.Generator().manual_seed(3)), dim=-1)
+    initial = axis_angle_to_matrix(axes * np.deg2rad(10.0)) @ truth
+    return {"cost": cost, "truth": truth, "initial": initial}
+
+
+@pytest.mark.parametrize("depth", [3, 4])
+def test_beam_search_finds_the_true_pose_to_the_grid_resolution(known_map: dict, depth: int) -> None:
+    found, costs = beam_search(known_map["cost"], known_map["initial"], width=4, depth=depth)
+    errors = geodesic_distance_deg(found, known_map["truth"])
+    assert float(errors.max()) < hopf_grid_resolution_deg(depth), errors
+    assert (costs <= known_map["cost"](known_map["initial"][:, None])[:, 0]).all()
+
+
+def test_gd_enhancement_lowers_the_cost(known_map: dict) -> None:
+    found, _ = beam_search(known_map["cost"], known_map["initial"], width=4, depth=3)
+    before = known_map["cost"](found[:, None])[:, 0]
+    for optimizer, lr in (("sgd", 0.05), ("adam", 0.01)):
+        refined = refine_poses(known_map["cost"], found, steps=20, learning_rate=lr, optimizer=optimizer)
+        after = known_map["cost"](refined[:, None])[:, 0]
+        assert float(after.mean()) < 0.9 * float(before.mean()), (optimizer, before.mean(), after.mean())
+    assert geodesic_distance_deg(refined, known_map["truth"]).median() < geodesic_distance_deg(found, known_map["truth"]).median()
+
+
+def test_schedule_pretrains_the_denoiser_then_two_stages() -> None:
+    method = Cryo2SSNet()
+    config = Cryo2SSNetConfig(denoiser_pretrain_steps=10, stage1_fraction=0.5, denoiser_active_fraction=0.5)
+    manifest = _manifest(24, 8.0, 32 * 50, snr_linear=1.0)
+    ctx = TrainContext(rank=0, world_size=1, device=torch.device("cpu"), dataset_dir=None, manifest=manifest,
+                       runner=RunnerConfig(epochs=2, batch_size=32))
+    state = method.setup(config, manifest, ctx)
+    assert state.extra["total_steps"] == 100
+    phases = [method.schedule(config, state, step) for step in range(100)]
+    assert phases[:10] == [("denoiser", True)] * 10
+    assert phases[10:32] == [("stage1", True)] * 22 and phases[33:55] == [("stage1", False)] * 22
+    assert phases[55:] == [("stage2", False)] * 45
+    end_to_end = Cryo2SSNetConfig(use_search=False)
+    assert "denoiser" not in method.setup(end_to_end, manifest, ctx).modules
+    assert method.schedule(end_to_end, method.setup(end_to_end, manifest, ctx), 0) == ("stage2", False)
+
+
+def test_real_data_without_an_snr_is_refused(tmp_path) -> None:
+    manifest = _manifest(24, 8.0, 10, source="RELION import")
+    with pytest.raises(CryorayInputError, match="snr_linear"):
+        Cryo2SSNet().datasets(tmp_path, manifest, Cryo2SSNetConfig())
+
+
+def test_a_few_hundred_steps_on_noiseless_images_improve_the_map() -> None:
+    torch.manual_seed(0)
+    box, voxel, count, steps, batch = 24, 4.0, 1024, 100, 16
+    volume = builtin_phantom(box)
+    stack = simulate_particle_stack(volume, voxel, count, ctf=True, seed=0)
+    images, table = torch.from_numpy(stack.images), stack.particles
+    ctf = {k: torch.tensor(table[k].to_numpy(), dtype=torch.float32) for k in CTF_PARAMETERS}
+    method = Cryo2SSNet()
+    config = Cryo2SSNetConfig(
+        denoiser_pretrain_steps=0, use_denoiser=False, search_width=2, search_depth=3, gd_steps=2, stage1_fraction=0.8
+    )
+    manifest = _manifest(box, voxel, count)
+    ctx = TrainContext(rank=0, world_size=1, device=torch.device("cpu"), dataset_dir=None, manifest=manifest,
+                       runner=RunnerConfig(epochs=steps * batch // count, batch_size=batch))
+    state = method.setup(config, manifest, ctx)
+    reference = torch.from_numpy(volume)
+
+    def score() -> dict:
+        return evaluate_reconstruction(state.unwrapped("decoder").density.detach(), reference, voxel, search_level=1).metrics
+
+    before = score()
+    g = torch.Generator().manual_seed(0)
+    losses = []
+    for _ in range(steps):
+        pick = torch.randint(0, count, (batch,), generator=g)
+        losses.append(method.train_step(state, {"image": images[pick], **{k: v[pick] for k, v in ctf.items()}}, config, ctx))
+        ctx.global_step += 1
+    after = score()
+    assert {"stage1", "stage2"} == {"stage1" if h["stage"] == 1.0 else "stage2" for h in losses}
+    assert np.mean([h["data_unbiased_l2"] for h in losses[-20:]]) < 0.5 * np.mean([h["data_unbiased_l2"] for h in losses[:5]])
+    assert after["map_correlation"] > before["map_correlation"] + 0.2, (before, after)
+    assert after["fsc_resolution_0.5_angstrom"] < 0.8 * before["fsc_resolution_0.5_angstrom"], (before, after)
