@@ -107,8 +107,14 @@ class Cryo2SSNet(Method):
     default_preset: ClassVar[dict] = {"train": {"epochs": 4, "batch_size": 32}}
     smoke_preset: ClassVar[dict] = {
         "num_workers": 2,
-        "train": {"epochs": 3, "batch_size": 32, "max_steps_per_epoch": 12},
-        "method": {"denoiser_pretrain_steps": 6, "search_depth": 3, "gd_steps": 5, "eval_images": 128},
+        "train": {"epochs": 2, "batch_size": 32, "max_steps_per_epoch": 8},
+        "method": {
+            "denoiser_pretrain_steps": 4,
+            "search_depth": 3,
+            "gd_steps": 3,
+            "eval_images": 64,
+            "alignment_search_level": 1,
+        },
     }
 
     def datasets(self, dataset_dir: Path, manifest: DatasetManifest, config: Cryo2SSNetConfig) -> dict[str, ray.data.Dataset]:
