@@ -33,17 +33,16 @@ import pyarrow.parquet as pq
 import ray
 import ray.train
 import torch
-from ray.train import ScalingConfig
-from ray.train.torch import TorchTrainer
-
+from cryoray.config import RunnerConfig
 from cryoray.data import shards
 from cryoray.data.particles import iter_particle_batches, particle_dataset
 from cryoray.data.shards import PARTICLE_COLUMNS, particle_rows_to_arrow
 from cryoray.io.manifest import DatasetManifest, ShardEntry
-from cryoray.config import RunnerConfig
 from cryoray.methods.reconstruct import KnownPoseReconstruction, ReconstructConfig
 from cryoray.physics import matrix_to_euler_relion, random_rotations
 from cryoray.train.context import TrainContext
+from ray.train import ScalingConfig
+from ray.train.torch import TorchTrainer
 
 BATCH = 256
 

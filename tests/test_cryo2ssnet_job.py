@@ -7,10 +7,9 @@ import json
 import mrcfile
 import pytest
 import starfile
-from mlflow.tracking import MlflowClient
-
 from cryoray.cli import run_job
 from cryoray.methods.cryo2ssnet import Cryo2SSNet
+from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.ray
 

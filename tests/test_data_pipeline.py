@@ -7,17 +7,23 @@ import json
 import threading
 
 import numpy as np
-import yaml
 import pytest
 import ray
-
+import starfile
+import yaml
 from cryoray.data.particles import iter_particle_batches, particle_dataset
-from cryoray.data.recipes import build_particle_dataset, find_recipe, import_relion, resolve_dataset
+from cryoray.data.recipes import (
+    build_particle_dataset,
+    find_recipe,
+    import_relion,
+    resolve_dataset,
+)
 from cryoray.data.shards import read_particle_shard
 from cryoray.errors import CryorayInputError
 from cryoray.io.manifest import read_manifest
 from cryoray.io.mrc import read_mrc
 from cryoray.io.star import read_particles_star
+from cryoray.methods.reconstruct import KnownPoseReconstruction, ReconstructConfig
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +64,21 @@ def test_relion_import_keeps_images_poses_and_ctf(tmp_path, shared_data):
     for column in ("rot_deg", "tilt_deg", "psi_deg", "defocus_u_angstrom", "shift_x_angstrom"):
         stored = np.concatenate([meta[column].to_numpy() for _, meta in shards])
         np.testing.assert_allclose(stored, particles[column].to_numpy(), rtol=1e-6, err_msg=column)
+
+
+def test_relion_import_of_unposed_particles_is_marked_and_refused_by_known_pose_reconstruction(tmp_path, shared_data):
+    star = starfile.read(shared_data / "cryodrgn" / "relion31.star")
+    star["particles"] = star["particles"].drop(columns=["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"])
+    star["particles"]["rlnImageName"] = star["particles"]["rlnImageName"].str.replace(
+        "relion31.mrcs", str(shared_data / "cryodrgn" / "relion31.mrcs")
+    )
+    unposed = tmp_path / "unposed.star"
+    starfile.write(star, unposed)
+    out = import_relion(unposed, tmp_path / "unposed")
+    assert read_manifest(out).has_poses is False  # ab-initio methods train on it; nothing scores poses against zeros
+    assert read_manifest(import_relion(shared_data / "cryodrgn" / "relion31.star", tmp_path / "posed")).has_poses
+    with pytest.raises(CryorayInputError, match="manifest.json: poses"):
+        KnownPoseReconstruction().datasets(out, read_manifest(out), ReconstructConfig())
 
 
 def test_relion_import_without_a_pixel_size_names_the_missing_field(tmp_path, shared_data):
@@ -104,7 +125,7 @@ def test_streaming_split_delivers_every_image_once_and_reshuffles_each_epoch(loc
         splits = ds.streaming_split(2, equal=True)
         seen: list[list[int]] = [[], []]
 
-        def consume(rank: int) -> None:
+        def consume(rank: int, splits: list = splits, seen: list[list[int]] = seen) -> None:
             for batch in iter_particle_batches(splits[rank], 64, device="cpu", shuffle_buffer_images=128):
                 assert batch["image"].shape[1:] == (24, 24) and batch["rotation"].shape[1:] == (3, 3)
                 seen[rank].extend(batch["particle_index"].long().tolist())

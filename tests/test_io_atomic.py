@@ -5,7 +5,6 @@ from __future__ import annotations
 import gemmi
 import numpy as np
 import pytest
-
 from cryoray.errors import CryorayInputError
 from cryoray.io.atomic import atomic_model_to_density
 

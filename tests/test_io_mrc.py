@@ -9,7 +9,6 @@ import warnings
 import mrcfile
 import numpy as np
 import pytest
-
 from cryoray.errors import CryorayInputError
 from cryoray.io.mrc import open_stack_mmap, read_mrc, read_mrc_shape, write_mrc
 

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from cryoray.errors import CryorayInputError
 from cryoray.io.mrc import open_stack_mmap
 from cryoray.io.star import (

@@ -4,9 +4,7 @@ import json
 
 import pytest
 import torch
-
 import yaml
-
 from cryoray.cli import run_job
 from cryoray.methods.reconstruct import KnownPoseReconstruction
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from cryoray.physics import geodesic_distance_deg, project_real_space, random_rotations
 from cryoray.physics.alignment import align_maps, mirror_volume, rotate_volume
 from cryoray.simulate.phantom import builtin_phantom

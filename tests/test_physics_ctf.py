@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from cryoray.physics import apply_ctf, ctf_2d, electron_wavelength_angstrom, fft2_centered
 
 BOX = 65  # odd: the grid is symmetric under k -> -k and under transposition

@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-
 from cryoray.physics import (
     geodesic_distance_deg,
     healpix_pix2ang_nested,

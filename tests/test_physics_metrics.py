@@ -7,8 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from skimage.metrics import peak_signal_noise_ratio, structural_similarity
-
 from cryoray.physics import (
     axis_angle_to_matrix,
     centered_grid,
@@ -21,6 +19,7 @@ from cryoray.physics import (
     rotation_error_after_alignment,
     ssim,
 )
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 BOX = 32
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from cryoray.physics import add_gaussian_noise, snr_db_to_linear, snr_linear_to_db
 
 

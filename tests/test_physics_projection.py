@@ -8,7 +8,6 @@ import pickle
 import numpy as np
 import pytest
 import torch
-
 from cryoray.physics import (
     axis_angle_to_matrix,
     centered_grid,

@@ -7,8 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy.spatial.transform import Rotation
-
 from cryoray.physics import (
     axis_angle_to_matrix,
     euler_relion_to_matrix,
@@ -23,6 +21,7 @@ from cryoray.physics import (
     random_rotations,
     s2s2_to_matrix,
 )
+from scipy.spatial.transform import Rotation
 
 
 def _gen(seed: int) -> torch.Generator:

@@ -7,8 +7,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from scipy import ndimage
-
 from cryoray.errors import CryorayInputError
 from cryoray.io.figures import write_orthoslices_with_picks
 from cryoray.picking import (
@@ -20,6 +18,7 @@ from cryoray.picking import (
     sliding_window_predict,
     tile_starts_px,
 )
+from scipy import ndimage
 
 PATCH_PX, OVERLAP_PX = 16, 4  # stride 12
 

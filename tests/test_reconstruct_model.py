@@ -2,7 +2,6 @@
 
 import numpy as np
 import torch
-
 from cryoray.data.shards import PARTICLE_COLUMNS
 from cryoray.methods.reconstruct import VoxelMap, predicted_images
 from cryoray.physics import euler_relion_to_matrix

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.func import functional_call
-
 from cryoray.methods.robpicker.networks import (
     LabelCorrection,
     LossReweighting,
@@ -15,6 +13,7 @@ from cryoray.methods.robpicker.networks import (
 )
 from cryoray.nn.bilevel import finite_difference_hypergradient
 from cryoray.nn.unet3d import UNet3D
+from torch.func import functional_call
 
 NUM_CLASSES = 3
 

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from cryoray.config import RunnerConfig
 from cryoray.data.patches import WEDGE_PRESERVING_FLIPS, cut_patch, patch_source, sample_patches, split_entries
 from cryoray.data.recipes import resolve_dataset

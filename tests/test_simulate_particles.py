@@ -6,7 +6,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from cryoray.errors import CryorayInputError
 from cryoray.io.mrc import read_mrc
 from cryoray.io.star import read_particles_star

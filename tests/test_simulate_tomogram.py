@@ -9,8 +9,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from scipy import ndimage
-
 from cryoray.errors import CryorayInputError
 from cryoray.io.mrc import read_mrc, write_mrc
 from cryoray.physics import (
@@ -36,6 +34,7 @@ from cryoray.simulate.tomogram import (
     species_from_mask,
     sphere_label_map,
 )
+from scipy import ndimage
 
 SHAPE = (40, 80, 96)  # non-cubic on purpose
 

@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-
 from cryoray.data.patches import patch_source, sample_patches, split_entries
 from cryoray.data.tomogram_import import import_tomograms
 from cryoray.errors import CryorayInputError

@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-
 from cryoray.data.recipes import find_recipe, resolve_dataset
 from cryoray.data.tomogram_recipes import (
     build_tomogram_dataset,

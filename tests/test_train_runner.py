@@ -12,11 +12,10 @@ import psutil
 import pytest
 import torch
 import yaml
-from mlflow.tracking import MlflowClient
-
 from cryoray.cli import run_job
 from cryoray.io.mrc import read_mrc
 from cryoray.methods.reconstruct import KnownPoseReconstruction
+from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.ray
 

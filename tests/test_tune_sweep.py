@@ -13,14 +13,13 @@ from pathlib import Path
 import pytest
 import ray
 import yaml
-from mlflow.tracking import MlflowClient
-
 from cryoray.config import JobConfig
 from cryoray.errors import CryorayInputError
 from cryoray.methods import METHODS, load_method
 from cryoray.methods.reconstruct import KnownPoseReconstruction
 from cryoray.tune import run_sweep, trial_concurrency
 from cryoray.tune.spec import check_search_space, load_sweep_spec, plan_sweep
+from mlflow.tracking import MlflowClient
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SPEC = REPO_ROOT / "tuning" / "reconstruct.yaml"

@@ -18,10 +18,9 @@ import json
 import sys
 from pathlib import Path
 
-from ray.tune import TuneError
-
 from cryoray.errors import CryorayInputError
 from cryoray.tune import SweepFailedError, run_sweep
+from ray.tune import TuneError
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -216,9 +216,8 @@ def import_relion(
     star_path = Path(star_path).resolve()
     table = read_particles_star(star_path)
     particles = table.particles
-    missing = [c for c in ("rot_deg", "defocus_u_angstrom") if c not in particles]
-    if missing:
-        raise CryorayInputError(star_path, missing[0], "poses (rlnAngleRot/Tilt/Psi) and CTF (rlnDefocusU/V/Angle)", "absent")
+    if "defocus_u_angstrom" not in particles:
+        raise CryorayInputError(star_path, "rlnDefocusU", "the CTF of every particle (rlnDefocusU/V/Angle)", "absent")
     for column, values in (("pixel_size_angstrom", particles["pixel_size_angstrom"]), ("box_px", particles["box_px"])):
         if values.nunique() != 1:
             raise CryorayInputError(star_path, column, "one value for all particles (import one optics setting at a time)", sorted(values.unique())[:4])
@@ -253,7 +252,8 @@ def import_relion(
         shards=shards,
         columns={"image": "particle image (y, x), float32", **PARTICLE_COLUMNS},
         ground_truth=ground_truth,
-        provenance={"source": "RELION import", "star": str(star_path)},
+        # Particles before ab-initio reconstruction have no orientations: their angle columns hold zeros.
+        provenance={"source": "RELION import", "star": str(star_path), "poses": "from the STAR file" if table.has_poses else "absent"},
     )
     write_manifest(out_dir, manifest)
     return out_dir

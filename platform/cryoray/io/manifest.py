@@ -74,6 +74,11 @@ class DatasetManifest(BaseModel):
     species: list[SpeciesEntry] = Field(default_factory=list, description="tomograms datasets: the particle species")
     tomograms: list[TomogramEntry] = Field(default_factory=list, description="tomograms datasets: one entry per tomogram")
 
+    @property
+    def has_poses(self) -> bool:
+        """False for particles imported without orientations (their angle columns then hold zeros)."""
+        return self.provenance.get("poses") != "absent"
+
 
 def write_manifest(dataset_dir: str | Path, manifest: DatasetManifest) -> Path:
     """Write ``manifest.json`` last, so a directory with a manifest is a complete dataset."""

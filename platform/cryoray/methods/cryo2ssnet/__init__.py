@@ -254,7 +254,7 @@ class Cryo2SSNet(Method):
         _, predicted, true = self._encode(state, ctx, "eval")
         density = state.unwrapped("decoder").density.detach().cpu()
         evaluation = evaluate_reconstruction(
-            density, self._reference(ctx), ctx.manifest.voxel_size_angstrom, predicted, true,
+            density, self._reference(ctx), ctx.manifest.voxel_size_angstrom, predicted, true if ctx.manifest.has_poses else None,
             search_level=config.alignment_search_level,
         )
         return evaluation.metrics
@@ -268,7 +268,7 @@ class Cryo2SSNet(Method):
         indices, predicted, true = self._encode(state, ctx, "all")
         density = state.unwrapped("decoder").density.detach().cpu()
         evaluation = evaluate_reconstruction(
-            density, self._reference(ctx), ctx.manifest.voxel_size_angstrom, predicted, true,
+            density, self._reference(ctx), ctx.manifest.voxel_size_angstrom, predicted, true if ctx.manifest.has_poses else None,
             search_level=config.alignment_search_level,
         )
         artifacts = write_reconstruction_artifacts(output_dir, density, ctx.manifest, evaluation, indices, predicted)

@@ -17,6 +17,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from cryoray.data.particles import iter_particle_batches, particle_dataset
+from cryoray.errors import CryorayInputError
 from cryoray.io.figures import write_fsc_curve
 from cryoray.io.manifest import DatasetManifest
 from cryoray.io.mrc import read_mrc, write_mrc
@@ -72,6 +73,8 @@ class KnownPoseReconstruction(Method):
     smoke_preset: ClassVar[dict] = {"num_workers": 2, "train": {"epochs": 3, "batch_size": 64}}
 
     def datasets(self, dataset_dir: Path, manifest: DatasetManifest, config: BaseModel) -> dict[str, ray.data.Dataset]:
+        if not manifest.has_poses:
+            raise CryorayInputError(dataset_dir / "manifest.json", "poses", "particles with known orientations", "imported without them")
         return {"train": particle_dataset(dataset_dir, manifest)}
 
     def setup(self, config: ReconstructConfig, manifest: DatasetManifest, ctx: TrainContext) -> TrainState:
