@@ -1,0 +1,207 @@
+"""Run a trained CryoGEN-II generator on new data: ``python jobs/cryogen2.py apply ...``.
+
+Input: subtomograms or whole tomograms (``.mrc``, any size). A volume is contrast-inverted when the model was
+trained so, normalised to its 5th–95th percentiles (as the training cubes were), cut into overlapping tiles of
+the training cube size, restored tile by tile (batched) and stitched with weights that fall linearly to the
+tile borders inside the overlaps, so no seam shows; a side shorter than a tile is reflect-padded. The result is
+mapped back to the input's units and contrast and written as ``<name>_cryogen2.mrc`` with the input's voxel size.
+
+The generator normalises every tile internally and maps its output back to the tile's scale, so tiles that
+differ in contrast still stitch consistently. Runs in this process (one device); the model is either the
+``model.pt`` a training run writes, its output folder, a runner checkpoint folder (``state.pt``) or an MLflow
+artifact URI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cryoray.data.subtomograms import DATA_PERCENTILES
+from cryoray.errors import CryorayInputError
+from cryoray.io.mrc import read_mrc, read_mrc_shape, write_mrc
+from cryoray.io.validate import check_can_write
+from cryoray.nn.unetpp import UNetPlusPlus3d
+
+MODEL_FILE = "model.pt"
+METHOD_NAME = "cryogen2"
+
+
+def tile_starts(size: int, tile_px: int, overlap_px: int) -> list[int]:
+    """Tile origins along one axis: stride ``tile − overlap``, the last tile flush with the end."""
+    if size <= tile_px:
+        return [0]
+    stride = tile_px - overlap_px
+    starts = list(range(0, size - tile_px, stride))
+    return starts + [size - tile_px]
+
+
+def _blend_weights(tile_px: int, overlap_px: int) -> np.ndarray:
+    """Separable weights, 1 in the middle, falling linearly over ``overlap`` voxels to (but never reaching) 0."""
+    ramp = np.ones(tile_px, dtype=np.float64)
+    if overlap_px > 0:
+        edge = (np.arange(overlap_px) + 0.5) / overlap_px
+        ramp[:overlap_px] = edge
+        ramp[-overlap_px:] = np.minimum(ramp[-overlap_px:], edge[::-1])
+    return ramp[:, None, None] * ramp[None, :, None] * ramp[None, None, :]
+
+
+@torch.no_grad()
+def restore_tiled(
+    generator: torch.nn.Module, volume: np.ndarray, tile_px: int, overlap_px: int, batch_size: int, device: torch.device
+) -> np.ndarray:
+    """The generator's output over a (Z, Y, X) volume of any size, from overlapping ``tile_px`` cubes, stitched."""
+    if not 0 <= overlap_px < tile_px:
+        raise ValueError(f"restore_tiled: need 0 <= overlap_px < tile_px, got {overlap_px}, {tile_px}")
+    original = volume.shape
+    pads = [(0, max(tile_px - n, 0)) for n in original]
+    if any(p[1] for p in pads):
+        volume = np.pad(volume, pads, mode="reflect" if min(original) > 1 else "edge")
+    shape = volume.shape
+    weights = _blend_weights(tile_px, overlap_px)
+    total = np.zeros(shape, dtype=np.float64)
+    norm = np.zeros(shape, dtype=np.float64)
+    corners = [(z, y, x) for z in tile_starts(shape[0], tile_px, overlap_px)
+               for y in tile_starts(shape[1], tile_px, overlap_px) for x in tile_starts(shape[2], tile_px, overlap_px)]
+    generator.eval()
+    for first in range(0, len(corners), batch_size):
+        chunk = corners[first : first + batch_size]
+        tiles = np.stack([volume[z : z + tile_px, y : y + tile_px, x : x + tile_px] for z, y, x in chunk])
+        restored = generator(torch.from_numpy(np.ascontiguousarray(tiles, dtype=np.float32)).to(device)).float().cpu().numpy()
+        for (z, y, x), tile in zip(chunk, restored):
+            window = (slice(z, z + tile_px), slice(y, y + tile_px), slice(x, x + tile_px))
+            total[window] += tile * weights
+            norm[window] += weights
+    out = total / norm
+    return out[: original[0], : original[1], : original[2]].astype(np.float32)
+
+
+def restore_volume(
+    generator: torch.nn.Module,
+    volume: np.ndarray,
+    invert_contrast: bool,
+    tile_px: int,
+    overlap_px: int,
+    batch_size: int,
+    device: torch.device,
+) -> np.ndarray:
+    """Preprocess as in training (inversion, 5–95 % normalisation), restore tiled, and map back to the input's units."""
+    signal = -np.asarray(volume, dtype=np.float32) if invert_contrast else np.asarray(volume, dtype=np.float32)
+    low, high = np.percentile(signal, DATA_PERCENTILES)
+    scale = float(high - low) if high > low else 1.0
+    restored = restore_tiled(generator, (signal - low) / scale, tile_px, overlap_px, batch_size, device)
+    restored = restored * scale + low
+    return -restored if invert_contrast else restored
+
+
+def load_model(reference: str) -> dict[str, Any]:
+    """A CryoGEN-II model: ``model.pt``, a training output folder, a runner checkpoint folder, or an MLflow URI."""
+    if "://" in reference or reference.startswith("runs:/"):
+        import mlflow
+
+        try:
+            reference = mlflow.artifacts.download_artifacts(reference, dst_path=tempfile.mkdtemp(prefix="cryoray-model-"))
+        except Exception as exc:  # noqa: BLE001 - any download failure is the user's reference
+            raise CryorayInputError(reference, "--model", "a downloadable MLflow artifact URI", str(exc).splitlines()[0]) from None
+    path = Path(reference)
+    if path.is_dir():
+        from cryoray.train.runner import CHECKPOINT_FILE, load_checkpoint_state
+
+        if (path / MODEL_FILE).is_file():
+            path = path / MODEL_FILE
+        elif (path / CHECKPOINT_FILE).is_file():
+            try:
+                state = load_checkpoint_state(path)
+            except ValueError as exc:
+                raise CryorayInputError(path, "--model", "a runner checkpoint of this cryoray version", str(exc)) from None
+            if state.get("method") != METHOD_NAME:
+                raise CryorayInputError(path, "method", "a CryoGEN-II checkpoint", state.get("method"))
+            return {"method": METHOD_NAME, "config": state["config"]["method"], "generator": state["modules"]["generator"],
+                    "invert_contrast": state["extra"].get("invert_contrast", False),
+                    "voxel_size_angstrom": state["extra"].get("voxel_size_angstrom")}
+    if not path.is_file():
+        raise CryorayInputError(path, "--model", f"a CryoGEN-II {MODEL_FILE}, a training output folder or a checkpoint folder", "no such file")
+    try:
+        model = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - a corrupt or foreign file
+        raise CryorayInputError(path, "--model", "a file written by torch.save", type(exc).__name__) from None
+    if not isinstance(model, dict) or model.get("method") != METHOD_NAME:
+        raise CryorayInputError(path, "method", "a CryoGEN-II model", model.get("method") if isinstance(model, dict) else type(model).__name__)
+    return model
+
+
+def build_generator(model: dict[str, Any]) -> UNetPlusPlus3d:
+    generator = UNetPlusPlus3d(model["config"]["channels"])
+    generator.load_state_dict(model["generator"])
+    return generator.eval()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jobs/cryogen2.py apply", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="model.pt, a training output folder, a checkpoint folder, or runs:/<id>/outputs/model.pt")
+    parser.add_argument("--inputs", nargs="+", required=True, help=".mrc subtomograms or tomograms (any size)")
+    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--voxel-size-angstrom", type=float, help="use instead of the MRC header's voxel size")
+    parser.add_argument("--tile-px", type=int, help="tile edge (default: the training cube); a multiple of the net's 2**(levels-1)")
+    parser.add_argument("--overlap-px", type=int, help="tile overlap (default: the model's inference_overlap_px)")
+    parser.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
+    parser.add_argument("--use-gpu", action="store_true", help="run on the first CUDA device")
+    parser.add_argument("--overwrite", action="store_true", help="replace outputs already in --output-dir")
+    return parser
+
+
+def _apply(args: argparse.Namespace) -> dict[str, Any]:
+    model = load_model(args.model)
+    generator = build_generator(model)
+    config = model["config"]
+    tile = args.tile_px or config["cube_px"]
+    overlap = config["inference_overlap_px"] if args.overlap_px is None else args.overlap_px
+    multiple = generator.size_multiple
+    if tile < 2 * multiple or tile % multiple:
+        raise CryorayInputError(None, "--tile-px", f"a multiple of {multiple} of at least {2 * multiple}", tile)
+    if not 0 <= overlap < tile:
+        raise CryorayInputError(None, "--overlap-px", f"a whole number in [0, {tile})", overlap)
+    if args.batch_size < 1:
+        raise CryorayInputError(None, "--batch-size", "a positive whole number", args.batch_size)
+    inputs = [Path(p).resolve() for p in args.inputs]
+    output_dir = Path(args.output_dir).resolve()
+    outputs = []
+    for path in inputs:  # every problem with the inputs before any work starts
+        shape = read_mrc_shape(path)
+        if len(shape) != 3 or min(shape) < 2:
+            raise CryorayInputError(path, "shape", "a 3D volume (subtomogram or tomogram), at least 2 voxels per side", shape)
+        outputs.append(check_can_write(output_dir / f"{path.name.split('.')[0]}_cryogen2.mrc", args.overwrite))
+    if len({o.name for o in outputs}) != len(outputs):
+        raise CryorayInputError(None, "--inputs", "files with distinct names (outputs are named after them)", [p.name for p in inputs])
+    device = torch.device("cuda" if args.use_gpu and torch.cuda.is_available() else "cpu")
+    generator.to(device)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for path, out in zip(inputs, outputs):
+        mrc = read_mrc(path, args.voxel_size_angstrom)
+        restored = restore_volume(generator, mrc.data, bool(model.get("invert_contrast", False)), tile, overlap, args.batch_size, device)
+        write_mrc(out, restored, mrc.voxel_size_angstrom, overwrite=args.overwrite)
+        written[path.name] = {"output": str(out), "shape_zyx": list(mrc.data.shape), "voxel_size_angstrom": mrc.voxel_size_angstrom}
+    result = {"outputs": written, "tile_px": tile, "overlap_px": overlap, "device": str(device),
+              "training_voxel_size_angstrom": model.get("voxel_size_angstrom")}
+    (output_dir / "apply_result.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def run_apply(argv: list[str]) -> int:
+    """CLI entry: exit 0 with a ``RESULT`` line, 2 on bad input (one line naming file and field)."""
+    args = _parser().parse_args(argv)
+    try:
+        result = _apply(args)
+    except CryorayInputError as exc:
+        print(f"cryogen2 apply: {exc}", file=sys.stderr)
+        return 2
+    print("RESULT " + json.dumps(result))
+    return 0
