@@ -8,10 +8,10 @@ Train workers, DDP wrapping, the data shard, checkpoint/resume, the non-finite-l
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import torch
 from pydantic import BaseModel
@@ -24,17 +24,31 @@ if TYPE_CHECKING:
     from cryoray.train.context import TrainContext
 
 
+class ShardedState(Protocol):
+    """Per-worker state that is not replicated (e.g. a per-image table over this worker's images).
+
+    Every rank writes its own ``shard_state_dict()`` into the checkpoint; on restore each rank is offered
+    every saved shard (its own rank's first, loaded lazily one file at a time) and keeps what it owns.
+    """
+
+    def shard_state_dict(self) -> dict[str, Any]: ...
+
+    def load_shard_state_dicts(self, shards: Iterable[dict[str, Any]]) -> None: ...
+
+
 @dataclass
 class TrainState:
     """What a method trains; the runner wraps ``modules`` for DDP and checkpoints all of it.
 
-    ``extra`` holds small picklable state (schedules, counters) saved in every checkpoint.
+    ``extra`` holds small picklable state (schedules, counters) saved in every checkpoint (rank 0's copy).
+    ``sharded`` holds per-worker state that every rank checkpoints and restores itself.
     """
 
     modules: dict[str, torch.nn.Module]
     optimizers: dict[str, torch.optim.Optimizer]
     schedulers: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    sharded: dict[str, ShardedState] = field(default_factory=dict)
 
     def unwrapped(self, name: str) -> torch.nn.Module:
         """The module without its DDP wrapper (for state dicts and evaluation)."""

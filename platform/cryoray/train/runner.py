@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import tempfile
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ from cryoray.train.context import NonFiniteLossError, TrainContext
 
 CHECKPOINT_SCHEMA_VERSION = 1
 CHECKPOINT_FILE = "state.pt"
+# Per-rank files of TrainState.sharded: "<prefix><rank>-of-<world size>.pt" next to state.pt.
+SHARDED_FILE_PREFIX = "sharded-rank"
 
 
 @dataclass
@@ -100,6 +103,39 @@ def run_training(
     )
 
 
+def _sharded_file(rank: int, world_size: int) -> str:
+    return f"{SHARDED_FILE_PREFIX}{rank:05d}-of-{world_size:05d}.pt"
+
+
+def _save_sharded_state(directory: Path, state: TrainState, ctx: TrainContext) -> None:
+    """This rank's own file; Ray Train merges the files every rank reports into one checkpoint directory."""
+    torch.save(
+        {
+            "schema_version": CHECKPOINT_SCHEMA_VERSION,
+            "rank": ctx.rank,
+            "world_size": ctx.world_size,
+            "epoch": ctx.epoch,
+            "states": {name: shard.shard_state_dict() for name, shard in state.sharded.items()},
+        },
+        directory / _sharded_file(ctx.rank, ctx.world_size),
+    )
+
+
+def _iter_sharded_states(directory: Path, name: str, ctx: TrainContext) -> Iterator[dict[str, Any]]:
+    """The saved shards of ``name``, one file at a time, this rank's own file (same world size) first."""
+    paths = sorted(directory.glob(f"{SHARDED_FILE_PREFIX}*.pt"))
+    own = directory / _sharded_file(ctx.rank, ctx.world_size)
+    for path in sorted(paths, key=lambda p: p != own):
+        saved = torch.load(path, map_location=ctx.device, weights_only=False)
+        if saved.get("schema_version") != CHECKPOINT_SCHEMA_VERSION:
+            raise ValueError(
+                f"{path}: schema_version: expected {CHECKPOINT_SCHEMA_VERSION}, got {saved.get('schema_version')}"
+            )
+        if name not in saved["states"]:
+            raise ValueError(f"{path}: holds no sharded state {name!r} (has {sorted(saved['states'])})")
+        yield saved["states"][name]
+
+
 def _save_state(directory: Path, method: Method, config: dict[str, Any], state: TrainState, ctx: TrainContext) -> None:
     torch.save(
         {
@@ -136,15 +172,17 @@ def _restore(method: Method, state: TrainState, ctx: TrainContext) -> int | None
         return None
     with checkpoint.as_directory() as directory:
         saved = load_checkpoint_state(directory, map_location=ctx.device)
-    if saved["method"] != method.name:
-        raise ValueError(f"checkpoint holds method {saved['method']!r}, this job trains {method.name!r}")
-    for name, module in state.modules.items():
-        module.load_state_dict(saved["modules"][name])
-    for name, optimizer in state.optimizers.items():
-        optimizer.load_state_dict(saved["optimizers"][name])
-    for name, scheduler in state.schedulers.items():
-        scheduler.load_state_dict(saved["schedulers"][name])
-    state.extra.update(saved["extra"])
+        if saved["method"] != method.name:
+            raise ValueError(f"checkpoint holds method {saved['method']!r}, this job trains {method.name!r}")
+        for name, module in state.modules.items():
+            module.load_state_dict(saved["modules"][name])
+        for name, optimizer in state.optimizers.items():
+            optimizer.load_state_dict(saved["optimizers"][name])
+        for name, scheduler in state.schedulers.items():
+            scheduler.load_state_dict(saved["schedulers"][name])
+        state.extra.update(saved["extra"])
+        for name, shard in state.sharded.items():
+            shard.load_shard_state_dicts(_iter_sharded_states(Path(directory), name, ctx))
     ctx.global_step = saved["global_step"]
     return int(saved["epoch"])
 
@@ -187,6 +225,9 @@ def _worker_loop(loop_config: dict[str, Any]) -> dict[str, Any] | None:
                     checkpoint = None
                     if ctx.is_rank_zero:
                         _save_state(Path(tmp), method, checkpoint_config, state, ctx)
+                    if state.sharded:
+                        _save_sharded_state(Path(tmp), state, ctx)
+                    if ctx.is_rank_zero or state.sharded:
                         checkpoint = Checkpoint.from_directory(tmp)
                     ray.train.report(
                         {"epoch": epoch, **epoch_metrics}, checkpoint=checkpoint, checkpoint_dir_name=f"epoch_{epoch:04d}"

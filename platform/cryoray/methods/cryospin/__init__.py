@@ -1,0 +1,473 @@
+"""cryoSPIN: semi-amortized ab-initio pose inference (Shekarforoush et al.) on the cryoray runner.
+
+Stage 1, auto-encoding: a multi-head encoder proposes M poses per image; the Hartley-volume decoder renders
+all M central slices; the per-image loss is the minimum over heads (winner-takes-all), so only the winning
+head learns from an image. Stage 2, auto-decoding (from ``switch_epoch``): every image's pose is initialised
+from its best head and stored in a per-image table (``R = Exp(ω)·R_base``, ω axis-angle), then poses and
+volume are optimised by coordinate descent: ``pose_steps_per_batch`` Adam steps on the batch's poses with
+the volume fixed, then one Adam step on the volume with the poses fixed. ``fully_amortized`` keeps encoding
+to the end (the paper's baseline).
+
+Distribution: the volume and the encoder are DDP modules (gradients averaged, so replicas stay equal); the
+pose table is NOT replicated. Each worker owns a fixed block of images (``cryoray.data.pose_table``), reads
+exactly those rows every epoch, holds their poses and per-row Adam state, and checkpoints them into its own
+file of the run's checkpoint (``TrainState.sharded``). Pose steps touch only local rows and a detached copy
+of the volume, so they need no communication beyond the finite-loss check.
+
+Defaults and where the paper and its public code differ (seeds_impl.md §4): the loss is the paper's Gaussian
+NLL (``loss: l1`` is the code's masked complex L1), the learning rates are the paper's (the code's are 10×
+lower for the decoder), the pose Adam uses the standard betas (the code: (0.9, 0.9)), and the per-image Adam
+moves only the rows of the batch (the code's dense Adam keeps nudging every image with stale momentum).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar, Literal
+
+import numpy as np
+import pandas as pd
+import ray.data
+import torch
+import torch.distributed as dist
+from pydantic import BaseModel, ConfigDict, Field
+
+from cryoray.data.pose_table import (
+    PoseTable,
+    RowChunk,
+    iter_owned_batches,
+    owned_chunks,
+    owned_row_range,
+    read_owned_columns,
+    read_particle_indices,
+)
+from cryoray.errors import CryorayInputError
+from cryoray.io.manifest import DatasetManifest
+from cryoray.io.mrc import read_mrc
+from cryoray.methods.base import Method, TrainState
+from cryoray.methods.cryospin.networks import (
+    HartleyVolume,
+    PoseEncoder,
+    batch_ctf,
+    loss_mask,
+    observed_fourier,
+    per_image_loss,
+    render_fourier,
+)
+from cryoray.methods.single_particle import evaluate_reconstruction, write_reconstruction_artifacts
+from cryoray.physics import euler_relion_to_matrix, slice_volume_fourier
+from cryoray.train.context import TrainContext
+
+
+class CryoSpinConfig(BaseModel):
+    """Hyperparameters of cryoSPIN; the defaults are the paper's settings for synthetic data."""
+
+    model_config = ConfigDict(extra="forbid")
+    n_heads: int = Field(7, ge=1, description="pose heads M of the encoder (paper: 7 synthetic, 15 real)")
+    encoder_channels: list[int] = Field(
+        [64, 128, 256, 256, 256], min_length=1, description="conv width per VGG stage (the public code's VGG16)"
+    )
+    encoder_convs_per_stage: list[int] = Field([2, 2, 3, 2, 2], min_length=1, description="3×3 convs per stage")
+    head_hidden: list[int] = Field([512, 256], description="hidden widths of each fully-connected head")
+    mantissa_init_std: float = Field(0.1, gt=0, description="std of the random initial Hartley mantissa")
+    encoder_lr: float = Field(1e-4, gt=0, description="Adam step of encoder + heads (paper and code)")
+    decoder_lr: float = Field(0.05, gt=0, description="Adam step of the volume while auto-encoding (code: 0.005)")
+    decoder_lr_after_switch: float = Field(0.02, gt=0, description="volume step once auto-decoding (code: 0.002)")
+    pose_lr: float = Field(0.05, gt=0, description="Adam step of the per-image axis-angle poses")
+    pose_adam_betas: tuple[float, float] = Field((0.9, 0.999), description="pose Adam betas (code: (0.9, 0.9))")
+    switch_epoch: int = Field(7, ge=0, description="epochs of auto-encoding before auto-decoding (paper: 7 of 20)")
+    fully_amortized: bool = Field(False, description="never switch: keep encoding poses (the paper's baseline)")
+    pose_steps_per_batch: int = Field(5, ge=1, description="pose Adam steps per volume step while auto-decoding")
+    fold_poses_after_batch: bool = Field(
+        True, description="after a batch's pose steps set R_base ← Exp(ω)R_base, ω ← 0 (paper eq. 6 and code)"
+    )
+    loss: Literal["gaussian_nll", "l1"] = Field(
+        "gaussian_nll", description="gaussian_nll (paper eq. 2/5) or l1: masked complex L1 (public code)"
+    )
+    noise_variance: float = Field(1.0, gt=0, description="σ² of the Gaussian NLL per Fourier coefficient")
+    loss_radius_fraction: float = Field(1.0, gt=0, le=1, description="loss disc radius as a fraction of Nyquist")
+    apply_ctf: bool = Field(True, description="model each particle's CTF")
+    learn_shifts: bool = Field(False, description="also infer in-plane shifts (the paper's synthetic runs: off)")
+    max_shift_px: float = Field(4.0, ge=0, description="bound of the encoder's predicted shifts, pixels")
+    eval_pose_images: int = Field(1000, ge=1, description="images per worker scored for the per-epoch pose error")
+    fsc_every_epochs: int = Field(
+        1, ge=1, description="align + FSC against ground truth every N epochs (the final scores always have it)"
+    )
+    align_search_level: int = Field(2, ge=0, le=3, description="Hopf grid level of the global map alignment")
+
+
+@dataclass
+class _WorkerRun:
+    """Per-worker runtime (not checkpointed): this rank's rows, the loss mask and this epoch's tallies."""
+
+    chunks: list[RowChunk]
+    batches_per_epoch: int
+    mask: torch.Tensor
+    state: TrainState
+    head_wins: torch.Tensor
+    eval_indices: list[torch.Tensor] = field(default_factory=list)
+    eval_predicted: list[torch.Tensor] = field(default_factory=list)
+    eval_true: list[torch.Tensor] = field(default_factory=list)
+    final_metrics: dict[str, float] = field(default_factory=dict)
+
+    def record(self, limit: int, particle_index: torch.Tensor, predicted: torch.Tensor, batch: dict) -> None:
+        """Keep up to ``limit`` (image, pose) pairs of this epoch for the pose error (ground truth: scoring only)."""
+        room = limit - sum(len(i) for i in self.eval_indices)
+        if room <= 0:
+            return
+        true = euler_relion_to_matrix(batch["rot_deg"], batch["tilt_deg"], batch["psi_deg"])
+        self.eval_indices.append(particle_index[:room].cpu())
+        self.eval_predicted.append(predicted[:room].detach().cpu())
+        self.eval_true.append(true[:room].detach().cpu())
+
+    def take_records(self) -> tuple[torch.Tensor, torch.Tensor]:
+        predicted = torch.cat(self.eval_predicted) if self.eval_predicted else torch.zeros(0, 3, 3)
+        true = torch.cat(self.eval_true) if self.eval_true else torch.zeros(0, 3, 3)
+        self.eval_indices, self.eval_predicted, self.eval_true = [], [], []
+        return predicted, true
+
+
+class CryoSPIN(Method):
+    """cryoSPIN: multi-head pose encoder, then per-image pose auto-decoding, with a Hartley-space volume."""
+
+    name: ClassVar[str] = "cryospin"
+    config_schema: ClassVar[type[BaseModel]] = CryoSpinConfig
+    dataset_kind: ClassVar[str] = "particles"
+    default_dataset: ClassVar[str] = "particles-phantom"
+    smoke_dataset: ClassVar[str] = "particles-smoke"
+    # The built-in default is sized for a CPU box (jobs/configs/cryospin-paper.yaml has the paper's run).
+    default_preset: ClassVar[dict] = {
+        "train": {"epochs": 8, "batch_size": 64, "cpus_per_worker": 0.5},
+        "method": {
+            "encoder_channels": [16, 32, 64, 64],
+            "encoder_convs_per_stage": [1, 1, 2, 2],
+            "head_hidden": [128, 64],
+            "switch_epoch": 3,
+            "fsc_every_epochs": 4,
+        },
+    }
+    smoke_preset: ClassVar[dict] = {
+        "num_workers": 2,
+        "train": {"epochs": 6, "batch_size": 32},
+        "method": {
+            "encoder_channels": [8, 16, 32],
+            "encoder_convs_per_stage": [1, 1, 1],
+            "head_hidden": [64],
+            "n_heads": 4,
+            "switch_epoch": 3,
+            "fsc_every_epochs": 100,
+            "eval_pose_images": 512,
+            "align_search_level": 1,
+        },
+    }
+
+    def datasets(self, dataset_dir: Path, manifest: DatasetManifest, config: BaseModel) -> dict[str, ray.data.Dataset]:
+        # No Ray dataset: each worker reads its own fixed rows (the per-image table needs a fixed assignment).
+        missing = [c for c in ("image", "particle_index", "rot_deg", "defocus_u_angstrom") if c not in manifest.columns]
+        if manifest.kind != "particles" or missing:
+            raise CryorayInputError(
+                dataset_dir, "manifest.json", "a particles dataset with image, pose and CTF columns",
+                f"kind {manifest.kind!r}, missing columns {missing}",
+            )
+        return {}
+
+    # ---- worker side ----
+
+    def setup(self, config: CryoSpinConfig, manifest: DatasetManifest, ctx: TrainContext) -> TrainState:
+        if manifest.count < ctx.world_size:
+            raise CryorayInputError(ctx.dataset_dir, "count", f"at least one image per worker ({ctx.world_size})", manifest.count)
+        chunks = owned_chunks(ctx.dataset_dir, manifest, ctx.rank, ctx.world_size)
+        largest = max(hi - lo for lo, hi in (owned_row_range(manifest.count, r, ctx.world_size) for r in range(ctx.world_size)))
+        table = PoseTable(read_particle_indices(chunks), ctx.device)
+        encoder = PoseEncoder(
+            manifest.box_px,
+            config.encoder_channels,
+            config.encoder_convs_per_stage,
+            config.head_hidden,
+            config.n_heads,
+            predict_shifts=config.learn_shifts,
+            max_shift_px=config.max_shift_px,
+        ).to(ctx.device)
+        generator = torch.Generator().manual_seed(ctx.runner.seed)  # the same initial volume on every rank
+        decoder = HartleyVolume(manifest.box_px, config.mantissa_init_std, generator).to(ctx.device)
+        optimizer = torch.optim.Adam(
+            [
+                {"params": list(encoder.parameters()), "lr": config.encoder_lr},
+                {"params": list(decoder.parameters()), "lr": config.decoder_lr},
+            ]
+        )
+        state = TrainState(
+            modules={"encoder": encoder, "decoder": decoder},
+            optimizers={"model": optimizer},
+            extra={"switched": False, "head_wins_at_switch": None},
+            sharded={"pose_table": table},
+        )
+        self._run = _WorkerRun(
+            chunks=chunks,
+            batches_per_epoch=-(-largest // ctx.runner.batch_size),
+            mask=loss_mask(manifest.box_px, config.loss_radius_fraction, ctx.device),
+            state=state,
+            head_wins=torch.zeros(config.n_heads, dtype=torch.float64, device=ctx.device),
+        )
+        return state
+
+    def train_batches(self, config: CryoSpinConfig, ctx: TrainContext):
+        state = self._run.state
+        if not config.fully_amortized and ctx.epoch >= config.switch_epoch and not state.extra["switched"]:
+            self._switch_to_auto_decoding(state, config, ctx)
+        table: PoseTable = state.sharded["pose_table"]
+        if state.extra["switched"] and not table.fully_initialized:
+            raise RuntimeError(
+                f"rank {ctx.rank}: auto-decoding, but {int((~table.initialized).sum())} of its images have no pose "
+                "(the checkpoint lacks their pose-table rows)"
+            )
+        return iter_owned_batches(
+            self._run.chunks,
+            ctx.runner.batch_size,
+            ctx.device,
+            num_batches=self._run.batches_per_epoch,
+            shuffle_buffer_images=ctx.runner.shuffle_buffer_images,
+            seed=(ctx.runner.seed * 1_000_003 + ctx.epoch) * 1009 + ctx.rank,
+        )
+
+    def _forward_terms(
+        self, batch: dict[str, torch.Tensor], config: CryoSpinConfig, ctx: TrainContext
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        ctf = batch_ctf(batch, ctx.manifest.box_px, ctx.manifest.voxel_size_angstrom) if config.apply_ctf else None
+        return ctf, observed_fourier(batch["image"])
+
+    def head_losses(
+        self,
+        slices_of: Callable[[torch.Tensor], torch.Tensor],
+        rotations: torch.Tensor,
+        shifts_px: torch.Tensor | None,
+        batch: dict[str, torch.Tensor],
+        config: CryoSpinConfig,
+        ctx: TrainContext,
+    ) -> torch.Tensor:
+        """(B, M) loss of every head's pose; ``slices_of`` maps (N, 3, 3) rotations to Hartley slices."""
+        ctf, observed = self._forward_terms(batch, config, ctx)
+        b, m = rotations.shape[:2]
+        slices = slices_of(rotations.reshape(b * m, 3, 3)).reshape(b, m, *observed.shape[-2:])
+        predicted = render_fourier(slices, None if ctf is None else ctf[:, None], shifts_px)
+        return per_image_loss(predicted, observed[:, None], self._run.mask, config.loss, config.noise_variance)
+
+    def train_step(
+        self, state: TrainState, batch: dict[str, torch.Tensor], config: CryoSpinConfig, ctx: TrainContext
+    ) -> dict[str, float]:
+        if state.extra["switched"]:
+            return self._auto_decoding_step(state, batch, config, ctx)
+        rotations, shifts = state.modules["encoder"](batch["image"])
+        per_head = self.head_losses(state.modules["decoder"], rotations, shifts, batch, config, ctx)
+        best, winner = per_head.min(dim=1)  # winner-takes-all: only the best head's loss is back-propagated
+        total = ctx.step(state.optimizers["model"], {"data": best.mean()})
+        self._run.head_wins += torch.bincount(winner, minlength=config.n_heads).to(self._run.head_wins)
+        chosen = rotations[torch.arange(len(winner)), winner]
+        self._run.record(config.eval_pose_images, batch["particle_index"], chosen, batch)
+        return {"loss": total.item()}
+
+    def _auto_decoding_step(
+        self, state: TrainState, batch: dict[str, torch.Tensor], config: CryoSpinConfig, ctx: TrainContext
+    ) -> dict[str, float]:
+        table: PoseTable = state.sharded["pose_table"]
+        rows = table.rows(batch["particle_index"])
+        ctf, observed = self._forward_terms(batch, config, ctx)
+        volume = state.unwrapped("decoder").hartley().detach()  # pose steps: local, the volume held fixed
+        for _ in range(config.pose_steps_per_batch):
+            omega = table.omega[rows].clone().requires_grad_(True)
+            shifts = table.shift_px[rows].clone().requires_grad_(True) if config.learn_shifts else None
+            predicted = render_fourier(slice_volume_fourier(volume, table.rotations(rows, omega)), ctf, shifts)
+            # A sum over images: each image's pose gets exactly its own gradient, whatever the batch size.
+            pose_loss = per_image_loss(predicted, observed, self._run.mask, config.loss, config.noise_variance).sum()
+            ctx.check_finite({"pose": pose_loss})
+            grads = torch.autograd.grad(pose_loss, [omega] + ([shifts] if shifts is not None else []))
+            table.adam_step(
+                rows, grads[0], grads[1] if shifts is not None else None, config.pose_lr, config.pose_adam_betas
+            )
+        if config.fold_poses_after_batch:
+            table.fold(rows)
+        rotations = table.rotations(rows).detach()
+        shifts = table.shift_px[rows] if config.learn_shifts else None
+        predicted = render_fourier(state.modules["decoder"](rotations), ctf, shifts)
+        data = per_image_loss(predicted, observed, self._run.mask, config.loss, config.noise_variance).mean()
+        total = ctx.step(state.optimizers["model"], {"data": data})
+        self._run.record(config.eval_pose_images, batch["particle_index"], rotations, batch)
+        return {"loss": total.item()}
+
+    @torch.no_grad()
+    def _best_head_poses(
+        self, state: TrainState, config: CryoSpinConfig, ctx: TrainContext
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """One in-order pass over this worker's images: particle_index, best-head rotation (and shift), the
+        winning head, and the true rotation (kept for scoring only)."""
+        encoder = state.unwrapped("encoder")
+        training = encoder.training
+        encoder.eval()
+        volume = state.unwrapped("decoder").hartley()
+        out: dict[str, list[torch.Tensor]] = {"index": [], "rotation": [], "shift": [], "winner": [], "true": []}
+        for batch in iter_owned_batches(self._run.chunks, ctx.runner.batch_size, ctx.device):
+            rotations, shifts = encoder(batch["image"])
+            per_head = self.head_losses(
+                lambda r: slice_volume_fourier(volume, r), rotations, shifts, batch, config, ctx
+            )
+            winner = per_head.argmin(dim=1)
+            pick = torch.arange(len(winner), device=winner.device)
+            out["index"].append(batch["particle_index"])
+            out["rotation"].append(rotations[pick, winner])
+            out["shift"].append(shifts[pick, winner] if shifts is not None else torch.zeros(len(winner), 2))
+            out["winner"].append(winner)
+            out["true"].append(euler_relion_to_matrix(batch["rot_deg"], batch["tilt_deg"], batch["psi_deg"]))
+        encoder.train(training)
+        joined = {k: torch.cat(v) for k, v in out.items()}
+        shifts = joined["shift"] if config.learn_shifts else None
+        return joined["index"], joined["rotation"], shifts, joined["winner"], joined["true"]
+
+    def _switch_to_auto_decoding(self, state: TrainState, config: CryoSpinConfig, ctx: TrainContext) -> None:
+        """Initialise this worker's pose table from each image's best head; lower the volume's step size."""
+        table: PoseTable = state.sharded["pose_table"]
+        index, rotations, shifts, winner, _ = self._best_head_poses(state, config, ctx)
+        table.set_poses(table.rows(index), rotations, shifts)
+        wins = torch.bincount(winner, minlength=config.n_heads).to(torch.float64)
+        if ctx.distributed:
+            dist.all_reduce(wins)
+        state.extra["head_wins_at_switch"] = wins.cpu().tolist()
+        state.extra["switched"] = True
+        state.optimizers["model"].param_groups[1]["lr"] = config.decoder_lr_after_switch
+
+    # ---- evaluation and artifacts ----
+
+    def _ground_truth(self, ctx: TrainContext) -> torch.Tensor | None:
+        relative = ctx.manifest.ground_truth.get("map")
+        return None if relative is None else torch.from_numpy(read_mrc(ctx.dataset_dir / relative).data).float()
+
+    def evaluate(self, state: TrainState, config: CryoSpinConfig, ctx: TrainContext) -> dict[str, float]:
+        """Pose error (after global alignment) on the images scored this epoch, head usage, and — every
+        ``fsc_every_epochs`` and at the end — FSC resolution of the aligned map against ground truth."""
+        predicted, true = self._run.take_records()
+        predicted, true = _gather_cat(predicted, ctx), _gather_cat(true, ctx)
+        wins = self._run.head_wins.clone()
+        if ctx.distributed:
+            dist.all_reduce(wins)
+        self._run.head_wins.zero_()
+        metrics: dict[str, float] = {}
+        if ctx.is_rank_zero and len(predicted):
+            # The last epoch's map is scored with every image's pose by write_artifacts (the run's final scores).
+            last = ctx.epoch == ctx.runner.epochs - 1
+            with_map = not last and (ctx.epoch + 1) % config.fsc_every_epochs == 0
+            reference = self._ground_truth(ctx) if with_map else None
+            density = state.unwrapped("decoder").density().cpu()
+            evaluation = evaluate_reconstruction(
+                density, reference, ctx.manifest.voxel_size_angstrom, predicted, true if ctx.manifest.has_poses else None,
+                search_level=config.align_search_level,
+            )
+            metrics.update(evaluation.metrics)
+            metrics["auto_decoding"] = float(state.extra["switched"])
+            if wins.sum() > 0:
+                fractions = (wins / wins.sum()).cpu().tolist()
+                metrics.update({f"head_{j}_win_fraction": f for j, f in enumerate(fractions)})
+        return _broadcast(metrics, ctx)
+
+    def write_artifacts(
+        self, state: TrainState, config: CryoSpinConfig, ctx: TrainContext, output_dir: Path
+    ) -> dict[str, str]:
+        """map.mrc, map_aligned.mrc, fsc.csv/png, poses.star (every image) and head_usage.csv/png."""
+        if state.extra["switched"]:
+            table: PoseTable = state.sharded["pose_table"]
+            index = table.particle_index
+            rotations = table.rotations(torch.arange(len(table), device=ctx.device))
+            shifts = table.shift_px if config.learn_shifts else None
+            true = _true_rotations(self._run.chunks, index, ctx)
+            wins = torch.tensor(state.extra["head_wins_at_switch"], dtype=torch.float64)
+            usage_label = "at the switch to auto-decoding"
+        else:
+            index, rotations, shifts, winner, true = self._best_head_poses(state, config, ctx)
+            wins = torch.bincount(winner, minlength=config.n_heads).to(torch.float64)
+            if ctx.distributed:
+                dist.all_reduce(wins)
+            usage_label = "after the last epoch"
+        gathered = {
+            name: _gather_cat(value.detach().cpu(), ctx)
+            for name, value in {"index": index, "rotation": rotations, "true": true}.items()
+        }
+        gathered_shifts = _gather_cat(shifts.detach().cpu(), ctx) if shifts is not None else None
+        if not ctx.is_rank_zero:
+            return {}
+        density = state.unwrapped("decoder").density().cpu()
+        evaluation = evaluate_reconstruction(
+            density, self._ground_truth(ctx), ctx.manifest.voxel_size_angstrom, gathered["rotation"],
+            gathered["true"] if ctx.manifest.has_poses else None,
+            search_level=config.align_search_level,
+        )
+        self._run.final_metrics = dict(evaluation.metrics)
+        voxel = ctx.manifest.voxel_size_angstrom
+        artifacts = write_reconstruction_artifacts(
+            output_dir,
+            density,
+            ctx.manifest,
+            evaluation,
+            gathered["index"].numpy(),
+            gathered["rotation"],
+            None if gathered_shifts is None else -gathered_shifts * voxel,  # RELION origin = −shift
+        )
+        artifacts.update(_write_head_usage(output_dir, wins, usage_label))
+        return artifacts
+
+    def test(
+        self, state: TrainState, config: CryoSpinConfig, ctx: TrainContext, output_dir: Path
+    ) -> tuple[dict[str, float], dict[str, str]]:
+        """The final scores (the aligned map's FSC, the pose error over every image), computed with the artifacts."""
+        return _broadcast(self._run.final_metrics, ctx), {}
+
+
+def _true_rotations(chunks: list[RowChunk], index: torch.Tensor, ctx: TrainContext) -> torch.Tensor:
+    """Ground-truth rotations of this worker's images in table order (read for scoring only)."""
+    angles = read_owned_columns(chunks, ["particle_index", "rot_deg", "tilt_deg", "psi_deg"])
+    order = np.argsort(angles["particle_index"], kind="stable")
+    if not np.array_equal(angles["particle_index"][order], index.cpu().numpy()):
+        raise RuntimeError(f"rank {ctx.rank}: the pose table does not hold exactly this worker's images")
+    rot, tilt, psi = (torch.from_numpy(angles[name][order].astype(np.float32)) for name in ("rot_deg", "tilt_deg", "psi_deg"))
+    return euler_relion_to_matrix(rot, tilt, psi)
+
+
+def _gather_cat(value: torch.Tensor, ctx: TrainContext) -> torch.Tensor:
+    """Concatenate a CPU tensor over ranks (rank order); for end-of-run and scoring-sized data only."""
+    if not ctx.distributed:
+        return value
+    parts: list[torch.Tensor | None] = [None] * ctx.world_size
+    dist.all_gather_object(parts, value)
+    return torch.cat([p for p in parts if p is not None])
+
+
+def _broadcast(metrics: dict[str, float], ctx: TrainContext) -> dict[str, float]:
+    """Rank 0's metrics on every rank (only rank 0 computes the alignment)."""
+    if not ctx.distributed:
+        return metrics
+    holder = [metrics]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def _write_head_usage(output_dir: Path, wins: torch.Tensor, label: str) -> dict[str, str]:
+    """``head_usage.csv/png``: how many images each head won (the paper's Supp. F specialisation)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = wins.numpy()
+    fractions = counts / max(counts.sum(), 1)
+    table = pd.DataFrame({"head": np.arange(len(counts)), "images_won": counts.astype(np.int64), "fraction": fractions})
+    csv_path = output_dir / "head_usage.csv"
+    table.to_csv(csv_path, index=False)
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
+    ax.bar(table["head"], table["fraction"])
+    ax.set_xlabel("head")
+    ax.set_ylabel("fraction of images won")
+    ax.set_title(f"winner-takes-all head usage {label}", fontsize=9)
+    fig.tight_layout()
+    png_path = output_dir / "head_usage.png"
+    fig.savefig(png_path)
+    plt.close(fig)
+    return {"head_usage_csv": str(csv_path.resolve()), "head_usage_png": str(png_path.resolve())}
