@@ -3,7 +3,7 @@
 Part 1 (search): on a known map (the dataset's ground truth), noiseless CTF-free projections at random poses are
 searched (a) by DHBS (width c, depth i) from an encoder-like first guess 10° off, and (b) exhaustively on the
 Hopf grid of the same level. Both are timed on the same images in one run; the exhaustive level-5 cost
-(2.36 M rotations per image) is extrapolated from the measured per-render cost of the level-3 run.
+(2.36 M rotations per image) is extrapolated from the measured per-render cost of the exhaustive run (level 2 by default).
 
 Part 2 (training): the method's own train_step on the dataset's images, in-process on one worker, for the same
 number of steps with DHBS (paper mode) and without it (end to end, the paper's "no DHBS" ablation); FSC
@@ -123,8 +123,8 @@ def main() -> None:
     parser.add_argument("--dataset", default="particles-4ake")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--search-images", type=int, default=8)
-    parser.add_argument("--exhaustive-level", type=int, default=3)
+    parser.add_argument("--search-images", type=int, default=4)
+    parser.add_argument("--exhaustive-level", type=int, default=2)
     parser.add_argument("--eval-images", type=int, default=1000)
     args = parser.parse_args()
     dataset_dir, manifest = resolve_dataset(args.dataset)

@@ -44,6 +44,18 @@ def test_a_recipe_builds_bit_for_bit_from_its_seed(tmp_path, smoke_dataset):
     assert read_mrc(first_dir / manifest.ground_truth["map"]).voxel_size_angstrom == 8.0
 
 
+def test_a_recipe_without_ctf_builds_with_neutral_ctf_columns_and_says_so(tmp_path, smoke_dataset):
+    recipe = tmp_path / "noctf.yaml"
+    recipe.write_text(
+        "name: noctf\nkind: particles\nseed: 0\nsource: {type: phantom, box_px: 16, voxel_size_angstrom: 5.0}\n"
+        "n_images: 8\nctf: false\n"
+    )
+    manifest = read_manifest(build_particle_dataset(recipe, tmp_path / "noctf"))
+    _, meta = read_particle_shard(tmp_path / "noctf" / manifest.shards[0].path)
+    assert manifest.has_ctf is False and (meta["defocus_u_angstrom"] == 0).all()
+    assert smoke_dataset[1].has_ctf
+
+
 def test_building_into_a_non_empty_folder_needs_overwrite(tmp_path):
     (tmp_path / "mine.txt").write_text("user data")
     with pytest.raises(CryorayInputError, match="--overwrite"):

@@ -181,7 +181,7 @@ def build_particle_dataset(recipe_path: str | Path, out_dir: str | Path, overwri
             max_shift_px=recipe.max_shift_px,
             seed=[recipe.seed, index],
         )
-        table = stack.particles.copy()
+        table = _with_defaults(stack.particles)  # CTF-free images get neutral CTF columns (manifest.has_ctf is False)
         table["particle_index"] = np.arange(start, start + count)
         extra = {"clean_image": stack.clean_images} if recipe.keep_clean_images else None
         shards.append(write_particle_shard(out_dir, index, stack.images, table, extra))

@@ -75,6 +75,11 @@ class DatasetManifest(BaseModel):
     tomograms: list[TomogramEntry] = Field(default_factory=list, description="tomograms datasets: one entry per tomogram")
 
     @property
+    def has_ctf(self) -> bool:
+        """False for images simulated without a CTF (their CTF columns then hold neutral zeros)."""
+        return self.provenance.get("ctf") is not False
+
+    @property
     def has_poses(self) -> bool:
         """False for particles imported without orientations (their angle columns then hold zeros)."""
         return self.provenance.get("poses") != "absent"

@@ -177,7 +177,7 @@ class Cryo2SSNet(Method):
         return iter_particle_batches(ctx.datasets["train"], ctx.runner.batch_size, ctx.device, ctx.runner.shuffle_buffer_images)
 
     def search_cost(
-        self, state: TrainState, images: torch.Tensor, ctf: torch.Tensor, denoised: bool
+        self, state: TrainState, images: torch.Tensor, ctf: torch.Tensor | None, denoised: bool
     ) -> PoseCost:
         """ℓ₂ between the (denoised) observed images and (denoised) projections of the current map."""
         decoder = state.unwrapped("decoder")
@@ -187,7 +187,7 @@ class Cryo2SSNet(Method):
             target = denoiser(images) if denoiser is not None else images
 
         def cost(rotations: torch.Tensor) -> torch.Tensor:
-            rendered = HartleyDecoder.render(hartley, rotations, ctf[:, None])
+            rendered = HartleyDecoder.render(hartley, rotations, None if ctf is None else ctf[:, None])
             if denoiser is not None:
                 rendered = denoiser(rendered)
             return ((rendered - target[:, None]) ** 2).mean(dim=(-2, -1))
@@ -195,7 +195,7 @@ class Cryo2SSNet(Method):
         return cost
 
     def search(
-        self, state: TrainState, config: Cryo2SSNetConfig, images: torch.Tensor, ctf: torch.Tensor,
+        self, state: TrainState, config: Cryo2SSNetConfig, images: torch.Tensor, ctf: torch.Tensor | None,
         initial: torch.Tensor, denoised: bool,
     ) -> torch.Tensor:
         """DHBS: beam search from the encoder's poses, then the GD enhancement (map and denoiser fixed)."""
@@ -215,7 +215,7 @@ class Cryo2SSNet(Method):
             total = ctx.step(state.optimizers["denoiser"], {"denoiser_unbiased_l2": residual.mean()})
             return {"denoiser_loss": total.item()}
         decoder = state.unwrapped("decoder")
-        ctf = decoder.ctf(batch)
+        ctf = decoder.ctf(batch) if ctx.manifest.has_ctf else None
         if phase == "stage2" and state.extra["stage"] < 2:
             for group in state.optimizers["model"].param_groups:
                 if group["name"] == "decoder":

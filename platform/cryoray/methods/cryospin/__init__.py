@@ -235,7 +235,7 @@ class CryoSPIN(Method):
     def _forward_terms(
         self, batch: dict[str, torch.Tensor], config: CryoSpinConfig, ctx: TrainContext
     ) -> tuple[torch.Tensor | None, torch.Tensor]:
-        ctf = batch_ctf(batch, ctx.manifest.box_px, ctx.manifest.voxel_size_angstrom) if config.apply_ctf else None
+        ctf = batch_ctf(batch, ctx.manifest.box_px, ctx.manifest.voxel_size_angstrom) if config.apply_ctf and ctx.manifest.has_ctf else None
         return ctf, observed_fourier(batch["image"])
 
     def head_losses(

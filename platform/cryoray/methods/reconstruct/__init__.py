@@ -90,7 +90,8 @@ class KnownPoseReconstruction(Method):
     def train_step(
         self, state: TrainState, batch: dict[str, torch.Tensor], config: ReconstructConfig, ctx: TrainContext
     ) -> dict[str, float]:
-        predicted = predicted_images(state.modules["map"], batch, ctx.manifest.voxel_size_angstrom, config.apply_ctf)
+        with_ctf = config.apply_ctf and ctx.manifest.has_ctf
+        predicted = predicted_images(state.modules["map"], batch, ctx.manifest.voxel_size_angstrom, with_ctf)
         losses = {
             "data_mse": torch.mean((predicted - batch["image"]) ** 2),
             "map_l2": config.l2_weight * torch.mean(state.unwrapped("map").density ** 2),

@@ -1,0 +1,22 @@
+"""(α,β)-GAN robust denoiser of particle images: train on clean/noisy pairs, score held-out images, denoise stacks.
+
+Example usage:
+    python jobs/betagan.py                          # built-in phantom pairs (particles-betagan-phantom), 2 CPU workers
+    python jobs/betagan.py --smoke
+    python jobs/betagan.py --dataset particles-betagan-4ake-snr0.1 --config jobs/configs/betagan-paper.yaml --use-gpu
+    python jobs/betagan.py --config jobs/configs/betagan-contaminated.yaml   # Huber ε = 0.1 outliers
+    ray job submit --working-dir . -- python jobs/betagan.py --tracking-uri http://HEAD:5000
+    python jobs/betagan.py denoise --model outputs/betagan-.../model.pt --stack my.mrcs --star my.star --output-dir out/
+"""
+
+import sys
+
+from cryoray.cli import run_job
+from cryoray.methods.betagan import BetaGAN
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["denoise"]:
+        from cryoray.methods.betagan.denoise import run_denoise
+
+        sys.exit(run_denoise(sys.argv[2:]))
+    sys.exit(run_job(BetaGAN()))
