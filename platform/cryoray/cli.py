@@ -14,6 +14,7 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,18 @@ def run_job(method: Method, argv: list[str] | None = None) -> int:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         return _fail(method, f"training failed: {lines[-1] if lines else type(exc).__name__}")
     print("RESULT " + json.dumps(result), flush=True)
+    return 0
+
+
+def run_tool(name: str, action: Callable[[], dict[str, Any]]) -> int:
+    """A job's subcommand (predict, apply, denoise): exit 0 after a last ``RESULT {json}`` line, or 2 with one
+    line on stderr naming the file and field of bad input, the same contract as the training jobs."""
+    try:
+        result = action()
+    except CryorayInputError as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        return 2
+    print("RESULT " + json.dumps(result))
     return 0
 
 

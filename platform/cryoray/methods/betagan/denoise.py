@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ import ray
 import ray.data
 import torch
 
-from cryoray.cli import connect_ray
+from cryoray.cli import connect_ray, run_tool
 from cryoray.errors import CryorayInputError
 from cryoray.io.mrc import open_stack_mmap
 from cryoray.io.star import read_particles_star, write_particles_star
@@ -188,21 +187,13 @@ def _parser() -> argparse.ArgumentParser:
 def run_denoise(argv: list[str]) -> int:
     """CLI entry: exit 0 with a ``RESULT`` line, 2 on bad input (one line naming file and field)."""
     args = _parser().parse_args(argv)
-    try:
+
+    def denoise() -> dict:
         if args.batch_size < 1:
             raise CryorayInputError(None, "--batch-size", "a positive integer", args.batch_size)
-        result = denoise_stack(
-            load_model(args.model),
-            args.stack,
-            args.star,
-            args.output_dir,
-            args.batch_size,
-            args.use_gpu,
-            args.overwrite,
-        )
-    except CryorayInputError as exc:
-        print(f"betagan denoise: {exc}", file=sys.stderr)
-        return 2
-    Path(result["stack"]).with_name("result.json").write_text(json.dumps(result, indent=2) + "\n")
-    print("RESULT " + json.dumps(result))
-    return 0
+        model = load_model(args.model)
+        result = denoise_stack(model, args.stack, args.star, args.output_dir, args.batch_size, args.use_gpu, args.overwrite)
+        Path(result["stack"]).with_name("result.json").write_text(json.dumps(result, indent=2) + "\n")
+        return result
+
+    return run_tool("betagan denoise", denoise)

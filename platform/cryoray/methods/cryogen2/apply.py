@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cryoray.cli import run_tool
 from cryoray.data.subtomograms import DATA_PERCENTILES
 from cryoray.errors import CryorayInputError
 from cryoray.io.mrc import read_mrc, read_mrc_shape, write_mrc
@@ -198,10 +198,4 @@ def _apply(args: argparse.Namespace) -> dict[str, Any]:
 def run_apply(argv: list[str]) -> int:
     """CLI entry: exit 0 with a ``RESULT`` line, 2 on bad input (one line naming file and field)."""
     args = _parser().parse_args(argv)
-    try:
-        result = _apply(args)
-    except CryorayInputError as exc:
-        print(f"cryogen2 apply: {exc}", file=sys.stderr)
-        return 2
-    print("RESULT " + json.dumps(result))
-    return 0
+    return run_tool("cryogen2 apply", lambda: _apply(args))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import ray
 import torch
 from scipy import ndimage
 
-from cryoray.cli import connect_ray
+from cryoray.cli import connect_ray, run_tool
 from cryoray.errors import CryorayInputError
 from cryoray.io.figures import write_orthoslices_with_picks
 from cryoray.io.mrc import read_mrc, read_mrc_shape
@@ -154,10 +153,4 @@ def _predict(args: argparse.Namespace) -> dict[str, Any]:
 def run_predict(argv: list[str]) -> int:
     """CLI entry: exit 0 with a ``RESULT`` line, 2 on bad input (one line naming file and field), 1 on failure."""
     args = _parser().parse_args(argv)
-    try:
-        result = _predict(args)
-    except CryorayInputError as exc:
-        print(f"robpicker predict: {exc}", file=sys.stderr)
-        return 2
-    print("RESULT " + json.dumps(result))
-    return 0
+    return run_tool("robpicker predict", lambda: _predict(args))
