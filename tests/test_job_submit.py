@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import psutil
@@ -24,6 +26,28 @@ DASHBOARD_PORT = 8267
 def _ray(*args: str, env: dict, timeout: int = 300) -> subprocess.CompletedProcess:
     ray_cli = Path(sys.executable).with_name("ray")
     return subprocess.run([str(ray_cli), *args], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def _free_ports(count: int) -> list[int]:
+    """Ports nobody listens on now, so this head's agents never collide with another Ray on the machine."""
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+def _submit(*args: str, env: dict, timeout: int) -> subprocess.CompletedProcess:
+    """``ray job submit``, retried while the fresh head's job agent is not up yet (a busy machine can take a minute);
+    that refusal comes before any job starts, so a retry never runs the job twice."""
+    deadline = time.monotonic() + 120
+    while True:
+        submit = _ray("job", "submit", *args, env=env, timeout=timeout)
+        if "No available agent to submit job" not in submit.stdout + submit.stderr or time.monotonic() > deadline:
+            return submit
+        time.sleep(5)
 
 
 def stop_head(temp_dir: Path) -> None:
@@ -56,14 +80,17 @@ def test_ray_job_submit_runs_a_job_on_a_running_cluster(tmp_path):
     }
     env.pop("RAY_ADDRESS", None)
     temp_dir = Path(tempfile.mkdtemp(prefix="cr", dir="/tmp"))  # short: Ray's socket paths live under it
+    agent_http, agent_grpc, runtime_env_agent, metrics = _free_ports(4)
     start = _ray("start", "--head", "--num-cpus=2", f"--port={GCS_PORT}", f"--dashboard-port={DASHBOARD_PORT}",
+                 f"--dashboard-agent-listen-port={agent_http}", f"--dashboard-agent-grpc-port={agent_grpc}",
+                 f"--runtime-env-agent-port={runtime_env_agent}", f"--metrics-export-port={metrics}",
                  f"--temp-dir={temp_dir}", "--disable-usage-stats", env=env)
     assert start.returncode == 0, start.stderr
     try:
         runtime_env = json.dumps({"env_vars": {"CRYORAY_DATA_DIR": os.environ["CRYORAY_DATA_DIR"]}})
         out_dir = tmp_path / "out"
-        submit = _ray(
-            "job", "submit", "--working-dir", ".", "--runtime-env-json", runtime_env, "--",
+        submit = _submit(
+            "--working-dir", ".", "--runtime-env-json", runtime_env, "--",
             "python", "jobs/robpicker.py", "--smoke", "--num-workers", "1",
             "--output-dir", str(out_dir), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
             env=env, timeout=480,
