@@ -50,6 +50,14 @@ class TrainContext:
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
         return values / self.world_size
 
+    def broadcast_from_rank_zero(self, value: Any) -> Any:
+        """Rank 0's ``value`` on every rank: for results only rank 0 computes (map alignment, picking, scoring)."""
+        if not self.distributed:
+            return value
+        holder = [value]
+        dist.broadcast_object_list(holder, src=0)
+        return holder[0]
+
     def check_finite(self, losses: Mapping[str, torch.Tensor]) -> None:
         """Stop every rank together when any rank sees a non-finite term (a lone rank would hang DDP)."""
         bad = [name for name, value in losses.items() if not torch.isfinite(value.detach()).all()]

@@ -32,7 +32,6 @@ import numpy as np
 import pandas as pd
 import ray.data
 import torch
-import torch.distributed as dist
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 from cryoray.data.particles import particle_dataset
@@ -299,12 +298,6 @@ class BetaGAN(Method):
 
     # ----- evaluation and artifacts ---------------------------------------------------------------------------------
 
-    def _on_rank_zero(self, ctx: TrainContext, compute):
-        payload = [compute() if ctx.is_rank_zero else None]
-        if ctx.distributed:
-            dist.broadcast_object_list(payload, src=0)
-        return payload[0]
-
     def evaluate(self, state: TrainState, config: BetaGANConfig, ctx: TrainContext) -> dict[str, float]:
         def compute() -> dict[str, float]:
             val_start, test_start = self.split_bounds(ctx.manifest, config)
@@ -313,7 +306,7 @@ class BetaGAN(Method):
             values = image_metrics(denoised, split[CLEAN_COLUMN])
             return {f"val_{name}": float(np.mean(v)) for name, v in values.items()}
 
-        return self._on_rank_zero(ctx, compute)
+        return ctx.broadcast_from_rank_zero(compute() if ctx.is_rank_zero else None)
 
     def test(
         self, state: TrainState, config: BetaGANConfig, ctx: TrainContext, output_dir: Path

@@ -42,7 +42,6 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import ray.data
 import torch
-import torch.distributed as dist
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
 from cryoray.data.patches import split_entries
@@ -372,14 +371,8 @@ class CryoGEN2(Method):
         scores |= {f"{prefix}input_{k}": v for k, v in baseline["scores"].items()}
         return scores, {"output": output, "cubes": cubes, "restored": restored, "baseline": baseline}
 
-    def _on_rank_zero(self, ctx: TrainContext, compute: Callable[[], dict[str, float]]) -> dict[str, float]:
-        payload = [compute() if ctx.is_rank_zero else None]
-        if ctx.distributed:
-            dist.broadcast_object_list(payload, src=0)
-        return payload[0]
-
     def evaluate(self, state: TrainState, config: CryoGEN2Config, ctx: TrainContext) -> dict[str, float]:
-        return self._on_rank_zero(ctx, lambda: self._scores(state, config, ctx, "val", "val_")[0])
+        return ctx.broadcast_from_rank_zero(self._scores(state, config, ctx, "val", "val_")[0] if ctx.is_rank_zero else None)
 
     def test(self, state: TrainState, config: CryoGEN2Config, ctx: TrainContext, output_dir: Path) -> tuple[dict[str, float], dict[str, str]]:
         """On rank 0: held-out metrics, FSC curves, subtomogram and whole-tomogram reconstructions, slice figures."""

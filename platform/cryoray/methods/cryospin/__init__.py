@@ -367,7 +367,7 @@ class CryoSPIN(Method):
             if wins.sum() > 0:
                 fractions = (wins / wins.sum()).cpu().tolist()
                 metrics.update({f"head_{j}_win_fraction": f for j, f in enumerate(fractions)})
-        return _broadcast(metrics, ctx)
+        return ctx.broadcast_from_rank_zero(metrics)
 
     def write_artifacts(
         self, state: TrainState, config: CryoSpinConfig, ctx: TrainContext, output_dir: Path
@@ -418,7 +418,7 @@ class CryoSPIN(Method):
         self, state: TrainState, config: CryoSpinConfig, ctx: TrainContext, output_dir: Path
     ) -> tuple[dict[str, float], dict[str, str]]:
         """The final scores (the aligned map's FSC, the pose error over every image), computed with the artifacts."""
-        return _broadcast(self._run.final_metrics, ctx), {}
+        return ctx.broadcast_from_rank_zero(self._run.final_metrics), {}
 
 
 def _true_rotations(chunks: list[RowChunk], index: torch.Tensor, ctx: TrainContext) -> torch.Tensor:
@@ -438,15 +438,6 @@ def _gather_cat(value: torch.Tensor, ctx: TrainContext) -> torch.Tensor:
     parts: list[torch.Tensor | None] = [None] * ctx.world_size
     dist.all_gather_object(parts, value)
     return torch.cat([p for p in parts if p is not None])
-
-
-def _broadcast(metrics: dict[str, float], ctx: TrainContext) -> dict[str, float]:
-    """Rank 0's metrics on every rank (only rank 0 computes the alignment)."""
-    if not ctx.distributed:
-        return metrics
-    holder = [metrics]
-    dist.broadcast_object_list(holder, src=0)
-    return holder[0]
 
 
 def _write_head_usage(output_dir: Path, wins: torch.Tensor, label: str) -> dict[str, str]:

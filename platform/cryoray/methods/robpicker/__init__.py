@@ -34,7 +34,6 @@ from typing import ClassVar, Literal
 
 import ray.data
 import torch
-import torch.distributed as dist
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 from torch.func import functional_call
 
@@ -272,21 +271,13 @@ class RobPicker(Method):
         metrics.update({"weighted_dice": float(loss.detach()), **{k: float(v.detach()) for k, v in parts.items()}})
         return metrics
 
-    def _on_rank_zero(self, ctx: TrainContext, compute: Callable[[], dict[str, float]]) -> dict[str, float]:
-        """Run ``compute`` on rank 0 only and hand every rank its result (picking is not worth splitting)."""
-        payload = [compute() if ctx.is_rank_zero else None]
-        if ctx.distributed:
-            dist.broadcast_object_list(payload, src=0)
-        return payload[0]
-
     def evaluate(self, state: TrainState, config: RobPickerConfig, ctx: TrainContext) -> dict[str, float]:
         last = ctx.epoch == ctx.runner.epochs - 1
         if not last and (ctx.epoch + 1) % config.eval_every_epochs:
             return {}
         segmenter = state.unwrapped("segmenter")
-        return self._on_rank_zero(
-            ctx, lambda: evaluate_split(segmenter, ctx.dataset_dir, ctx.manifest, "val", config.picking(), ctx.device, "val_")
-        )
+        scores = evaluate_split(segmenter, ctx.dataset_dir, ctx.manifest, "val", config.picking(), ctx.device, "val_") if ctx.is_rank_zero else None
+        return ctx.broadcast_from_rank_zero(scores)
 
     def test(
         self, state: TrainState, config: RobPickerConfig, ctx: TrainContext, output_dir: Path
