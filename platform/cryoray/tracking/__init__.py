@@ -45,6 +45,23 @@ def flatten_params(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
+def local_model_path(reference: str) -> Path:
+    """A model reference as a local path: MLflow artifact URIs (``runs:/<id>/outputs/model.pt``, ``s3://…``) are
+    downloaded to a temp folder; anything else is taken as a path. A failed download is the user's bad input."""
+    if "://" not in reference and not reference.startswith("runs:/"):
+        return Path(reference)
+    import tempfile
+
+    import mlflow
+
+    from cryoray.errors import CryorayInputError
+
+    try:
+        return Path(mlflow.artifacts.download_artifacts(reference, dst_path=tempfile.mkdtemp(prefix="cryoray-model-")))
+    except Exception as exc:  # noqa: BLE001 - any download failure is the user's reference
+        raise CryorayInputError(reference, "--model", "a downloadable MLflow artifact URI", str(exc).splitlines()[0]) from None
+
+
 def git_sha(repo_dir: str | Path = ".") -> str:
     """The commit of the code that ran, or 'unknown' outside a git checkout."""
     try:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -30,24 +29,14 @@ from cryoray.io.star import read_particles_star, write_particles_star
 from cryoray.io.validate import check_can_write, check_finite
 from cryoray.methods.betagan import MODEL_FILE, BetaGANConfig, build_generator
 from cryoray.methods.betagan.evaluation import denormalise, normalise_pair
+from cryoray.tracking import local_model_path
 
 PIXEL_SIZE_TOLERANCE = 0.05
 
 
 def load_model(reference: str) -> dict[str, Any]:
     """A training run's ``model.pt``: a path, the run's output folder, or ``runs:/<id>/outputs/model.pt``."""
-    if "://" in reference or reference.startswith("runs:/"):
-        import mlflow
-
-        try:
-            reference = mlflow.artifacts.download_artifacts(
-                reference, dst_path=tempfile.mkdtemp(prefix="cryoray-model-")
-            )
-        except Exception as exc:  # noqa: BLE001 - any download failure is the user's reference
-            raise CryorayInputError(
-                reference, "--model", "a downloadable MLflow artifact URI", str(exc).splitlines()[0]
-            ) from None
-    path = Path(reference)
+    path = local_model_path(reference)
     if path.is_dir():
         path = path / MODEL_FILE
     if not path.is_file():

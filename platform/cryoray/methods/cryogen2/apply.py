@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from cryoray.errors import CryorayInputError
 from cryoray.io.mrc import read_mrc, read_mrc_shape, write_mrc
 from cryoray.io.validate import check_can_write
 from cryoray.nn.unetpp import UNetPlusPlus3d
+from cryoray.tracking import local_model_path
 
 MODEL_FILE = "model.pt"
 METHOD_NAME = "cryogen2"
@@ -103,14 +103,7 @@ def restore_volume(
 
 def load_model(reference: str) -> dict[str, Any]:
     """A CryoGEN-II model: ``model.pt``, a training output folder, a runner checkpoint folder, or an MLflow URI."""
-    if "://" in reference or reference.startswith("runs:/"):
-        import mlflow
-
-        try:
-            reference = mlflow.artifacts.download_artifacts(reference, dst_path=tempfile.mkdtemp(prefix="cryoray-model-"))
-        except Exception as exc:  # noqa: BLE001 - any download failure is the user's reference
-            raise CryorayInputError(reference, "--model", "a downloadable MLflow artifact URI", str(exc).splitlines()[0]) from None
-    path = Path(reference)
+    path = local_model_path(reference)
     if path.is_dir():
         from cryoray.train.runner import CHECKPOINT_FILE, load_checkpoint_state
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from cryoray.io.star import read_coordinates, write_coordinates
 from cryoray.io.validate import check_can_write
 from cryoray.methods.robpicker.inference import PickingSettings, pick_tomogram, score_tomograms
 from cryoray.nn.unet3d import UNet3D
+from cryoray.tracking import local_model_path
 
 RESAMPLE_TOLERANCE = 0.02
 MODEL_FILE = "model.pt"
@@ -36,14 +36,7 @@ MODEL_FILE = "model.pt"
 
 def load_model(reference: str) -> dict[str, Any]:
     """The ``model.pt`` a training run wrote: a path, a run's output folder, or an MLflow URI (``runs:/<id>/outputs/model.pt``)."""
-    if "://" in reference or reference.startswith("runs:/"):
-        import mlflow
-
-        try:
-            reference = mlflow.artifacts.download_artifacts(reference, dst_path=tempfile.mkdtemp(prefix="cryoray-model-"))
-        except Exception as exc:  # noqa: BLE001 - any download failure is the user's reference
-            raise CryorayInputError(reference, "--model", "a downloadable MLflow artifact URI", str(exc).splitlines()[0]) from None
-    path = Path(reference)
+    path = local_model_path(reference)
     if path.is_dir():
         path = path / MODEL_FILE
     if not path.is_file():
