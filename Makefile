@@ -8,7 +8,7 @@ TORCH_VERSION ?= 2.13.0
 TORCH_INDEX ?=
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test lint install clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,10 +25,17 @@ install: $(STAMP)
 # workers, pick and score the held-out tomogram, track it all in MLflow.
 demo: $(STAMP)
 	$(PY) jobs/robpicker.py --smoke --output-dir outputs/demo --overwrite
-	@echo "Results: outputs/demo (result.json, picks_*.star/csv, orthoslices_*.png, scores_test.csv, model.pt). Browse runs: $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db"
+	@echo "Results: outputs/demo (result.json, picks_*.star/csv, orthoslices_*.png, scores_test.csv, model.safetensors). Browse runs: $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db"
 
 test: $(STAMP)
 	$(VENV)/bin/pytest -q
+
+# Format, lint (with the line-length rule) and type checks; CI runs them before the tests.
+LINTED := platform tests benchmarks jobs datasets tuning
+lint: $(STAMP)
+	$(VENV)/bin/ruff format --check $(LINTED)
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(VENV) outputs mlruns mlflow.db

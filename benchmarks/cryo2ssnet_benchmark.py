@@ -26,9 +26,8 @@ from cryoray.config import RunnerConfig
 from cryoray.data.recipes import resolve_dataset
 from cryoray.data.shards import read_particle_shard
 from cryoray.io.manifest import shard_paths
-from cryoray.io.mrc import read_mrc
 from cryoray.methods.cryo2ssnet import Cryo2SSNet, Cryo2SSNetConfig
-from cryoray.methods.cryo2ssnet.networks import HartleyDecoder, standardise_images
+from cryoray.methods.cryo2ssnet.networks import HartleyDecoder
 from cryoray.methods.cryo2ssnet.search import beam_search
 from cryoray.methods.single_particle import evaluate_reconstruction
 from cryoray.physics import (
@@ -38,9 +37,11 @@ from cryoray.physics import (
     hopf_grid_rotations,
     hopf_grid_size,
     random_rotations,
+    standardize,
 )
 from cryoray.physics.image_formation import CTF_PARAMETERS
 from cryoray.train.context import TrainContext
+from cryoray.train.loop import steps_per_epoch, take_step
 
 
 def search_benchmark(reference: torch.Tensor, images: int, width: int, depth: int, exhaustive_level: int) -> dict:
@@ -95,23 +96,23 @@ def training_benchmark(dataset: str, steps: int, batch_size: int, use_search: bo
     table = pd.concat([table for _, table in shards], ignore_index=True)
     ctf = {k: torch.tensor(table[k].to_numpy(), dtype=torch.float32) for k in CTF_PARAMETERS}
     truth = euler_relion_to_matrix(*(torch.tensor(table[c].to_numpy(), dtype=torch.float32) for c in ("rot_deg", "tilt_deg", "psi_deg")))
-    reference = torch.from_numpy(read_mrc(dataset_dir / manifest.ground_truth["map"]).data)
+    reference = manifest.ground_truth_map(dataset_dir)
     method = Cryo2SSNet()
     config = Cryo2SSNetConfig(use_search=use_search, denoiser_pretrain_steps=steps // 10 if use_search else 0)
     epochs = max(1, math.ceil(steps * batch_size / manifest.count))
+    runner = RunnerConfig(epochs=epochs, batch_size=batch_size, max_steps_per_epoch=math.ceil(steps / epochs))
     ctx = TrainContext(rank=0, world_size=1, device=torch.device("cpu"), dataset_dir=dataset_dir, manifest=manifest,
-                       runner=RunnerConfig(epochs=epochs, batch_size=batch_size, max_steps_per_epoch=math.ceil(steps / epochs)))
+                       runner=runner, steps_per_epoch=steps_per_epoch(manifest.count, 1, runner))
     torch.manual_seed(0)
     state = method.setup(config, manifest, ctx)
     generator = torch.Generator().manual_seed(0)
     start = time.perf_counter()
     for _ in range(steps):
         pick = torch.randint(0, manifest.count, (batch_size,), generator=generator)
-        method.train_step(state, {"image": images[pick], **{k: v[pick] for k, v in ctf.items()}}, config, ctx)
-        ctx.global_step += 1
+        take_step(method, state, {"image": images[pick], **{k: v[pick] for k, v in ctf.items()}}, config, ctx)
     wall_s = time.perf_counter() - start
     with torch.no_grad():
-        predicted = state.unwrapped("encoder")(standardise_images(images[:eval_images]))
+        predicted = state.unwrapped("encoder")(standardize(images[:eval_images], 2))
     metrics = evaluate_reconstruction(state.unwrapped("decoder").density.detach(), reference, manifest.voxel_size_angstrom,
                                       predicted, truth[:eval_images]).metrics
     return {"steps": steps, "wall_s": wall_s, "images_per_s": steps * batch_size / wall_s,
@@ -128,7 +129,7 @@ def main() -> None:
     parser.add_argument("--eval-images", type=int, default=1000)
     args = parser.parse_args()
     dataset_dir, manifest = resolve_dataset(args.dataset)
-    reference = torch.from_numpy(read_mrc(dataset_dir / manifest.ground_truth["map"]).data)
+    reference = torch.from_numpy(manifest.ground_truth_map(dataset_dir))
     results = {"dataset": args.dataset, "threads": torch.get_num_threads()}
     results["search"] = search_benchmark(reference, args.search_images, 4, 5, args.exhaustive_level)
     print(json.dumps(results["search"], indent=1), flush=True)

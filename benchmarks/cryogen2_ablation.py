@@ -35,6 +35,7 @@ def train_variant(args: argparse.Namespace) -> dict:
     from cryoray.data.subtomograms import extract_subtomograms
     from cryoray.methods.cryogen2 import CryoGEN2, CryoGEN2Config
     from cryoray.train.context import TrainContext
+    from cryoray.train.loop import take_step
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -47,7 +48,8 @@ def train_variant(args: argparse.Namespace) -> dict:
     )
     steps_per_epoch = args.steps // args.epochs
     runner = RunnerConfig(epochs=args.epochs, batch_size=args.batch_size, max_steps_per_epoch=steps_per_epoch)
-    ctx = TrainContext(rank=0, world_size=1, device=torch.device("cpu"), dataset_dir=dataset_dir, manifest=manifest, runner=runner)
+    ctx = TrainContext(rank=0, world_size=1, device=torch.device("cpu"), dataset_dir=dataset_dir, manifest=manifest, runner=runner,
+                       steps_per_epoch=steps_per_epoch)
     state = method.setup(config, manifest, ctx)
     source = method._source(dataset_dir, manifest, config, "train")
     rng = np.random.default_rng(args.seed)
@@ -59,8 +61,7 @@ def train_variant(args: argparse.Namespace) -> dict:
             module.train()
         for _ in range(steps_per_epoch):
             batch = extract_subtomograms({"id": rng.integers(0, len(source), args.batch_size)}, source)
-            last = method.train_step(state, {"subtomogram": torch.from_numpy(batch["subtomogram"])}, config, ctx)
-            ctx.global_step += 1
+            last = take_step(method, state, {"subtomogram": torch.from_numpy(batch["subtomogram"])}, config, ctx)
     train_seconds = time.perf_counter() - start
     out = Path(args.out) / args.run_variant
     out.mkdir(parents=True, exist_ok=True)

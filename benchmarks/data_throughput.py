@@ -183,7 +183,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=None, help="default 16384 at 64 px, 8192 at 128 px")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/_work"))
     args = parser.parse_args()
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    # address="local": a private cluster, never one a `ray start` left running on the machine.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     report = {"machine": f"{platform.node()} {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"}
     for box in args.box:

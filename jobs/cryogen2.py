@@ -6,7 +6,7 @@ Example usage:
     python jobs/cryogen2.py --config jobs/configs/cryogen2-paper.yaml --dataset my-tomograms --num-workers 2 --use-gpu
     python jobs/cryogen2.py --config jobs/configs/cryogen2-masked-only.yaml   # the no-GAN (IsoNet/DeepDeWedge-style) ablation
     ray job submit --working-dir . -- python jobs/cryogen2.py --tracking-uri http://HEAD:5000
-    python jobs/cryogen2.py apply --model outputs/cryogen2/model.pt --inputs tomo.mrc sub_001.mrc --output-dir restored/
+    python jobs/cryogen2.py apply --model outputs/cryogen2/model.safetensors --inputs tomo.mrc sub_001.mrc --output-dir restored/
 """
 
 import sys

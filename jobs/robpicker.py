@@ -5,7 +5,7 @@ Example usage:
     python jobs/robpicker.py --smoke
     python jobs/robpicker.py --dataset tomograms-shrec --config jobs/configs/robpicker-paper.yaml --num-workers 4 --use-gpu
     ray job submit --working-dir . -- python jobs/robpicker.py --tracking-uri http://HEAD:5000
-    python jobs/robpicker.py predict --model outputs/robpicker/model.pt --tomograms my.mrc --output-dir picks/
+    python jobs/robpicker.py predict --model outputs/robpicker/model.safetensors --tomograms my.mrc --output-dir picks/
 """
 
 import sys

@@ -1,9 +1,15 @@
-"""Shared fixtures: the location of ../shared/data and the rule for tests that need it."""
+"""Shared fixtures: the location of ../shared/data and the rule for tests that need it, and the one way tests
+run a command-line entry point in this process and read its ``RESULT`` line."""
 
 from __future__ import annotations
 
+import functools
+import json
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,3 +38,53 @@ def isolated_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("cryoray_datasets")
     os.environ["CRYORAY_DATA_DIR"] = str(path)
     return path
+
+
+@dataclass
+class CommandOutcome:
+    """What a command did: exit code, the ``RESULT`` JSON (on success), and its stdout and stderr."""
+
+    code: int
+    result: dict[str, Any] | None
+    out: str
+    err: str
+
+
+def parse_result_line(stdout: str) -> dict[str, Any]:
+    """The JSON of ``RESULT {json}``, which the contract says is the last non-empty line of stdout."""
+    lines = [line for line in stdout.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("RESULT "), f"the last line must be 'RESULT {{json}}', got {lines[-1:]!r}"
+    return json.loads(lines[-1].removeprefix("RESULT "))
+
+
+@pytest.fixture
+def result_line() -> Callable[[str], dict[str, Any]]:
+    """``parse_result_line`` for tests that run a command in a subprocess."""
+    return parse_result_line
+
+
+@pytest.fixture
+def run_command(capsys: pytest.CaptureFixture) -> Callable[..., CommandOutcome]:
+    """Run an entry point (``run_predict``, ``run_apply``, a sweep's ``main`` …) on ``argv`` in this process;
+    with ``expect_success`` (the default) a non-zero exit fails the test showing the command's stderr."""
+
+    def run(entry: Callable[[list[str]], int], argv: list[str], expect_success: bool = True) -> CommandOutcome:
+        code = entry(argv)
+        captured = capsys.readouterr()
+        if expect_success:
+            assert code == 0, captured.err[-3000:]
+        result = parse_result_line(captured.out) if code == 0 else None
+        return CommandOutcome(code, result, captured.out, captured.err)
+
+    return run
+
+
+@pytest.fixture
+def run_job_in_process(run_command: Callable[..., CommandOutcome]) -> Callable[..., CommandOutcome]:
+    """``run_command`` for a training job: ``run_job_in_process(Method(), argv)``."""
+    from cryoray.cli import run_job
+
+    def run(method: Any, argv: list[str], expect_success: bool = True) -> CommandOutcome:
+        return run_command(functools.partial(run_job, method), argv, expect_success)
+
+    return run

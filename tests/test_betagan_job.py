@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -12,8 +11,9 @@ import numpy as np
 import pytest
 import starfile
 import torch
+from cryoray.io.models import MODEL_FILE, write_model_file
 from cryoray.methods.betagan import BetaGANConfig, build_generator
-from cryoray.methods.betagan.denoise import DenoiseBatch, run_denoise
+from cryoray.methods.betagan.denoise import DenoiseBatch, load_model, run_denoise
 from cryoray.methods.betagan.evaluation import denoise_images
 from cryoray.simulate.particles import simulate_particle_stack, write_particle_dataset
 from cryoray.simulate.phantom import builtin_phantom
@@ -22,7 +22,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.ray
-def test_smoke_job_trains_scores_and_writes_its_artifacts(tmp_path):
+def test_smoke_job_trains_scores_and_writes_its_artifacts(tmp_path, result_line):
     output_dir = tmp_path / "run"
     command = [
         sys.executable,
@@ -36,7 +36,7 @@ def test_smoke_job_trains_scores_and_writes_its_artifacts(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     done = subprocess.run(command, check=False, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1].removeprefix("RESULT "))
+    result = result_line(done.stdout)
     metrics = result["metrics"]
     assert metrics["test_psnr_denoised"] > metrics["test_psnr_noisy"] + 3.0
     assert metrics["test_ssim_denoised"] > metrics["test_ssim_noisy"]
@@ -48,19 +48,9 @@ def test_smoke_job_trains_scores_and_writes_its_artifacts(tmp_path):
 def tiny_model(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     config = BetaGANConfig(channels=[4, 8], residual_blocks=1)
-    path = tmp_path_factory.mktemp("model") / "model.pt"
-    generator = build_generator(config)
-    torch.save(
-        {
-            "method": "betagan",
-            "config": config.model_dump(),
-            "pixel_size_angstrom": 6.0,
-            "box_px": 16,
-            "generator": generator.state_dict(),
-        },
-        path,
-    )
-    return path
+    path = tmp_path_factory.mktemp("model") / MODEL_FILE
+    metadata = {"config": config.model_dump(mode="json"), "pixel_size_angstrom": 6.0, "box_px": 16}
+    return write_model_file(path, "betagan", {"generator": build_generator(config)}, metadata)
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +96,7 @@ def test_denoise_refuses_another_pixel_size_and_a_foreign_model(tiny_model, user
     starfile.write(blocks, star)
     code, err = _denoise(tiny_model, user_stack / "particles.mrcs", star, tmp_path / "out", capsys)
     assert code == 2 and "rlnImagePixelSize: expected the model's pixel size 6.0" in err
-    foreign = tmp_path / "foreign.pt"
-    torch.save({"method": "robpicker"}, foreign)
+    foreign = write_model_file(tmp_path / "foreign.safetensors", "robpicker", {}, {"config": {}})
     code, err = _denoise(
         foreign, user_stack / "particles.mrcs", user_stack / "particles.star", tmp_path / "out", capsys
     )
@@ -115,12 +104,12 @@ def test_denoise_refuses_another_pixel_size_and_a_foreign_model(tiny_model, user
 
 
 def test_denoise_batch_worker_returns_each_image_under_its_own_index(tiny_model, user_stack):
-    model = torch.load(tiny_model, weights_only=False)
+    model = load_model(str(tiny_model))
     worker = DenoiseBatch(model, str(user_stack / "particles.mrcs"), 6.0, use_gpu=False)
     index = np.array([7, 2, 5])
     out = worker({"id": index})
-    generator = build_generator(BetaGANConfig.model_validate(model["config"]))
-    generator.load_state_dict(model["generator"])
+    generator = build_generator(BetaGANConfig.model_validate(model.config))
+    generator.load_state_dict(model.state_dicts["generator"])
     expected = denoise_images(generator, np.asarray(worker.stack.data[[7, 2, 5]], dtype=np.float32))
     np.testing.assert_array_equal(out["id"], index)
     np.testing.assert_allclose(out["denoised"], expected, rtol=1e-5, atol=1e-5)

@@ -27,3 +27,12 @@ def test_validation_catches_a_typo():
     broken["available_node_types"]["gpu.a10g"]["min_worker"] = 1
     with pytest.raises(Exception, match="min_worker"):
         validate_config(prepare_config(broken))
+
+
+def test_servers_are_not_open_to_anyone():
+    """MLflow runs behind basic auth with the mounted credentials; the dashboard listens on localhost only."""
+    config = _load()
+    head = " ".join(config["head_start_ray_commands"])
+    assert "cryoray.tracking.server" in head and "mlflow server" not in head
+    assert "--dashboard-host=127.0.0.1" in head
+    assert config["file_mounts"]["/home/ray/.mlflow/credentials"] == "~/.cryoray/mlflow-credentials"

@@ -13,7 +13,6 @@ from cryoray.methods.cryo2ssnet import Cryo2SSNet, Cryo2SSNetConfig
 from cryoray.methods.cryo2ssnet.networks import (
     HartleyDecoder,
     PoseEncoder,
-    standardise_images,
 )
 from cryoray.methods.cryo2ssnet.search import (
     beam_search,
@@ -29,11 +28,13 @@ from cryoray.physics import (
     matrix_to_quaternion,
     quaternion_distance,
     random_rotations,
+    standardize,
 )
 from cryoray.physics.image_formation import CTF_PARAMETERS
 from cryoray.simulate.particles import simulate_particle_stack
 from cryoray.simulate.phantom import builtin_phantom
 from cryoray.train.context import TrainContext
+from cryoray.train.loop import steps_per_epoch, take_step
 
 
 def _manifest(box_px: int, voxel: float, count: int, **provenance: object) -> DatasetManifest:
@@ -46,11 +47,11 @@ def _manifest(box_px: int, voxel: float, count: int, **provenance: object) -> Da
 def test_unbiased_loss_matches_the_clean_l2_in_expectation() -> None:
     g = torch.Generator().manual_seed(0)
     clean = torch.nn.functional.avg_pool2d(torch.randn(1, 1, 36, 36, generator=g), 5, 1)[0, 0]  # smooth 32×32
-    simulated = standardise_images(clean + 0.5 * torch.randn(clean.shape, generator=g))
-    target = float(((standardise_images(clean) - simulated) ** 2).mean())
+    simulated = standardize(clean + 0.5 * torch.randn(clean.shape, generator=g), 2)
+    target = float(((standardize(clean, 2) - simulated) ** 2).mean())
     for snr in (1.0, 0.1):
         sigma = clean.std() / snr**0.5
-        noisy = standardise_images(clean + sigma * torch.randn(4000, *clean.shape, generator=g))
+        noisy = standardize(clean + sigma * torch.randn(4000, *clean.shape, generator=g), 2)
         unbiased = float(unbiased_l2(noisy, simulated, snr).mean())
         plain = float(unbiased_l2(noisy, simulated, None).mean())
         assert unbiased == pytest.approx(target, abs=0.03 * (1 + 1 / snr) ** 0.5), (snr, unbiased, target)
@@ -120,17 +121,28 @@ def test_schedule_pretrains_the_denoiser_then_two_stages() -> None:
     method = Cryo2SSNet()
     config = Cryo2SSNetConfig(denoiser_pretrain_steps=10, stage1_fraction=0.5, denoiser_active_fraction=0.5)
     manifest = _manifest(24, 8.0, 32 * 50, snr_linear=1.0)
+    runner = RunnerConfig(epochs=2, batch_size=32)
     ctx = TrainContext(rank=0, world_size=1, device=torch.device("cpu"), dataset_dir=None, manifest=manifest,
-                       runner=RunnerConfig(epochs=2, batch_size=32))
+                       runner=runner, steps_per_epoch=steps_per_epoch(manifest.count, 1, runner))
     state = method.setup(config, manifest, ctx)
-    assert state.extra["total_steps"] == 100
-    phases = [method.schedule(config, state, step) for step in range(100)]
+    assert ctx.total_steps == 100
+    phases = [method.schedule(config, True, step, ctx.total_steps) for step in range(100)]
     assert phases[:10] == [("denoiser", True)] * 10
     assert phases[10:32] == [("stage1", True)] * 22 and phases[33:55] == [("stage1", False)] * 22
     assert phases[55:] == [("stage2", False)] * 45
+    # The runner steps the LR schedule once per step: the map's step size drops when stage 2 starts.
+    scheduler, groups = state.schedulers["model"], state.optimizers["model"].param_groups
+    decoder_lr = []
+    for _ in range(100):
+        decoder_lr.append(groups[1]["lr"])
+        state.optimizers["model"].step()
+        scheduler.step()
+    assert decoder_lr[:55] == [config.decoder_lr] * 55
+    assert decoder_lr[55:] == pytest.approx([config.decoder_lr * config.stage2_decoder_lr_factor] * 45)
+    assert {group["lr"] for group in groups[:1]} == {config.encoder_lr}
     end_to_end = Cryo2SSNetConfig(use_search=False)
     assert "denoiser" not in method.setup(end_to_end, manifest, ctx).modules
-    assert method.schedule(end_to_end, method.setup(end_to_end, manifest, ctx), 0) == ("stage2", False)
+    assert method.schedule(end_to_end, False, 0, ctx.total_steps) == ("stage2", False)
 
 
 def test_real_data_without_an_snr_is_refused(tmp_path) -> None:
@@ -151,10 +163,11 @@ def test_a_few_hundred_steps_on_noiseless_images_improve_the_map() -> None:
         denoiser_pretrain_steps=0, use_denoiser=False, search_width=2, search_depth=3, gd_steps=2, stage1_fraction=0.8
     )
     manifest = _manifest(box, voxel, count)
+    runner = RunnerConfig(epochs=steps * batch // count, batch_size=batch)
     ctx = TrainContext(rank=0, world_size=1, device=torch.device("cpu"), dataset_dir=None, manifest=manifest,
-                       runner=RunnerConfig(epochs=steps * batch // count, batch_size=batch))
+                       runner=runner, steps_per_epoch=steps_per_epoch(count, 1, runner))
     state = method.setup(config, manifest, ctx)
-    reference = torch.from_numpy(volume)
+    reference = volume
 
     def score() -> dict:
         return evaluate_reconstruction(state.unwrapped("decoder").density.detach(), reference, voxel, search_level=1).metrics
@@ -164,8 +177,7 @@ def test_a_few_hundred_steps_on_noiseless_images_improve_the_map() -> None:
     losses = []
     for _ in range(steps):
         pick = torch.randint(0, count, (batch,), generator=g)
-        losses.append(method.train_step(state, {"image": images[pick], **{k: v[pick] for k, v in ctf.items()}}, config, ctx))
-        ctx.global_step += 1
+        losses.append(take_step(method, state, {"image": images[pick], **{k: v[pick] for k, v in ctf.items()}}, config, ctx))
     after = score()
     assert {"stage1", "stage2"} == {"stage1" if h["stage"] == 1.0 else "stage2" for h in losses}
     assert np.mean([h["data_unbiased_l2"] for h in losses[-20:]]) < 0.5 * np.mean([h["data_unbiased_l2"] for h in losses[:5]])

@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import json
-
 import mrcfile
 import pytest
 import starfile
-from cryoray.cli import run_job
 from cryoray.methods.cryo2ssnet import Cryo2SSNet
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.ray
 
 
-def test_smoke_job_writes_map_fsc_poses_and_tracks_resolution_per_epoch(tmp_path, capsys) -> None:
+def test_smoke_job_writes_map_fsc_poses_and_tracks_resolution_per_epoch(tmp_path, run_job_in_process) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    code = run_job(Cryo2SSNet(), ["--smoke", "--output-dir", str(tmp_path / "out"), "--tracking-uri", uri])
-    out = capsys.readouterr()
-    assert code == 0, out.err
-    result = json.loads(out.out.strip().splitlines()[-1].removeprefix("RESULT "))
+    result = run_job_in_process(Cryo2SSNet(), ["--smoke", "--output-dir", str(tmp_path / "out"), "--tracking-uri", uri]).result
     metrics, artifacts = result["metrics"], result["artifacts"]
     assert 0 < metrics["fsc_resolution_0.5_angstrom"] < 1000 and "pose_error_median_deg" in metrics
     with mrcfile.open(artifacts["map"]) as mrc:

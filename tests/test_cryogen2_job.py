@@ -3,23 +3,18 @@ and the runner's checkpoint usable by the apply mode."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
-from cryoray.cli import run_job
 from cryoray.io.mrc import read_mrc
 from cryoray.methods.cryogen2 import CryoGEN2
 from cryoray.methods.cryogen2.apply import run_apply
 
 
 @pytest.mark.ray
-def test_smoke_job_reports_in_wedge_fsc_and_writes_reconstructions(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_smoke_job_reports_in_wedge_fsc_and_writes_reconstructions(tmp_path: Path, run_job_in_process) -> None:
     out = tmp_path / "run"
-    code = run_job(CryoGEN2(), ["--smoke", "--output-dir", str(out), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert code == 0 and lines[-1].startswith("RESULT ")
-    result = json.loads(lines[-1].removeprefix("RESULT "))
+    result = run_job_in_process(CryoGEN2(), ["--smoke", "--output-dir", str(out), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]).result
     metrics = result["metrics"]
     for key in ("test_fsc_wedge_mean", "test_input_fsc_wedge_mean", "test_fsc_mean", "test_psnr_db", "test_ssim",
                 "val_fsc_wedge_mean", "train_masked_measured", "train_masked_wedge", "train_adversarial", "train_critic"):

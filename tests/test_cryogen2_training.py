@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +10,12 @@ import torch
 from cryoray.config import RunnerConfig
 from cryoray.data.recipes import resolve_dataset
 from cryoray.data.subtomograms import extract_subtomograms
+from cryoray.io.models import write_model_file
 from cryoray.io.mrc import read_mrc, write_mrc
 from cryoray.methods.cryogen2 import CryoGEN2, CryoGEN2Config
 from cryoray.methods.cryogen2.apply import restore_tiled, run_apply
 from cryoray.train.context import TrainContext
+from cryoray.train.loop import take_step
 
 STEPS = 90
 BATCH = 4
@@ -31,7 +32,7 @@ def one_thread():
 
 def _context(dataset_dir: Path, manifest, epochs: int = 1) -> TrainContext:
     return TrainContext(rank=0, world_size=1, device=torch.device("cpu"), dataset_dir=dataset_dir, manifest=manifest,
-                        runner=RunnerConfig(epochs=epochs, batch_size=BATCH))
+                        runner=RunnerConfig(epochs=epochs, batch_size=BATCH), steps_per_epoch=STEPS)
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +51,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     history = []
     for _ in range(STEPS):
         batch = extract_subtomograms({"id": rng.integers(0, len(source), BATCH)}, source)
-        history.append(method.train_step(state, {"subtomogram": torch.from_numpy(batch["subtomogram"])}, config, ctx))
-        ctx.global_step += 1
+        history.append(take_step(method, state, {"subtomogram": torch.from_numpy(batch["subtomogram"])}, config, ctx))
     after = method.evaluate(state, config, ctx)
     artifacts = method.write_artifacts(state, config, ctx, tmp_path_factory.mktemp("cryogen2"))
     return {"before": before, "after": after, "history": history, "model": artifacts["model"], "dataset_dir": dataset_dir, "manifest": manifest}
@@ -96,16 +96,13 @@ def test_tiles_stitch_exactly() -> None:
     assert restored.shape == volume.shape and np.allclose(restored, volume + 1, atol=1e-5)
 
 
-def test_apply_restores_user_files_with_their_voxel_size(trained: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_apply_restores_user_files_with_their_voxel_size(trained: dict, tmp_path: Path, run_command) -> None:
     entry = next(t for t in trained["manifest"].tomograms if t.split == "test")
     tomogram = read_mrc(trained["dataset_dir"] / entry.tomogram).data
     user_tomogram = write_mrc(tmp_path / "my tomo.mrc", tomogram, 12.5)
     user_cube = write_mrc(tmp_path / "sub_001.mrc", tomogram[8:24, 20:36, 20:36], 12.5)
     out = tmp_path / "restored"
-    code = run_apply(["--model", trained["model"], "--inputs", str(user_tomogram), str(user_cube), "--output-dir", str(out)])
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert code == 0 and lines[-1].startswith("RESULT ")
-    result = json.loads(lines[-1].removeprefix("RESULT "))
+    result = run_command(run_apply, ["--model", trained["model"], "--inputs", str(user_tomogram), str(user_cube), "--output-dir", str(out)]).result
     for name, shape in (("my tomo", tomogram.shape), ("sub_001", (16, 16, 16))):
         restored = read_mrc(out / f"{name}_cryogen2.mrc")
         assert restored.data.shape == shape and restored.voxel_size_angstrom == pytest.approx(12.5)
@@ -116,8 +113,7 @@ def test_apply_restores_user_files_with_their_voxel_size(trained: dict, tmp_path
 def test_apply_refuses_bad_input_in_one_line(trained: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     cube = write_mrc(tmp_path / "cube.mrc", np.zeros((16, 16, 16), np.float32) + np.arange(16, dtype=np.float32), 10.0)
     image = write_mrc(tmp_path / "image.mrc", np.ones((16, 16), np.float32), 10.0)
-    foreign = tmp_path / "foreign.pt"
-    torch.save({"method": "robpicker"}, foreign)
+    foreign = write_model_file(tmp_path / "foreign.safetensors", "robpicker", {}, {"config": {}})
     out = tmp_path / "out"
     model = trained["model"]
     assert run_apply(["--model", model, "--inputs", str(cube), "--output-dir", str(out)]) == 0
@@ -125,7 +121,7 @@ def test_apply_refuses_bad_input_in_one_line(trained: dict, tmp_path: Path, caps
         (["--model", model, "--inputs", str(cube), "--output-dir", str(out)], "cube_cryogen2.mrc"),  # never overwrite
         (["--model", model, "--inputs", str(tmp_path / "nope.mrc"), "--output-dir", str(out)], "nope.mrc"),
         (["--model", model, "--inputs", str(image), "--output-dir", str(out)], "image.mrc: shape"),
-        (["--model", str(foreign), "--inputs", str(cube), "--output-dir", str(out)], "foreign.pt: method"),
+        (["--model", str(foreign), "--inputs", str(cube), "--output-dir", str(out)], "foreign.safetensors: method"),
         (["--model", model, "--inputs", str(cube), "--output-dir", str(out), "--overwrite", "--tile-px", "20"], "--tile-px"),
     ]
     capsys.readouterr()

@@ -51,14 +51,14 @@ def _setup(smoke, batch_size: int = 16, **overrides):
 
 def test_winner_takes_all_uses_the_lowest_head_loss_and_only_winners_learn(smoke):
     method, state, config, ctx = _setup(smoke, batch_size=3, n_heads=6)
-    batch = next(iter(method.train_batches(config, ctx)))
+    batch = next(iter(method.train_batches(state, config, ctx)))
     encoder, decoder = state.modules["encoder"], state.modules["decoder"]
     with torch.no_grad():
         rotations, _ = encoder(batch["image"])
         ctf, observed = method._forward_terms(batch, config, ctx)
         per_head = torch.stack(
             [
-                ((render_fourier(decoder(rotations[:, j]), ctf, None) - observed)[..., method._run.mask].abs() ** 2).mean(-1) / 2
+                ((render_fourier(decoder(rotations[:, j]), ctf, None) - observed)[..., state.runtime.mask].abs() ** 2).mean(-1) / 2
                 for j in range(config.n_heads)
             ],
             dim=1,
@@ -73,7 +73,7 @@ def test_winner_takes_all_uses_the_lowest_head_loss_and_only_winners_learn(smoke
         else:
             assert torch.equal(grad, torch.zeros_like(grad)), f"head {j} won no image but got a gradient"
     assert len(winners) < config.n_heads  # 3 images, 6 heads: some heads must have lost
-    assert method._run.head_wins.sum() == 3
+    assert state.runtime.head_wins.sum() == 3
 
 
 def test_axis_angle_update_is_finite_at_zero_and_composes_on_the_left():
@@ -118,7 +118,7 @@ def test_auto_decoding_recovers_true_poses_of_a_known_map(smoke):
     dataset_dir, manifest = smoke
     truth = torch.from_numpy(read_mrc(dataset_dir / manifest.ground_truth["map"]).data).float()
     hartley = ht3_centered(truth)
-    batch = next(iter(method.train_batches(config, ctx)))
+    batch = next(iter(method.train_batches(state, config, ctx)))
     true_rotations = euler_relion_to_matrix(batch["rot_deg"], batch["tilt_deg"], batch["psi_deg"])
     # The known map, scaled by least squares to the images, is the decoder (a fixed volume: tiny step size).
     ctf, observed = method._forward_terms(batch, config, ctx)
@@ -163,3 +163,23 @@ def test_rows_are_partitioned_once_across_workers_with_equal_step_counts(smoke):
         assert len(padded) == 5 and all(b["particle_index"].dtype == torch.int64 for b in padded)
     everything = np.concatenate(owned)
     assert sorted(everything.tolist()) == list(range(manifest.count))
+
+
+def test_the_volume_step_size_drops_at_the_switch_epoch(smoke):
+    """The runner steps the LR schedule once per step; the volume's group changes at the switch, the encoder's never."""
+    dataset_dir, manifest = smoke
+    config = CryoSpinConfig(**{**CryoSPIN.smoke_preset["method"], "switch_epoch": 3})
+    ctx = TrainContext(
+        rank=0, world_size=1, device=torch.device("cpu"), dataset_dir=dataset_dir, manifest=manifest,
+        runner=RunnerConfig(epochs=5, batch_size=16), steps_per_epoch=4,
+    )
+    state = CryoSPIN().setup(config, manifest, ctx)
+    optimizer, scheduler = state.optimizers["model"], state.schedulers["model"]
+    lrs = []
+    for _ in range(ctx.total_steps):
+        lrs.append([group["lr"] for group in optimizer.param_groups])
+        optimizer.step()
+        scheduler.step()
+    assert {lr[0] for lr in lrs} == {config.encoder_lr}
+    assert [lr[1] for lr in lrs[:12]] == [config.decoder_lr] * 12
+    assert [lr[1] for lr in lrs[12:]] == pytest.approx([config.decoder_lr_after_switch] * 8)

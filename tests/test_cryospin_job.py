@@ -4,15 +4,13 @@ from the checkpoint row for row (per-image Adam step counts continue instead of 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from cryoray.cli import run_job
 from cryoray.data.recipes import resolve_dataset
-from cryoray.io.mrc import read_mrc
+from cryoray.io.models import read_sharded_checkpoint
 from cryoray.methods.cryospin import CryoSPIN
 from cryoray.methods.cryospin.networks import HartleyVolume
 from cryoray.methods.single_particle import evaluate_reconstruction
@@ -21,37 +19,29 @@ from mlflow.tracking import MlflowClient
 pytestmark = pytest.mark.ray
 
 
-def _run(capsys, argv: list[str]) -> dict:
-    code = run_job(CryoSPIN(), argv)
-    captured = capsys.readouterr()
-    assert code == 0, captured.err
-    last = [line for line in captured.out.splitlines() if line.strip()][-1]
-    return json.loads(last.removeprefix("RESULT "))
-
-
 def _tables(checkpoint_dir: Path) -> dict[int, int]:
     """particle_index -> per-row Adam step count, merged over the rank files of one checkpoint."""
     steps: dict[int, int] = {}
     files = sorted(checkpoint_dir.glob("sharded-rank*-of-00002.pt"))
     assert len(files) == 2, sorted(p.name for p in checkpoint_dir.iterdir())
     for path in files:
-        table = torch.load(path, weights_only=False)["states"]["pose_table"]
+        table = read_sharded_checkpoint(path)["pose_table"]
         assert bool(table["initialized"].all())
         steps.update(zip(table["particle_index"].tolist(), table["adam_steps"].tolist()))
     return steps
 
 
-def test_smoke_run_learns_and_resumes_with_its_pose_table(tmp_path, capsys):
+def test_smoke_run_learns_and_resumes_with_its_pose_table(tmp_path, run_job_in_process):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     storage = str(tmp_path / "checkpoints")
     settings = {"train": {"epochs": 3}, "method": {"switch_epoch": 2}}
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(settings))
     common = ["--smoke", "--num-workers", "2", "--config", str(config), "--tracking-uri", uri, "--storage-path", storage]
-    first = _run(capsys, [*common, "--output-dir", str(tmp_path / "first"), "--run-name", "cryospin-resume"])
+    first = run_job_in_process(CryoSPIN(), [*common, "--output-dir", str(tmp_path / "first"), "--run-name", "cryospin-resume"]).result
 
     dataset_dir, manifest = resolve_dataset("particles-smoke")
-    reference = torch.from_numpy(read_mrc(dataset_dir / manifest.ground_truth["map"]).data).float()
+    reference = manifest.ground_truth_map(dataset_dir)
     initial = HartleyVolume(manifest.box_px, 0.1, torch.Generator().manual_seed(0)).density()
     initial_resolution = evaluate_reconstruction(initial, reference, manifest.voxel_size_angstrom, search_level=1)
     resolution = first["metrics"]["fsc_resolution_0.5_angstrom"]
@@ -72,7 +62,7 @@ def test_smoke_run_learns_and_resumes_with_its_pose_table(tmp_path, capsys):
 
     settings["train"]["epochs"] = 4
     config.write_text(yaml.safe_dump(settings))
-    second = _run(capsys, [*common, "--output-dir", str(tmp_path / "second"), "--run-name", "cryospin-resume"])
+    second = run_job_in_process(CryoSPIN(), [*common, "--output-dir", str(tmp_path / "second"), "--run-name", "cryospin-resume"]).result
     assert second["resumed_from_epoch"] == 2
     after_second = _tables(run_dir / "epoch_0003")
     assert set(after_second.values()) == {10}, "the resumed run did not continue the saved pose table"

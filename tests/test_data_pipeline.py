@@ -123,7 +123,8 @@ def test_a_manifest_with_a_missing_shard_or_wrong_count_is_refused(tmp_path, smo
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    # address="local": a private cluster, never one a `ray start` left running on the machine.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -151,6 +152,15 @@ def test_streaming_split_delivers_every_image_once_and_reshuffles_each_epoch(loc
         assert sorted(seen[0] + seen[1]) == list(range(1024))
         epochs.append(seen[0] + seen[1])
     assert epochs[0] != epochs[1]
+
+
+@pytest.mark.ray
+def test_a_pipeline_quiets_its_own_progress_bars_not_the_process(local_ray, smoke_dataset):
+    process_context = ray.data.DataContext.get_current()
+    before = process_context.enable_progress_bars
+    ds = particle_dataset(*smoke_dataset)
+    assert ds.context.enable_progress_bars is False
+    assert process_context.enable_progress_bars is before
 
 
 def test_the_atomic_model_recipe_builds_from_shared_data(tmp_path, shared_data):

@@ -1,4 +1,4 @@
-"""CTF: wavelength, analytic zeros, amplitude contrast and phase shift, astigmatism, batching, application."""
+"""CTF: wavelength, analytic zeros, amplitude contrast, phase shift, astigmatism, batching, validation, any grid, application."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from cryoray.physics import apply_ctf, ctf_2d, electron_wavelength_angstrom, fft2_centered
+from cryoray.physics import apply_ctf, compute_ctf, ctf_2d, electron_wavelength_angstrom, fft2_centered, validate_ctf_parameters
 
 BOX = 65  # odd: the grid is symmetric under k -> -k and under transposition
 C = BOX // 2
@@ -104,11 +104,33 @@ def test_batching_gradients_and_errors() -> None:
     with pytest.raises(ValueError):
         ctf_2d(32, 1.2, torch.ones(3), torch.ones(2), 0.0, 300.0, 2.7, 0.1)
     with pytest.raises(ValueError):
-        ctf_2d(32, 0.0, 1e4, 1e4, 0.0, 300.0, 2.7, 0.1)
-    with pytest.raises(ValueError):
-        ctf_2d(32, 1.0, 1e4, 1e4, 0.0, 300.0, 2.7, 1.0)
-    with pytest.raises(ValueError):
         ctf_2d(32, 1.0, torch.ones(2, 2), 1e4, 0.0, 300.0, 2.7, 0.1)
+
+
+def test_physical_parameters_are_validated_once_up_front() -> None:
+    validate_ctf_parameters(1.0, torch.tensor([200.0, 300.0]), np.array([0.0, 0.07]))
+    for pixel, voltage, contrast in ((0.0, 300.0, 0.1), (1.0, torch.tensor([300.0, -1.0]), 0.1), (1.0, 300.0, 1.0)):
+        with pytest.raises(ValueError):
+            validate_ctf_parameters(pixel, voltage, contrast)
+
+
+def test_one_formula_on_any_grid_follows_its_dtype_and_device() -> None:
+    k = torch.linspace(0.0, 0.2, 50, dtype=torch.float64)
+    params = dict(defocus_u_angstrom=15000.0, voltage_kv=300.0, cs_mm=2.7, amplitude_contrast=0.07)
+    radial = compute_ctf(k, **params)
+    assert radial.dtype == torch.float64 and radial.shape == k.shape
+    # astigmatism with u = v is no astigmatism; float32 grids give float32 CTFs even from float64 parameters
+    same = compute_ctf(k.float(), **params | {"defocus_u_angstrom": torch.tensor(15000.0, dtype=torch.float64)},
+                       azimuth_rad=torch.zeros(50), defocus_v_angstrom=15000.0, defocus_angle_deg=30.0)
+    assert same.dtype == torch.float32 and torch.allclose(same.double(), radial, atol=1e-5)
+    with pytest.raises(ValueError, match="azimuth"):
+        compute_ctf(k, **params, defocus_v_angstrom=14000.0)
+    # no host sync: meta tensors have no values to read back, so any .item()/bool() would raise
+    meta = {"device": "meta"}
+    defocus = torch.empty(3, **meta)
+    ctf = ctf_2d(16, 1.0, defocus, defocus, torch.empty(3, **meta), torch.empty(3, **meta), 2.7, torch.empty(3, **meta))
+    assert ctf.shape == (3, 16, 16) and ctf.device.type == "meta" and ctf.dtype == torch.float32
+    assert ctf_2d(16, 1.0, 1e4, 1e4, 0.0, 300.0, 2.7, 0.1).shape == (1, 16, 16)
 
 
 def test_apply_ctf_multiplies_the_spectrum() -> None:

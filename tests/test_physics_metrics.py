@@ -1,4 +1,4 @@
-"""Metrics: FSC and resolution, PSNR/SSIM against skimage, pose error after alignment, picking F1."""
+"""Metrics: FSC (whole and in a region) and resolution, PSNR/SSIM against skimage, pose error after alignment."""
 
 from __future__ import annotations
 
@@ -12,11 +12,12 @@ from cryoray.physics import (
     centered_grid,
     fourier_shell_correlation,
     fsc_resolution_angstrom,
-    match_picks,
-    picking_scores,
+    mean_shell_correlation,
+    missing_wedge_region,
     psnr,
     random_rotations,
     rotation_error_after_alignment,
+    sphere_mask,
     ssim,
 )
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
@@ -65,7 +66,7 @@ def test_fsc_matches_an_independent_shell_loop() -> None:
         previous = dist < i
     _, fsc = fourier_shell_correlation(a, b)
     assert np.allclose(fsc.numpy()[2:], expected[2:], atol=1e-10)
-    assert fsc[0] == 1 and fsc[1] == 1  # entry 1 is the origin alone: set to 1 instead of ±1
+    assert fsc[0] == 1 and fsc[1] == 1  # entries 0 and 1 are the origin: 1 by convention, not cryoDRGN's ±1
 
 
 def test_batched_fsc_and_frc() -> None:
@@ -80,6 +81,41 @@ def test_batched_fsc_and_frc() -> None:
     _, f = fourier_shell_correlation(vol, _noise(9))
     f[1:].sum().backward()
     assert torch.isfinite(vol.grad).all()
+
+
+def test_a_shell_without_data_is_nan_and_ends_the_resolution() -> None:
+    a, b = _noise(12), _noise(12) + 0.1 * _noise(13)
+    low = sphere_mask(BOX, 6.5, 3, dtype=torch.float64)  # a Fourier region: shells 1..7 (r < 7) meet it, 8.. do not
+    freq, fsc = fourier_shell_correlation(a, b, region=low)
+    assert float(fsc[:8].min()) > 0.95 and torch.isnan(fsc[8:]).all()  # empty: NaN, neither 0 nor 1
+    assert fsc_resolution_angstrom(freq, fsc, 1.0, 0.5) == pytest.approx(BOX / 7)  # no interpolation into a NaN shell
+    assert fsc_resolution_angstrom(freq, fsc, 1.0, 0.5, "last_above") == pytest.approx(BOX / 7)
+    _, zero = fourier_shell_correlation(torch.zeros(BOX, BOX, BOX, dtype=torch.float64), a)  # 0/0 in every shell
+    assert torch.equal(zero[:2], torch.ones(2, dtype=torch.float64)) and torch.isnan(zero[2:]).all()
+
+
+def test_region_fsc_is_the_whole_fsc_restricted_and_the_origin_follows_the_region() -> None:
+    a, b = _noise(13), _noise(14) + _noise(13)
+    _, whole = fourier_shell_correlation(a, b)
+    _, everywhere = fourier_shell_correlation(a, b, region=torch.ones(BOX, BOX, BOX))
+    assert torch.allclose(whole, everywhere, atol=0, rtol=0)  # one binning, one rule for entries 0 and 1
+    wedge = missing_wedge_region(BOX)
+    _, inside = fourier_shell_correlation(a, b, region=wedge)
+    _, measured = fourier_shell_correlation(a, b, region=1 - wedge)
+    assert torch.isnan(inside[:2]).all() and torch.isfinite(inside[2:]).all()  # the origin is measured, not in the wedge
+    assert torch.equal(measured[:2], torch.ones(2, dtype=torch.float64))
+    # a shell's numerator and powers split over the two regions
+    f1, f2 = (torch.fft.fftshift(torch.fft.fftn(torch.fft.ifftshift(v))) for v in (a, b))
+    r = centered_grid(BOX, 3, dtype=torch.float64).norm(dim=-1)
+    shell = (r >= 4) & (r < 5) & (wedge > 0)
+    g1, g2 = f1[shell], f2[shell]
+    expected = (g1 * g2.conj()).real.sum() / torch.sqrt(g1.abs().square().sum() * g2.abs().square().sum())
+    assert float(inside[5]) == pytest.approx(float(expected), rel=1e-10)
+    assert float(mean_shell_correlation(inside)) == pytest.approx(float(inside[2:].mean()))
+    with pytest.raises(ValueError):
+        fourier_shell_correlation(a, b, region=torch.ones(BOX, BOX))
+    meta = torch.empty(2, BOX, BOX, BOX, device="meta")  # no values to read back: any host sync would raise
+    assert fourier_shell_correlation(meta, meta, region=wedge.to("meta"))[1].shape == (2, BOX // 2)
 
 
 def test_resolution_of_a_low_passed_map() -> None:
@@ -159,58 +195,3 @@ def test_pose_error_equals_the_injected_angle() -> None:
     wrong[:120] = random_rotations(120, generator=gen, dtype=torch.float64)
     robust = rotation_error_after_alignment(wrong @ Q, gt)
     assert robust["median_deg"] < 1e-4 and float(robust["errors_deg"][120:].max()) < 1e-4
-
-
-def _picking_case() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    true_xyz = np.array([[10, 10, 10], [30, 10, 10], [50, 10, 10], [10, 40, 20], [30, 40, 20], [50, 40, 20]], float)
-    true_cls = np.array([1, 1, 1, 2, 2, 2])
-    pred_xyz = np.array([
-        [11, 10, 10],  # TP class 1 (particle 0)
-        [30, 12, 10],  # TP class 1 (particle 1)
-        [10, 11, 10],  # duplicate of particle 0: FP
-        [10, 41, 20],  # TP class 2 (particle 3)
-        [50, 40, 22],  # near particle 5 but labelled class 1: FP (class 1) and particle 5 stays FN
-        [70, 70, 30],  # far away: FP class 2
-    ], float)
-    pred_cls = np.array([1, 1, 1, 2, 1, 2])
-    return pred_xyz, pred_cls, true_xyz, true_cls
-
-
-def test_match_picks_one_to_one() -> None:
-    pred_xyz, pred_cls, true_xyz, true_cls = _picking_case()
-    matched = match_picks(pred_xyz, pred_cls, true_xyz, true_cls, max_distance_px=4.0)
-    pairs = sorted(zip(matched["pred_index"].tolist(), matched["true_index"].tolist()))
-    assert pairs in ([(0, 0), (1, 1), (3, 3)], [(1, 1), (2, 0), (3, 3)])
-    assert len(set(matched["true_index"].tolist())) == 3
-
-
-def test_picking_scores_distance_rule() -> None:
-    scores = picking_scores(*_picking_case(), max_distance_px=4.0)
-    overall = scores["overall"]
-    assert (overall["tp"], overall["fp"], overall["fn"]) == (3, 3, 3)
-    assert overall["precision"] == pytest.approx(0.5) and overall["recall"] == pytest.approx(0.5)
-    assert overall["f1"] == pytest.approx(0.5)
-    c1, c2 = scores["per_class"][1], scores["per_class"][2]
-    assert (c1["tp"], c1["fp"], c1["fn"]) == (2, 2, 1)
-    assert (c2["tp"], c2["fp"], c2["fn"]) == (1, 1, 2)
-    assert c2["f1"] == pytest.approx(2 * 0.5 * (1 / 3) / (0.5 + 1 / 3))
-    pred_xyz, _, true_xyz, _ = _picking_case()
-    class_blind = picking_scores(pred_xyz, None, true_xyz, None, max_distance_px=4.0)
-    assert class_blind["overall"]["tp"] == 4  # the mislabelled pick now matches particle 5
-
-
-def test_picking_scores_hit_box_rule() -> None:
-    pred_xyz, pred_cls, true_xyz, true_cls = _picking_case()
-    labels = np.zeros((40, 60, 80), dtype=np.int64)  # (z, y, x)
-    for j, (x, y, z) in enumerate(true_xyz.astype(int)):
-        labels[z - 3 : z + 4, y - 3 : y + 4, x - 3 : x + 4] = j + 1
-    scores = picking_scores(pred_xyz, pred_cls, true_xyz, true_cls, label_map=labels)
-    assert (scores["overall"]["tp"], scores["overall"]["fp"], scores["overall"]["fn"]) == (3, 3, 3)
-    shifted = pred_xyz.copy()
-    shifted[0] = [14, 10, 10]  # outside particle 0's box: now the duplicate at index 2 claims it
-    again = picking_scores(shifted, pred_cls, true_xyz, true_cls, label_map=labels)
-    assert again["overall"]["tp"] == 3 and again["per_class"][1]["tp"] == 2
-    with pytest.raises(ValueError):
-        picking_scores(pred_xyz, pred_cls, true_xyz, true_cls)
-    with pytest.raises(ValueError):
-        picking_scores(pred_xyz, pred_cls, true_xyz, true_cls, max_distance_px=4.0, label_map=labels)

@@ -14,6 +14,8 @@ from cryoray.picking import (
     cluster_picks,
     evaluate_picks,
     flatten_pick_scores,
+    match_picks,
+    picking_scores,
     scores_table,
     sliding_window_predict,
     tile_starts_px,
@@ -295,3 +297,58 @@ def test_orthoslice_figure_is_a_png(tmp_path) -> None:
     write_orthoslices_with_picks(path, tomogram, picks.iloc[:0], None, slab_px=3, overwrite=True)
     with pytest.raises(CryorayInputError, match=".png"):
         write_orthoslices_with_picks(tmp_path / "picks.jpg", tomogram, picks, None, slab_px=3)
+
+
+def _picking_case() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    true_xyz = np.array([[10, 10, 10], [30, 10, 10], [50, 10, 10], [10, 40, 20], [30, 40, 20], [50, 40, 20]], float)
+    true_cls = np.array([1, 1, 1, 2, 2, 2])
+    pred_xyz = np.array([
+        [11, 10, 10],  # TP class 1 (particle 0)
+        [30, 12, 10],  # TP class 1 (particle 1)
+        [10, 11, 10],  # duplicate of particle 0: FP
+        [10, 41, 20],  # TP class 2 (particle 3)
+        [50, 40, 22],  # near particle 5 but labelled class 1: FP (class 1) and particle 5 stays FN
+        [70, 70, 30],  # far away: FP class 2
+    ], float)
+    pred_cls = np.array([1, 1, 1, 2, 1, 2])
+    return pred_xyz, pred_cls, true_xyz, true_cls
+
+
+def test_match_picks_one_to_one() -> None:
+    pred_xyz, pred_cls, true_xyz, true_cls = _picking_case()
+    matched = match_picks(pred_xyz, pred_cls, true_xyz, true_cls, max_distance_px=4.0)
+    pairs = sorted(zip(matched["pred_index"].tolist(), matched["true_index"].tolist()))
+    assert pairs in ([(0, 0), (1, 1), (3, 3)], [(1, 1), (2, 0), (3, 3)])
+    assert len(set(matched["true_index"].tolist())) == 3
+
+
+def test_picking_scores_distance_rule() -> None:
+    scores = picking_scores(*_picking_case(), max_distance_px=4.0)
+    overall = scores["overall"]
+    assert (overall["tp"], overall["fp"], overall["fn"]) == (3, 3, 3)
+    assert overall["precision"] == pytest.approx(0.5) and overall["recall"] == pytest.approx(0.5)
+    assert overall["f1"] == pytest.approx(0.5)
+    c1, c2 = scores["per_class"][1], scores["per_class"][2]
+    assert (c1["tp"], c1["fp"], c1["fn"]) == (2, 2, 1)
+    assert (c2["tp"], c2["fp"], c2["fn"]) == (1, 1, 2)
+    assert c2["f1"] == pytest.approx(2 * 0.5 * (1 / 3) / (0.5 + 1 / 3))
+    pred_xyz, _, true_xyz, _ = _picking_case()
+    class_blind = picking_scores(pred_xyz, None, true_xyz, None, max_distance_px=4.0)
+    assert class_blind["overall"]["tp"] == 4  # the mislabelled pick now matches particle 5
+
+
+def test_picking_scores_hit_box_rule() -> None:
+    pred_xyz, pred_cls, true_xyz, true_cls = _picking_case()
+    labels = np.zeros((40, 60, 80), dtype=np.int64)  # (z, y, x)
+    for j, (x, y, z) in enumerate(true_xyz.astype(int)):
+        labels[z - 3 : z + 4, y - 3 : y + 4, x - 3 : x + 4] = j + 1
+    scores = picking_scores(pred_xyz, pred_cls, true_xyz, true_cls, label_map=labels)
+    assert (scores["overall"]["tp"], scores["overall"]["fp"], scores["overall"]["fn"]) == (3, 3, 3)
+    shifted = pred_xyz.copy()
+    shifted[0] = [14, 10, 10]  # outside particle 0's box: now the duplicate at index 2 claims it
+    again = picking_scores(shifted, pred_cls, true_xyz, true_cls, label_map=labels)
+    assert again["overall"]["tp"] == 3 and again["per_class"][1]["tp"] == 2
+    with pytest.raises(ValueError):
+        picking_scores(pred_xyz, pred_cls, true_xyz, true_cls)
+    with pytest.raises(ValueError):
+        picking_scores(pred_xyz, pred_cls, true_xyz, true_cls, max_distance_px=4.0, label_map=labels)

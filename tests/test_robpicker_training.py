@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -86,16 +85,14 @@ def test_full_robpicker_learns(trained: dict) -> None:
 
 
 @pytest.mark.ray
-def test_predict_mode_picks_a_user_tomogram_and_scores_it(trained: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_predict_mode_picks_a_user_tomogram_and_scores_it(trained: dict, tmp_path: Path, run_command, capsys) -> None:
     entry = split_entries(trained["manifest"], "test")[0]
     source = read_mrc(trained["dataset_dir"] / entry.tomogram)
     user_tomogram = write_mrc(tmp_path / "my tomo.mrc", source.data, source.voxel_size_angstrom)
     truth = trained["dataset_dir"] / entry.particles
     out = tmp_path / "picks"
-    code = run_predict(["--model", trained["model"], "--tomograms", str(user_tomogram), "--truth", str(truth), "--output-dir", str(out)])
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert code == 0 and lines[-1].startswith("RESULT ")
-    result = json.loads(lines[-1].removeprefix("RESULT "))
+    argv = ["--model", trained["model"], "--tomograms", str(user_tomogram), "--truth", str(truth), "--output-dir", str(out)]
+    result = run_command(run_predict, argv).result
     assert (out / "picks.star").is_file() and (out / "picks_my tomo.csv").is_file() and (out / "orthoslices_my tomo.png").is_file()
     assert 0.0 <= result["f1_macro"] <= 1.0 and result["tomograms"]["my tomo"]["picks"] > 0
     # picks are not overwritten without --overwrite, and a missing tomogram is named in one line

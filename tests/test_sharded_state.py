@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from cryoray.data.pose_table import PoseTable, owned_row_range
-from cryoray.methods.base import TrainState
 from cryoray.physics import random_rotations
 from cryoray.train.context import TrainContext
+from cryoray.train.method import TrainState
 from cryoray.train.runner import _iter_sharded_states, _save_sharded_state
 
 

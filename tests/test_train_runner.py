@@ -12,22 +12,11 @@ import psutil
 import pytest
 import torch
 import yaml
-from cryoray.cli import run_job
 from cryoray.io.mrc import read_mrc
 from cryoray.methods.reconstruct import KnownPoseReconstruction
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.ray
-
-
-def _run(capsys, argv: list[str], method=None) -> tuple[int, dict | None, str]:
-    code = run_job(method or KnownPoseReconstruction(), argv)
-    captured = capsys.readouterr()
-    lines = [line for line in captured.out.splitlines() if line.strip()]
-    result = json.loads(lines[-1].removeprefix("RESULT ")) if code == 0 else None
-    if code == 0:
-        assert lines[-1].startswith("RESULT "), "the RESULT line must be the last line"
-    return code, result, captured.err
 
 
 def _config(tmp_path: Path, settings: dict) -> str:
@@ -36,14 +25,13 @@ def _config(tmp_path: Path, settings: dict) -> str:
     return str(path)
 
 
-def test_two_workers_reconstruct_the_map_and_mlflow_holds_the_run(tmp_path, capsys):
+def test_two_workers_reconstruct_the_map_and_mlflow_holds_the_run(tmp_path, run_job_in_process):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     config = _config(tmp_path, {"train": {"epochs": 5, "batch_size": 64}, "method": {"learning_rate": 0.02}})
-    code, result, err = _run(
-        capsys,
+    result = run_job_in_process(
+        KnownPoseReconstruction(),
         ["--smoke", "--num-workers", "2", "--config", config, "--output-dir", str(tmp_path / "out"), "--tracking-uri", uri],
-    )
-    assert code == 0, err
+    ).result
     assert json.loads((tmp_path / "out" / "result.json").read_text()) == result
 
     client = MlflowClient(uri)
@@ -77,7 +65,7 @@ def _kill_a_train_worker_after(checkpoint_dir: Path, killed: list[int], timeout_
             return
 
 
-def test_a_killed_worker_is_replaced_and_training_resumes_from_the_checkpoint(tmp_path, capsys):
+def test_a_killed_worker_is_replaced_and_training_resumes_from_the_checkpoint(tmp_path, run_job_in_process):
     out = tmp_path / "out"
     killed: list[int] = []
     killer = threading.Thread(
@@ -85,14 +73,16 @@ def test_a_killed_worker_is_replaced_and_training_resumes_from_the_checkpoint(tm
     )
     killer.start()
     config = _config(tmp_path, {"train": {"epochs": 8, "max_failures": 2}})
-    code, result, err = _run(
-        capsys,
+    outcome = run_job_in_process(
+        KnownPoseReconstruction(),
         ["--smoke", "--num-workers", "2", "--config", config, "--output-dir", str(out), "--run-name", "resume-test",
          "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"],
+        expect_success=False,
     )
     killer.join()
     assert killed, "no Train worker was found to kill"
-    assert code == 0, err
+    assert outcome.code == 0, outcome.err
+    result = outcome.result
     # The replacement worker group started from a saved epoch, not from scratch (the kill may land before
     # epoch 1's checkpoint is registered, so the restored epoch is 0 or 1).
     assert result["resumed_from_epoch"] in (0, 1)
@@ -108,24 +98,24 @@ class _DivergingReconstruction(KnownPoseReconstruction):
         return super().train_step(state, batch, config, ctx)
 
 
-def test_a_non_finite_loss_stops_before_the_step_and_names_the_term(tmp_path, capsys):
-    code, _, err = _run(
-        capsys,
+def test_a_non_finite_loss_stops_before_the_step_and_names_the_term(tmp_path, run_job_in_process):
+    outcome = run_job_in_process(
+        _DivergingReconstruction(),
         ["--smoke", "--num-workers", "0", "--output-dir", str(tmp_path / "out"), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"],
-        method=_DivergingReconstruction(),
+        expect_success=False,
     )
-    assert code == 1
-    message = err.strip().splitlines()[-1]
+    assert outcome.code == 1
+    message = outcome.err.strip().splitlines()[-1]
     assert "'data_mse'" in message and "step 2" in message and "before the optimizer step" in message
     assert not (tmp_path / "out" / "result.json").exists()
 
 
-def test_a_dead_tracking_server_is_reported_and_training_goes_on(tmp_path, capsys):
+def test_a_dead_tracking_server_is_reported_and_training_goes_on(tmp_path, run_job_in_process):
     config = _config(tmp_path, {"train": {"epochs": 1, "max_steps_per_epoch": 2}})
-    code, result, err = _run(
-        capsys,
+    outcome = run_job_in_process(
+        KnownPoseReconstruction(),
         ["--smoke", "--num-workers", "0", "--config", config, "--output-dir", str(tmp_path / "out"), "--tracking-uri", "http://127.0.0.1:9"],
     )
-    assert code == 0
-    assert "unavailable" in err and "training continues" in err
+    result = outcome.result
+    assert "unavailable" in outcome.err and "training continues" in outcome.err
     assert result["mlflow_run_id"] is None and Path(result["artifacts"]["map"]).is_file()

@@ -17,7 +17,8 @@ from cryoray.config import JobConfig
 from cryoray.errors import CryorayInputError
 from cryoray.methods import METHODS, load_method
 from cryoray.methods.reconstruct import KnownPoseReconstruction
-from cryoray.tune import run_sweep, trial_concurrency
+from cryoray.tune import run_sweep
+from cryoray.tune.resources import trial_concurrency
 from cryoray.tune.spec import check_search_space, load_sweep_spec, plan_sweep
 from mlflow.tracking import MlflowClient
 

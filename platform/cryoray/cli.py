@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import shlex
+import signal
 import sys
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +24,11 @@ from ray.train import TrainingFailedError
 from cryoray.config import JobConfig, deep_update, read_yaml_config, validate_job_config
 from cryoray.data.recipes import REPO_ROOT, resolve_dataset
 from cryoray.errors import CryorayInputError
-from cryoray.methods.base import Method
+from cryoray.session import Terminated, connect_ray, interrupt_signal, interruptible, joins_cluster, print_result
 from cryoray.tracking import RunLogger, default_tracking_uri, git_sha, start_run
 from cryoray.train.context import NonFiniteLossError
-from cryoray.train.runner import run_training
+from cryoray.train.method import Method
+from cryoray.train.runner import last_registered_checkpoint, run_training
 
 RESULT_FILE = "result.json"
 
@@ -75,10 +76,15 @@ def job_settings(method: Method, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_job(method: Method, argv: list[str] | None = None) -> int:
-    """Run one job end to end; returns the process exit code."""
+    """Run one job end to end; returns the process exit code (130/143 after SIGINT/SIGTERM)."""
     args = build_parser(method).parse_args(argv)
+    progress: dict[str, str] = {}  # what _run has fixed so far: run name, output and checkpoint folders
     try:
-        result = _run(method, args)
+        with interruptible():
+            result = _run(method, args, progress)
+    except (KeyboardInterrupt, Terminated) as exc:
+        signum = interrupt_signal(exc)
+        return _fail(method, _interrupted(method, sys.argv[1:] if argv is None else argv, progress, signum), code=128 + signum)
     except CryorayInputError as exc:
         return _fail(method, f"bad input: {exc}", code=2)
     except NonFiniteLossError as exc:
@@ -86,41 +92,37 @@ def run_job(method: Method, argv: list[str] | None = None) -> int:
     except TrainingFailedError as exc:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         return _fail(method, f"training failed: {lines[-1] if lines else type(exc).__name__}")
-    print("RESULT " + json.dumps(result), flush=True)
+    print_result(result)
     return 0
 
 
-def run_tool(name: str, action: Callable[[], dict[str, Any]]) -> int:
-    """A job's subcommand (predict, apply, denoise): exit 0 after a last ``RESULT {json}`` line, or 2 with one
-    line on stderr naming the file and field of bad input, the same contract as the training jobs."""
-    try:
-        result = action()
-    except CryorayInputError as exc:
-        print(f"{name}: {exc}", file=sys.stderr)
-        return 2
-    print("RESULT " + json.dumps(result))
-    return 0
+def _interrupted(method: Method, argv: list[str], progress: dict[str, str], signum: signal.Signals) -> str:
+    """One sentence: what was interrupted, its last checkpoint, and the command that resumes it."""
+    if "run_name" not in progress:
+        return f"interrupted by {signum.name} before training started; nothing to resume, rerun the command"
+    last = last_registered_checkpoint(progress["checkpoints"]) or f"none registered in {progress['checkpoints']} (resumes from scratch)"
+    kept = _without_options(argv, ("--run-name", "--output-dir"))
+    command = shlex.join(["python", f"jobs/{method.name}.py", *kept, "--output-dir", progress["output_dir"], "--run-name", progress["run_name"]])
+    return f"interrupted by {signum.name} during run {progress['run_name']}; last checkpoint: {last}; resume with: {command}"
+
+
+def _without_options(argv: list[str], names: tuple[str, ...]) -> list[str]:
+    """``argv`` without the options ``names`` and their values (``--name value`` or ``--name=value``)."""
+    kept: list[str] = []
+    skip_value = False
+    for arg in argv:
+        if skip_value:
+            skip_value = False
+        elif arg in names:
+            skip_value = True
+        elif arg.split("=", 1)[0] not in names:
+            kept.append(arg)
+    return kept
 
 
 def _fail(method: Method, sentence: str, code: int = 1) -> int:
     print(f"cryoray {method.name}: {sentence}", file=sys.stderr, flush=True)
     return code
-
-
-def connect_ray(include_dashboard: bool | None = None) -> bool:
-    """Join the cluster in RAY_ADDRESS (set by ``ray job submit``), else start a private local Ray.
-
-    ``address="local"``: a bare ``ray.init()`` would join any ``ray start`` cluster running on the machine
-    (someone else's, or a test's). Returns True when this call connected (and so must shut down).
-    """
-    if ray.is_initialized():
-        return False
-    address = os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True, configure_logging=False)
-    else:
-        ray.init(address="local", include_dashboard=include_dashboard, log_to_driver=True, configure_logging=False)
-    return True
 
 
 def _check_gpus(job: JobConfig, joined_cluster: bool, started_ray: bool) -> None:
@@ -136,7 +138,7 @@ def _check_gpus(job: JobConfig, joined_cluster: bool, started_ray: bool) -> None
         raise CryorayInputError(None, "--use-gpu", f"{wanted} GPU(s) for {wanted} worker(s) on this machine", f"{available:g}")
 
 
-def _run(method: Method, args: argparse.Namespace) -> dict[str, Any]:
+def _run(method: Method, args: argparse.Namespace, progress: dict[str, str]) -> dict[str, Any]:
     job, method_config = validate_job_config(job_settings(method, args), method.config_schema, args.config)
     output_dir = Path(job.output_dir)
     if (output_dir / RESULT_FILE).exists() and not job.overwrite:
@@ -146,9 +148,10 @@ def _run(method: Method, args: argparse.Namespace) -> dict[str, Any]:
         raise CryorayInputError(dataset_dir, "kind", f"a {method.dataset_kind} dataset for {method.name}", manifest.kind)
 
     started_ray = connect_ray()
-    _check_gpus(job, joined_cluster=bool(os.environ.get("RAY_ADDRESS")), started_ray=started_ray)
+    _check_gpus(job, joined_cluster=joins_cluster(), started_ray=started_ray)
     tracking_uri = job.tracking_uri or default_tracking_uri(Path.cwd())
     run_name = job.run_name or f"{method.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    progress.update(run_name=run_name, output_dir=str(output_dir), checkpoints=f"{job.checkpoint_storage.rstrip('/')}/{run_name}")
     handle = start_run(
         tracking_uri,
         job.experiment_name or f"cryoray-{method.name}",

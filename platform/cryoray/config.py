@@ -19,17 +19,17 @@ class RunnerConfig(BaseModel):
     """Settings of the generic training runner, shared by every method."""
 
     model_config = ConfigDict(extra="forbid")
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(64, ge=1, description="images (or patches) per worker per step")
-    max_steps_per_epoch: int | None = Field(None, ge=1, description="cap for smoke runs; None = whole shard")
-    checkpoint_every_epochs: int = Field(1, ge=1)
-    checkpoints_to_keep: int = Field(2, ge=1)
-    max_failures: int = Field(2, ge=0, description="worker-group restarts from the latest checkpoint")
-    log_every_steps: int = Field(10, ge=1)
+    epochs: int = Field(default=10, ge=1)
+    batch_size: int = Field(default=64, ge=1, description="images (or patches) per worker per step")
+    max_steps_per_epoch: int | None = Field(default=None, ge=1, description="cap for smoke runs; None = whole shard")
+    checkpoint_every_epochs: int = Field(default=1, ge=1)
+    checkpoints_to_keep: int = Field(default=2, ge=1)
+    max_failures: int = Field(default=2, ge=0, description="worker-group restarts from the latest checkpoint")
+    log_every_steps: int = Field(default=10, ge=1)
     seed: int = 0
-    shuffle_buffer_images: int | None = Field(1024, ge=1, description="local shuffle buffer per worker")
+    shuffle_buffer_images: int | None = Field(default=1024, ge=1, description="local shuffle buffer per worker")
     cpus_per_worker: float = Field(
-        0.5, gt=0, description="CPUs reserved per Train worker; keep some free for Ray Data read tasks"
+        default=0.5, gt=0, description="CPUs reserved per Train worker; keep some free for Ray Data read tasks"
     )
 
 
@@ -48,6 +48,11 @@ class JobConfig(BaseModel):
     overwrite: bool = False
     train: RunnerConfig = Field(default_factory=RunnerConfig)
     method: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def checkpoint_storage(self) -> str:
+        """Where Ray Train keeps this job's runs: ``storage_path``, else ``<output_dir>/checkpoints``."""
+        return self.storage_path or str(Path(self.output_dir) / "checkpoints")
 
 
 def deep_update(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 The driver builds one lazy ``ray.data.Dataset`` over the Parquet shards; ``TorchTrainer`` splits it across
 workers (``get_dataset_shard``), and each epoch re-executes the read with the shard files in a new random
 order, followed by a local shuffle buffer in each worker, so the data are shuffled per epoch without ever
-being materialised. (``randomize_block_order`` would be an all-to-all barrier that holds the whole dataset in
+being materialised. Both shuffles are seeded: the file order by (seed, Ray Data's execution index of the dataset,
+one per epoch), the buffer by the worker's ``epoch_seed``. (``randomize_block_order`` would be an all-to-all barrier that holds the whole dataset in
 the object store before the first batch; benchmarks/RESULTS.md has the numbers.)
 """
 
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import ray.data
 import torch
+from ray.data import FileShuffleConfig
 
 from cryoray.data.shards import IMAGE_COLUMN, PARTICLE_COLUMNS
 from cryoray.io.manifest import DatasetManifest, shard_paths
@@ -24,13 +26,14 @@ PREFETCH_BATCHES = 4
 
 
 def particle_dataset(
-    dataset_dir: str | Path, manifest: DatasetManifest, extra_image_columns: tuple[str, ...] = ()
+    dataset_dir: str | Path, manifest: DatasetManifest, extra_image_columns: tuple[str, ...] = (), seed: int = 0
 ) -> ray.data.Dataset:
-    """A lazy dataset of the numeric columns (images + pose + CTF), shard order shuffled per execution."""
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
+    """A lazy dataset of the numeric columns (images + pose + CTF), shard order shuffled per execution from ``seed``."""
     columns = [IMAGE_COLUMN, *extra_image_columns, *PARTICLE_COLUMNS]
-    return ray.data.read_parquet(shard_paths(dataset_dir, manifest), shuffle="files").select_columns(columns)
+    shuffle = FileShuffleConfig(seed=seed, reseed_after_execution=True)
+    dataset = ray.data.read_parquet(shard_paths(dataset_dir, manifest), shuffle=shuffle).select_columns(columns)
+    dataset.context.enable_progress_bars = False  # this dataset's own DataContext copy, not the process-wide one
+    return dataset
 
 
 def iter_particle_batches(

@@ -3,8 +3,9 @@
 A stream is ``ray.data.range(n)`` mapped by :func:`sample_patches`: each row draws a particle, centres a
 cubic patch on it plus a random integer shift, cuts the tomogram and the label map (memory-mapped, so only
 the patch is read), applies a random wedge-preserving rotation and normalises the patch. The map is
-re-executed every epoch, so every epoch sees fresh patches; the draws use fresh OS entropy and are
-therefore not bit-reproducible (the seeded part of a run is the model initialisation and the data).
+re-executed every epoch, so every epoch sees fresh patches; a block's draws are seeded by the run seed, Ray
+Data's execution index of the stream (one per epoch), the sampling mode and the block's first row id, so a
+run with the same seed cuts the same patches whichever task or worker runs a block.
 
 Sampling: ``"particles"`` draws uniformly over the annotated particles (DeepFinder's scheme, paper:
 "random shift"); ``"class_balanced"`` first picks a class uniformly, then a particle of it (the paper's
@@ -19,16 +20,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, get_args
 
 import mrcfile
 import numpy as np
 import pandas as pd
 import ray.data
+import torch
 
 from cryoray.errors import CryorayInputError
 from cryoray.io.manifest import DatasetManifest
 from cryoray.io.star import read_coordinates
+from cryoray.physics.normalize import standardize
 
 if TYPE_CHECKING:
     from cryoray.io.manifest import TomogramEntry
@@ -37,6 +40,7 @@ Sampling = Literal["particles", "class_balanced"]
 # Axis pairs flipped by the 180° rotations about z, y and x of a (z, y, x) array; () is the identity.
 WEDGE_PRESERVING_FLIPS: tuple[tuple[int, ...], ...] = ((), (1, 2), (0, 2), (0, 1))
 _MMAPS: dict[str, np.ndarray] = {}
+_REPLICA_KEY = "cryoray.patches.replica"  # DataContext config that travels with a stream's tasks
 
 
 @dataclass(frozen=True)
@@ -103,16 +107,43 @@ def cut_patch(volume: np.ndarray, centre_zyx: np.ndarray, patch_px: int) -> np.n
 
 def normalise_patch(patch: np.ndarray) -> np.ndarray:
     """Zero mean, unit std per patch (DeepFinder), so patches from tomograms of any contrast look alike."""
-    patch = patch.astype(np.float32)
-    return (patch - patch.mean()) / max(float(patch.std()), 1e-6)
+    return standardize(torch.from_numpy(patch.astype(np.float32)), ndim=patch.ndim).numpy()
+
+
+def draw_per_replica(iterator: ray.data.DataIterator, replica: int) -> ray.data.DataIterator:
+    """Give this worker's copy of a replicated patch stream its own draws (pass the worker's rank).
+
+    Every Train worker executes its own copy of a replicated stream with the same seed and execution index, so
+    without a replica number in the key every rank would cut the same patches.
+    """
+    iterator.get_context().set_config(_REPLICA_KEY, replica)
+    return iterator
+
+
+def _block_generator(seed: int, sampling: Sampling, first_id: int) -> np.random.Generator:
+    """The generator of one block of a patch stream in the current execution of its dataset.
+
+    Keyed by Ray Data's execution index (the counter its own seeded shuffles use; it advances once per epoch, and
+    a task sees its dataset's value) rather than by global state, which differs between the tasks that run the
+    blocks; the sampling mode keeps a run's train and meta streams independent.
+    """
+    context = ray.data.DataContext.get_current()
+    key = [seed, context._execution_idx, context.get_config(_REPLICA_KEY, 0), get_args(Sampling).index(sampling), first_id]
+    return np.random.default_rng(key)
 
 
 def sample_patches(
-    batch: dict[str, np.ndarray], source: PatchSource, patch_px: int, max_shift_px: int, sampling: Sampling, augment: bool
+    batch: dict[str, np.ndarray],
+    source: PatchSource,
+    patch_px: int,
+    max_shift_px: int,
+    sampling: Sampling,
+    augment: bool,
+    seed: int = 0,
 ) -> dict[str, np.ndarray]:
     """Ray Data ``map_batches`` function: one random patch + label patch per input row."""
-    rng = np.random.default_rng()
     n = len(batch["id"])
+    rng = _block_generator(seed, sampling, int(batch["id"][0]) if n else 0)
     if sampling == "class_balanced":
         classes = np.unique(source.class_id)
         chosen = rng.choice(classes, size=n)
@@ -137,15 +168,23 @@ def sample_patches(
 
 
 def patch_dataset(
-    source: PatchSource, n_patches: int, patch_px: int, max_shift_px: int, sampling: Sampling, augment: bool, rows_per_block: int = 32
+    source: PatchSource,
+    n_patches: int,
+    patch_px: int,
+    max_shift_px: int,
+    sampling: Sampling,
+    augment: bool,
+    seed: int = 0,
+    rows_per_block: int = 32,
 ) -> ray.data.Dataset:
-    """A lazy stream of ``n_patches`` random (patch, labels) rows; re-drawn every time it is iterated."""
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
+    """A lazy stream of ``n_patches`` random (patch, labels) rows; re-drawn (seeded) every time it is iterated."""
     blocks = max(1, -(-n_patches // rows_per_block))
-    return ray.data.range(n_patches, override_num_blocks=blocks).map_batches(
+    settings = {"patch_px": patch_px, "max_shift_px": max_shift_px, "sampling": sampling, "augment": augment, "seed": seed}
+    dataset = ray.data.range(n_patches, override_num_blocks=blocks).map_batches(
         sample_patches,
-        fn_kwargs={"source": source, "patch_px": patch_px, "max_shift_px": max_shift_px, "sampling": sampling, "augment": augment},
+        fn_kwargs={"source": source, **settings},
         batch_size=rows_per_block,
         batch_format="numpy",
     )
+    dataset.context.enable_progress_bars = False  # this dataset's own DataContext copy, not the process-wide one
+    return dataset

@@ -1,4 +1,7 @@
-"""Named, seeded dataset recipes (``datasets/<name>.yaml``) and the RELION importer.
+"""Named, seeded dataset recipes (``datasets/<name>.yaml``), the RELION importer, and dataset resolution by name.
+
+Resolving or building a recipe dispatches on its ``kind``: particle recipes are built here, tomogram recipes by
+``cryoray.data.tomogram_recipes``, which this module imports and which never imports it back.
 
 A recipe builds the same dataset bit for bit from its seed: shard ``i`` is simulated from the seed
 ``(recipe seed, i)``, so shards build independently and memory stays bounded by one shard. Built datasets
@@ -11,15 +14,15 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Literal
 
 import numpy as np
 import pandas as pd
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from cryoray.config import format_validation_errors
+from cryoray.data.recipe_common import load_yaml_model, prepare_output, read_recipe_yaml
 from cryoray.data.shards import PARTICLE_COLUMNS, write_particle_shard
+from cryoray.data.tomogram_recipes import build_tomogram_dataset
 from cryoray.errors import CryorayInputError
 from cryoray.io.atomic import atomic_model_to_density
 from cryoray.io.manifest import MANIFEST_NAME, DatasetManifest, read_manifest, write_manifest
@@ -30,7 +33,6 @@ from cryoray.simulate.particles import simulate_particle_stack
 from cryoray.simulate.phantom import builtin_phantom
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-RecipeModel = TypeVar("RecipeModel", bound=BaseModel)
 GROUND_TRUTH_MAP = "ground_truth_map.mrc"
 
 
@@ -108,33 +110,14 @@ def known_recipes() -> list[str]:
     return sorted({p.stem for folder in recipe_dirs() if folder.is_dir() for p in folder.glob("*.yaml")})
 
 
-def load_yaml_model(path: str | Path, model: type[RecipeModel], what: str) -> RecipeModel:
-    """Read a YAML recipe into ``model``; every problem in one ``CryorayInputError`` naming the file."""
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise CryorayInputError(path, "recipe", "a readable YAML recipe", str(exc).splitlines()[0]) from None
-    try:
-        return model.model_validate(raw)
-    except ValidationError as exc:
-        raise CryorayInputError(path, "recipe", f"a valid {what}", "; ".join(format_validation_errors(exc))) from None
-
-
 def load_recipe(path: str | Path) -> ParticleRecipe:
     return load_yaml_model(path, ParticleRecipe, "recipe")
 
 
 def build_recipe(recipe_path: str | Path, out_dir: str | Path, overwrite: bool = False) -> Path:
     """Build any recipe into `out_dir`: dispatch on its ``kind`` (particles, the default, or tomograms)."""
-    recipe_path = Path(recipe_path)
-    try:
-        raw = yaml.safe_load(recipe_path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise CryorayInputError(recipe_path, "recipe", "a readable YAML recipe", str(exc).splitlines()[0]) from None
+    raw = read_recipe_yaml(recipe_path)
     if isinstance(raw, dict) and raw.get("kind") == "tomograms":
-        from cryoray.data.tomogram_recipes import build_tomogram_dataset  # imports this module: import on use
-
         return build_tomogram_dataset(recipe_path, out_dir, overwrite)
     return build_particle_dataset(recipe_path, out_dir, overwrite)
 
@@ -165,7 +148,7 @@ def build_particle_dataset(recipe_path: str | Path, out_dir: str | Path, overwri
     recipe_path = Path(recipe_path).resolve()
     recipe = load_recipe(recipe_path)
     out_dir = Path(out_dir)
-    _prepare_output(out_dir, overwrite)
+    prepare_output(out_dir, overwrite)
     volume, voxel, provenance = _source_volume(recipe, recipe_path)
     write_mrc(out_dir / GROUND_TRUTH_MAP, volume, voxel, overwrite=True)
     shards = []
@@ -224,7 +207,7 @@ def import_relion(
     voxel = float(particles["pixel_size_angstrom"].iloc[0])
     box = int(particles["box_px"].iloc[0])
     out_dir = Path(out_dir)
-    _prepare_output(out_dir, overwrite)
+    prepare_output(out_dir, overwrite)
     stacks = {path: open_stack_mmap(path, voxel_size_angstrom=voxel) for path in particles["image_path"].unique()}
     for path, stack in stacks.items():
         too_far = particles.loc[particles["image_path"] == path, "image_index"].max()
@@ -266,15 +249,6 @@ def _with_defaults(chunk: pd.DataFrame) -> pd.DataFrame:
         if column not in chunk:
             chunk[column] = 0.0
     return chunk
-
-
-def _prepare_output(out_dir: Path, overwrite: bool) -> None:
-    """Refuse to touch an existing non-empty folder unless asked; never merge into one."""
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not overwrite:
-            raise CryorayInputError(out_dir, "output", "an empty or new folder (pass --overwrite to replace it)", "it holds files")
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
 
 
 def resolve_dataset(name_or_path: str) -> tuple[Path, DatasetManifest]:

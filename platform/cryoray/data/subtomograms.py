@@ -159,12 +159,12 @@ def extract_subtomograms(
 
 def subtomogram_dataset(source: SubtomogramSource, with_clean: bool = False, rows_per_block: int = 16) -> ray.data.Dataset:
     """A lazy Ray Data stream of the source's subtomograms (re-read from the memory-mapped files each epoch)."""
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
     blocks = max(1, -(-len(source) // rows_per_block))
-    return ray.data.range(len(source), override_num_blocks=blocks).map_batches(
+    dataset = ray.data.range(len(source), override_num_blocks=blocks).map_batches(
         extract_subtomograms,
         fn_kwargs={"source": source, "with_clean": with_clean},
         batch_size=rows_per_block,
         batch_format="numpy",
     )
+    dataset.context.enable_progress_bars = False  # this dataset's own DataContext copy, not the process-wide one
+    return dataset

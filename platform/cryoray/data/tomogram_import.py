@@ -56,14 +56,16 @@ import mrcfile
 import mrcfile.mrcfile
 import numpy as np
 import pandas as pd
+import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from cryoray.data.recipes import _prepare_output, load_yaml_model
+from cryoray.data.recipe_common import load_yaml_model, prepare_output
 from cryoray.data.tomogram_recipes import PARTICLE_LIST_COLUMNS, SPLITS
 from cryoray.errors import CryorayInputError
 from cryoray.io.manifest import DatasetManifest, ShardEntry, SpeciesEntry, TomogramEntry, write_manifest
 from cryoray.io.mrc import read_mrc, read_mrc_shape, write_mrc
 from cryoray.io.star import read_coordinates, write_coordinates
+from cryoray.physics import sphere_mask
 from cryoray.simulate.tomogram import MAX_CLASS_ID, Species, instance_map, size_group_for_radius
 
 VOXEL_SIZE_TOLERANCE = 0.01  # relative: tomograms of one dataset share one voxel size
@@ -259,8 +261,7 @@ def _ball_species(species: ImportSpecies, voxel_size_angstrom: float, spec_path:
         expected = f"at least one voxel ({voxel_size_angstrom} Å) so that the labels hold the particle"
         raise CryorayInputError(spec_path, f"species[{index}].radius_angstrom", expected, species.radius_angstrom)
     half = math.ceil(radius_px) + 1  # Species wants the mask inside the box's inscribed sphere minus a voxel
-    axis = np.arange(-half, half + 1, dtype=np.float64)
-    ball = axis[:, None, None] ** 2 + axis[None, :, None] ** 2 + axis[None, None, :] ** 2 <= radius_px**2
+    ball = sphere_mask(2 * half + 1, radius_px, 3, dtype=torch.bool).numpy()
     return Species(species.class_id, species.name, ball.astype(np.float32), ball, voxel_size_angstrom)
 
 
@@ -287,8 +288,9 @@ def import_tomograms(spec: str | Path | TomogramImportSpec, out_dir: str | Path,
     directory). All headers and picks are checked before `out_dir` is touched (the voxel values, read for the
     NaN/Inf check, only while writing); an existing non-empty `out_dir` is replaced only with `overwrite=True`.
     """
-    spec_path = None if isinstance(spec, TomogramImportSpec) else Path(spec).resolve()
-    if spec_path is not None:
+    spec_path: Path | None = None
+    if not isinstance(spec, TomogramImportSpec):
+        spec_path = Path(spec).resolve()
         spec = load_import_spec(spec_path)
     planned, voxel = _plan(spec, spec_path)
     species = [_ball_species(s, voxel, spec_path, i) for i, s in enumerate(spec.species)]
@@ -297,7 +299,7 @@ def import_tomograms(spec: str | Path | TomogramImportSpec, out_dir: str | Path,
     inside = [p for p in inputs if p is not None and p.is_relative_to(out_dir.resolve())]
     if inside:  # the output folder is emptied first: never where the inputs live
         raise CryorayInputError(out_dir, "output", "a folder that holds none of the import's inputs", str(inside[0]))
-    _prepare_output(out_dir, overwrite)
+    prepare_output(out_dir, overwrite)
     for folder in ("tomograms", "labels", "particles"):
         (out_dir / folder).mkdir()
     entries, shards, sources = [], [], []

@@ -26,9 +26,9 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from cryoray.data.recipes import _prepare_output, load_yaml_model
+from cryoray.data.recipe_common import load_yaml_model, prepare_output
 from cryoray.errors import CryorayInputError
-from cryoray.io.manifest import DatasetManifest, ShardEntry, SpeciesEntry, TomogramEntry, write_manifest
+from cryoray.io.manifest import DatasetManifest, ShardEntry, SpeciesEntry, Split, TomogramEntry, write_manifest
 from cryoray.io.mrc import write_mrc
 from cryoray.io.star import write_coordinates
 from cryoray.simulate.tomogram import (
@@ -47,7 +47,7 @@ from cryoray.simulate.tomogram import (
     sphere_label_map,
 )
 
-SPLITS = ("train", "val", "test")
+SPLITS: tuple[Split, ...] = ("train", "val", "test")
 PARTICLE_LIST_COLUMNS = {
     "x_px": "particle centre, x voxel index (0-based)",
     "y_px": "particle centre, y voxel index (0-based)",
@@ -86,8 +86,8 @@ class AnnotationNoiseSettings(BaseModel):
     """Noise in the annotation lists of some splits: dropped particles and jittered positions."""
 
     model_config = ConfigDict(extra="forbid")
-    missing_fraction: float = Field(0.0, ge=0, le=1)
-    jitter_px: float = Field(0.0, ge=0, description="Gaussian standard deviation per axis, voxels")
+    missing_fraction: float = Field(default=0.0, ge=0, le=1)
+    jitter_px: float = Field(default=0.0, ge=0, description="Gaussian standard deviation per axis, voxels")
     splits: list[Literal["train", "val", "test"]] = ["train"]
 
 
@@ -214,7 +214,7 @@ def recipe_species(recipe: TomogramRecipe, recipe_path: Path) -> list[Species]:
     return species
 
 
-def _tomogram_plan(recipe: TomogramRecipe) -> list[tuple[str, str]]:
+def _tomogram_plan(recipe: TomogramRecipe) -> list[tuple[Split, str]]:
     """(split, name) for every tomogram, in seed order."""
     counts = recipe.splits.model_dump()
     return [(split, f"{split}_{i:03d}") for split in SPLITS for i in range(counts[split])]
@@ -226,12 +226,12 @@ def build_tomogram_dataset(recipe_path: str | Path, out_dir: str | Path, overwri
     recipe = load_tomogram_recipe(recipe_path)
     species = recipe_species(recipe, recipe_path)
     out_dir = Path(out_dir)
-    _prepare_output(out_dir, overwrite)
+    prepare_output(out_dir, overwrite)
     for folder in ("tomograms", "clean", "labels", "particles", "species"):
         (out_dir / folder).mkdir()
     voxel = recipe.voxel_size_angstrom
     shape = tuple(recipe.shape_zyx)
-    ground_truth = {}
+    ground_truth: dict[str, str] = {}
     for kind in species:
         stem = f"species/{kind.class_id:02d}_{kind.name}"
         write_mrc(out_dir / f"{stem}_density.mrc", kind.density, voxel)

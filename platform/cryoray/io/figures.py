@@ -1,56 +1,76 @@
-"""Plots as ``.png`` with the numbers beside them as ``.csv`` (matplotlib, headless)."""
+"""Plots as ``.png`` with the numbers beside them as ``.csv`` (matplotlib, headless).
+
+Figures are built with the object-oriented API (``Figure`` drawn by ``FigureCanvasAgg``): no pyplot state and
+no backend switch, so importing this module changes nothing in the caller's matplotlib.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from pathlib import Path
+from typing import Any
 
 import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-
-from cryoray.errors import CryorayInputError  # noqa: E402
-from cryoray.io.validate import check_can_write  # noqa: E402
+from cryoray.errors import CryorayInputError
+from cryoray.io.validate import check_can_write
 
 
-def write_fsc_curve(
+def agg_figure(**kwargs: Any) -> Figure:
+    """A ``Figure(**kwargs)`` drawn by the Agg canvas, whatever backend pyplot uses (no global state touched)."""
+    figure = Figure(**kwargs)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def write_fsc_curves(
     output_dir: str | Path,
-    shell_frequency_per_px: np.ndarray,
-    fsc: np.ndarray,
+    frequency_per_px: np.ndarray,
+    curves: Mapping[str, np.ndarray],
     pixel_size_angstrom: float,
     stem: str = "fsc",
+    *,
+    ylabel: str = "FSC",
+    dashed: Collection[str] = (),
 ) -> dict[str, str]:
-    """``fsc.csv`` (frequency in 1/Å and 1/px, resolution in Å, FSC) and ``fsc.png`` with the 0.5 / 0.143 lines."""
+    """``<stem>.csv`` (frequency in 1/px and 1/Å, resolution in Å, one column per curve) and ``<stem>.png``.
+
+    The plot has the 0.5 and 0.143 thresholds; curves named in ``dashed`` (baselines) are drawn dashed. NaN
+    entries (shells without data, see `cryoray.physics.metrics`) are gaps in the plot and empty in the CSV.
+    """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    frequency_per_angstrom = np.asarray(shell_frequency_per_px) / pixel_size_angstrom
+    frequency_per_angstrom = np.asarray(frequency_per_px) / pixel_size_angstrom
     with np.errstate(divide="ignore"):
         resolution = np.where(frequency_per_angstrom > 0, 1.0 / frequency_per_angstrom, np.inf)
     table = pd.DataFrame(
         {
-            "frequency_per_px": shell_frequency_per_px,
+            "frequency_per_px": frequency_per_px,
             "frequency_per_angstrom": frequency_per_angstrom,
             "resolution_angstrom": resolution,
-            "fsc": fsc,
+            **{name: np.asarray(curve) for name, curve in curves.items()},
         }
     )
     csv_path = output_dir / f"{stem}.csv"
     table.to_csv(csv_path, index=False)
-    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
-    ax.plot(frequency_per_angstrom, fsc, lw=1.8)
+    fig = agg_figure(figsize=(6, 4), dpi=120)
+    ax = fig.subplots()
+    for name, curve in curves.items():
+        ax.plot(frequency_per_angstrom, np.asarray(curve), lw=1.6, ls="--" if name in dashed else "-", label=name)
     for threshold, style in ((0.5, "--"), (0.143, ":")):
-        ax.axhline(threshold, color="grey", ls=style, lw=1, label=f"FSC = {threshold}")
+        ax.axhline(threshold, color="grey", ls=style, lw=0.8, label=f"FSC = {threshold}")
     ax.set_xlabel("spatial frequency (1/Å)")
-    ax.set_ylabel("FSC")
+    ax.set_ylabel(ylabel)
     ax.set_ylim(-0.1, 1.05)
-    ax.legend(frameon=False)
+    ax.legend(frameon=False, fontsize=8)
     fig.tight_layout()
     png_path = output_dir / f"{stem}.png"
     fig.savefig(png_path)
-    plt.close(fig)
     return {f"{stem}_csv": str(csv_path.resolve()), f"{stem}_png": str(png_path.resolve())}
 
 
@@ -92,7 +112,7 @@ def write_orthoslices_with_picks(
             raise CryorayInputError(None, name, "a table with columns x_px, y_px, z_px, class_id", f"no column {missing[0]}")
     names = class_names or {}
     classes = sorted(set().union(*(table["class_id"].astype(int).tolist() for table in tables.values())))
-    palette = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")  # distinct colours for SHREC's 12 classes
+    palette = matplotlib.colormaps["tab10" if len(classes) <= 10 else "tab20"]  # distinct colours for SHREC's 12 classes
     colours = {cls: palette(i % palette.N) for i, cls in enumerate(classes)}
     centre_zyx = [n // 2 for n in volume.shape]
     # (title, projection axis, image row column, image column column, column normal to the slice)
@@ -102,7 +122,8 @@ def write_orthoslices_with_picks(
         (f"YZ, x = {centre_zyx[2]}", 2, "z_px", "y_px", "x_px"),
     )
     widths = [volume.shape[2], volume.shape[2], volume.shape[1]]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4.8), dpi=120, gridspec_kw={"width_ratios": widths})
+    fig = agg_figure(figsize=(13, 4.8), dpi=120)
+    axes = fig.subplots(1, 3, gridspec_kw={"width_ratios": widths})
     for ax, (title, axis, row, column, normal) in zip(axes, panels):
         image = _slab_mean(volume, axis, centre_zyx[axis], average_px)
         low, high = np.percentile(image, [1, 99])
@@ -130,5 +151,4 @@ def write_orthoslices_with_picks(
         axes[-1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, fontsize=8)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", bbox_inches="tight")
-    plt.close(fig)
     return path

@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cryoray import __version__
 from cryoray.errors import CryorayInputError
+from cryoray.io.mrc import read_mrc
 
 MANIFEST_NAME = "manifest.json"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 1
 
 DatasetKind = Literal["particles", "tomograms", "subtomograms"]
+SizeGroup = Literal["tiny", "small", "medium", "large"]  # SHREC-like particle size groups
+Split = Literal["train", "val", "test"]  # the splits of a tomograms dataset
 
 
 class ShardEntry(BaseModel):
@@ -37,7 +41,7 @@ class SpeciesEntry(BaseModel):
     class_id: int = Field(ge=1)
     name: str
     radius_px: float = Field(gt=0)
-    size_group: Literal["tiny", "small", "medium", "large"]
+    size_group: SizeGroup
     source: str = ""
 
 
@@ -46,7 +50,7 @@ class TomogramEntry(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     name: str
-    split: Literal["train", "val", "test"]
+    split: Split
     tomogram: str = Field(description="the (noisy) tomogram .mrc")
     shape_zyx: list[int] = Field(min_length=3, max_length=3)
     particles: str = Field(description="ground-truth particle list .csv (a .star next to it)")
@@ -83,6 +87,11 @@ class DatasetManifest(BaseModel):
     def has_poses(self) -> bool:
         """False for particles imported without orientations (their angle columns then hold zeros)."""
         return self.provenance.get("poses") != "absent"
+
+    def ground_truth_map(self, dataset_dir: str | Path) -> np.ndarray | None:
+        """The dataset's ground-truth map (simulated, or supplied at import) as float32, or None without one."""
+        relative = self.ground_truth.get("map")
+        return None if relative is None else read_mrc(Path(dataset_dir) / relative).data.astype(np.float32)
 
 
 def write_manifest(dataset_dir: str | Path, manifest: DatasetManifest) -> Path:

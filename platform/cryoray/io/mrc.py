@@ -128,7 +128,7 @@ def open_stack_mmap(path: str | Path, voxel_size_angstrom: float | None = None) 
     return MrcStack(data=data, voxel_size_angstrom=voxel, path=path)
 
 
-def read_mrc_shape(path: str | Path) -> tuple[int, ...]:
+def read_mrc_shape(path: str | Path) -> tuple[int, int, int]:
     """The array shape from the header alone, without reading the data (e.g. a stack's box size)."""
     path = Path(path)
     if not path.is_file():

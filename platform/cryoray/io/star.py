@@ -31,6 +31,7 @@ import starfile
 from cryoray.errors import CryorayInputError
 from cryoray.io.mrc import read_mrc_shape
 from cryoray.io.validate import check_can_write
+from cryoray.physics.ctf import validate_ctf_parameters
 
 PARTICLE_NAMES = {
     "rlnAngleRot": "rot_deg",
@@ -292,6 +293,10 @@ def read_particles_star(path: str | Path, image_dir: str | Path | None = None) -
                 raise CryorayInputError(path, rln, expected, "no such column")
         if "phase_shift_deg" not in particles:
             particles["phase_shift_deg"] = 0.0
+        try:
+            validate_ctf_parameters(optics["pixel_size_angstrom"], optics["voltage_kv"], optics["amplitude_contrast"])
+        except ValueError as err:
+            raise CryorayInputError(path, f"data_{optics_block}", "physical CTF parameters", str(err)) from None
     if "box_px" not in optics:
         boxes = _box_from_stacks(image_path, path)
         per_group = pd.DataFrame({"g": particles["optics_group"], "box": [boxes[p] for p in image_path]})

@@ -1,4 +1,4 @@
-"""Methods, each a subpackage implementing the one interface in ``methods.base``.
+"""Methods, each a subpackage implementing the one interface in ``train.method``.
 
 ``METHODS`` names every method by its job script name (``jobs/<name>.py``) so that tools which take a method
 by name (the sweep driver, ``tuning/<name>.yaml``) find it; entries are "module:Class" strings, imported only
@@ -11,7 +11,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from cryoray.methods.base import Method
+    from cryoray.train.method import Method
 
 METHODS: dict[str, str] = {
     "betagan": "cryoray.methods.betagan:BetaGAN",

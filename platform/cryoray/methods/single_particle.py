@@ -15,9 +15,11 @@ import numpy as np
 import pandas as pd
 import starfile
 import torch
+from pydantic import BaseModel
 
-from cryoray.io.figures import write_fsc_curve
+from cryoray.io.figures import write_fsc_curves
 from cryoray.io.manifest import DatasetManifest
+from cryoray.io.models import MODEL_FILE, write_model_file
 from cryoray.io.mrc import write_mrc
 from cryoray.io.star import read_particles_star
 from cryoray.physics import (
@@ -27,6 +29,8 @@ from cryoray.physics import (
     rotation_error_after_alignment,
 )
 from cryoray.physics.alignment import align_maps
+from cryoray.train.context import TrainContext
+from cryoray.train.method import TrainState
 
 
 @dataclass
@@ -42,7 +46,7 @@ class ReconstructionEvaluation:
 
 def evaluate_reconstruction(
     density: torch.Tensor,
-    reference: torch.Tensor | None,
+    reference: np.ndarray | None,
     voxel_size_angstrom: float,
     predicted_rotations: torch.Tensor | None = None,
     true_rotations: torch.Tensor | None = None,
@@ -56,8 +60,9 @@ def evaluate_reconstruction(
     metrics: dict[str, float] = {}
     evaluation = ReconstructionEvaluation(metrics=metrics)
     if reference is not None:
-        alignment = align_maps(density.detach().float().cpu(), reference.float().cpu(), search_level=search_level)
-        frequency, fsc = fourier_shell_correlation(alignment.aligned, reference.float().cpu())
+        truth = torch.from_numpy(reference).float()
+        alignment = align_maps(density.detach().float().cpu(), truth, search_level=search_level)
+        frequency, fsc = fourier_shell_correlation(alignment.aligned, truth)
         metrics["fsc_resolution_0.5_angstrom"] = fsc_resolution_angstrom(frequency, fsc, voxel_size_angstrom, 0.5)
         metrics["fsc_resolution_0.143_angstrom"] = fsc_resolution_angstrom(frequency, fsc, voxel_size_angstrom, 0.143)
         metrics["map_correlation"] = alignment.correlation
@@ -133,8 +138,25 @@ def write_reconstruction_artifacts(
     if evaluation is not None and evaluation.aligned_map is not None:
         aligned = evaluation.aligned_map.numpy()
         artifacts["map_aligned"] = str(write_mrc(output_dir / "map_aligned.mrc", aligned, voxel, overwrite=True))
-        artifacts.update(write_fsc_curve(output_dir, evaluation.frequency.numpy(), evaluation.fsc.numpy(), voxel))
+        if evaluation.frequency is not None and evaluation.fsc is not None:  # set together with aligned_map
+            frequency, fsc = evaluation.frequency.numpy(), evaluation.fsc.numpy()
+            artifacts.update(write_fsc_curves(output_dir, frequency, {"fsc": fsc}, voxel))
     if particle_indices is not None and rotations is not None:
         poses = write_poses_star(output_dir / "poses.star", manifest, particle_indices, rotations, shifts_angstrom)
         artifacts["poses"] = str(poses)
     return {name: str(Path(path).resolve()) for name, path in artifacts.items()}
+
+
+def write_pose_model(output_dir: Path, method: str, state: TrainState, config: BaseModel, ctx: TrainContext) -> dict[str, str]:
+    """The model file of an ab-initio method: its pose encoder and map decoder, with the image geometry."""
+    path = write_model_file(
+        output_dir / MODEL_FILE,
+        method,
+        {"encoder": state.unwrapped("encoder"), "decoder": state.unwrapped("decoder")},
+        {
+            "config": config.model_dump(mode="json"),
+            "box_px": ctx.manifest.box_px,
+            "voxel_size_angstrom": ctx.manifest.voxel_size_angstrom,
+        },
+    )
+    return {"model": str(path.resolve())}

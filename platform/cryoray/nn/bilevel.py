@@ -16,6 +16,7 @@ Train workers, and each of ∇_I L_tr, v and the hypergradient is the global (al
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -70,7 +71,7 @@ def finite_difference_hypergradient(
     unrolled = {n: (w - inner_lr * g).detach().requires_grad_() for n, w, g in zip(names, weights, train_grads)}
     val_loss = upper_loss(unrolled)
     v = reduce(_grads(val_loss, list(unrolled.values())))
-    v_norm = torch.sqrt(sum((g.double() ** 2).sum() for g in v)).item()
+    v_norm = torch.sqrt(functools.reduce(torch.add, ((g.double() ** 2).sum() for g in v))).item()
     if v_norm == 0.0:
         zeros = [torch.zeros_like(p) for p in meta_params]
         return Hypergradient(zeros, float(train_loss.detach()), float(val_loss.detach()), 0.0, 0.0)

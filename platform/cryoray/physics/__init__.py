@@ -30,7 +30,7 @@ Units
     a pixel size is given (then 1/Å). The CTF sign convention is in ``ctf``.
 """
 
-from .ctf import apply_ctf, ctf_2d, electron_wavelength_angstrom
+from .ctf import apply_ctf, compute_ctf, ctf_2d, electron_wavelength_angstrom, validate_ctf_parameters
 from .fourier import (
     centered_grid,
     fft2_centered,
@@ -59,16 +59,17 @@ from .hopf import (
     nearest_hopf_neighbours,
 )
 from .image_formation import CTF_PARAMETERS, form_particle_images
+from .masks import sphere_mask
 from .metrics import (
     fourier_shell_correlation,
     fsc_resolution_angstrom,
-    match_picks,
-    picking_scores,
+    mean_shell_correlation,
     psnr,
     rotation_error_after_alignment,
     ssim,
 )
 from .noise import add_gaussian_noise, snr_db_to_linear, snr_linear_to_db
+from .normalize import STD_FLOOR, standardize
 from .projection import (
     project_fourier_slice,
     project_real_space,
@@ -95,19 +96,21 @@ from .wedge import (
     apply_fourier_mask,
     cube_rotations,
     missing_wedge_mask,
+    missing_wedge_region,
     rotate_volume_90,
     wedge_changing_rotations,
 )
-from .wedge_metrics import mean_shell_correlation, missing_wedge_region, region_fourier_shell_correlation
 
 __all__ = [
     "CTF_PARAMETERS",
+    "STD_FLOOR",
     "form_particle_images",
     "add_gaussian_noise",
     "apply_ctf",
     "apply_fourier_mask",
     "axis_angle_to_matrix",
     "centered_grid",
+    "compute_ctf",
     "ctf_2d",
     "cube_rotations",
     "electron_wavelength_angstrom",
@@ -134,7 +137,6 @@ __all__ = [
     "ifft3_centered",
     "iht2_centered",
     "iht3_centered",
-    "match_picks",
     "matrix_to_axis_angle",
     "matrix_to_euler_relion",
     "matrix_to_quaternion",
@@ -144,7 +146,6 @@ __all__ = [
     "missing_wedge_region",
     "nearest_hopf_neighbours",
     "negate_frequencies",
-    "picking_scores",
     "project_fourier_slice",
     "project_real_space",
     "psnr",
@@ -153,7 +154,6 @@ __all__ = [
     "radial_frequency_grid",
     "random_quaternions",
     "random_rotations",
-    "region_fourier_shell_correlation",
     "rotate_volume_90",
     "rotation_error_after_alignment",
     "s2s2_to_matrix",
@@ -162,7 +162,10 @@ __all__ = [
     "slice_volume_fourier",
     "snr_db_to_linear",
     "snr_linear_to_db",
+    "sphere_mask",
     "ssim",
+    "standardize",
     "standardize_quaternion",
+    "validate_ctf_parameters",
     "wedge_changing_rotations",
 ]

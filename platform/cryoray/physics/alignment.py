@@ -25,6 +25,7 @@ import torch
 
 from .fourier import centered_grid, fft3_centered, ifft3_centered
 from .hopf import hopf_grid_rotations
+from .normalize import standardize
 from .projection import _sample
 from .rotations import axis_angle_to_matrix
 
@@ -81,22 +82,17 @@ def _fourier_crop(volume: torch.Tensor, box_px: int) -> torch.Tensor:
     return ifft3_centered(spectrum, norm="forward").real
 
 
-def _standardise(volume: torch.Tensor) -> torch.Tensor:
-    centred = volume - volume.mean(dim=(-3, -2, -1), keepdim=True)
-    return centred / torch.linalg.vector_norm(centred, dim=(-3, -2, -1), keepdim=True).clamp_min(1e-12)
-
-
 def _best_rotation_and_shift(
     moving: torch.Tensor, reference: torch.Tensor, rotations: torch.Tensor, chunk: int
 ) -> tuple[float, int, torch.Tensor]:
     """(correlation, rotation index, integer shift (x, y, z)) maximising the translational cross-correlation."""
     box = reference.shape[-1]
-    reference_ft = torch.fft.fftn(_standardise(reference))
+    reference_ft = torch.fft.fftn(standardize(reference, 3))
     best = (-math.inf, 0, torch.zeros(3))
     for start in range(0, rotations.shape[0], chunk):
-        rotated = _standardise(rotate_volume(moving, rotations[start : start + chunk]))
-        # cc[s] = Σ_r ref(r) rot(r − s): the correlation with the rotated map shifted by s (circular).
-        cc = torch.fft.ifftn(reference_ft * torch.fft.fftn(rotated, dim=(-3, -2, -1)).conj(), dim=(-3, -2, -1)).real
+        rotated = standardize(rotate_volume(moving, rotations[start : start + chunk]), 3)
+        # cc[s] = mean_r ref(r) rot(r − s): the correlation with the rotated map shifted by s (circular).
+        cc = torch.fft.ifftn(reference_ft * torch.fft.fftn(rotated, dim=(-3, -2, -1)).conj(), dim=(-3, -2, -1)).real / box**3
         flat = cc.reshape(cc.shape[0], -1)
         values, where = flat.max(dim=1)
         k = int(values.argmax())
@@ -112,7 +108,7 @@ def _refine(
     moving: torch.Tensor, reference: torch.Tensor, rotation: torch.Tensor, shift_px: torch.Tensor, steps: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Local refinement by L-BFGS on (axis-angle ω, shift t) of ``A = exp(ω) A₀`` maximising the correlation."""
-    target = _standardise(reference)
+    target = standardize(reference, 3)
     omega = torch.zeros(3, dtype=moving.dtype, requires_grad=True)
     shift = shift_px.clone().to(moving.dtype).requires_grad_(True)
     optimiser = torch.optim.LBFGS([omega, shift], lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
@@ -120,7 +116,7 @@ def _refine(
     def negative_correlation() -> torch.Tensor:
         optimiser.zero_grad()
         candidate = rotate_volume(moving, axis_angle_to_matrix(omega) @ rotation, shift)
-        loss = -(target * _standardise(candidate)).sum()
+        loss = -(target * standardize(candidate, 3)).mean()
         loss.backward()
         return loss
 
@@ -171,5 +167,5 @@ def align_maps(
     shift = shift * (box / refine_box)
     with torch.no_grad():
         aligned = rotate_volume(hand, rotation, shift)
-        correlation = float((_standardise(aligned) * _standardise(reference)).sum())
+        correlation = float((standardize(aligned, 3) * standardize(reference, 3)).mean())
     return MapAlignment(rotation=rotation, shift_px=shift, flipped=flipped, correlation=correlation, aligned=aligned)

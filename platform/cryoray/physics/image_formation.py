@@ -42,6 +42,7 @@ def form_particle_images(
     if origin_angstrom is not None:
         images = shift_images(images, -origin_angstrom / pixel_size_angstrom)
     if ctf_parameters is not None:
-        ctf = ctf_2d(images.shape[-1], pixel_size_angstrom, **{k: ctf_parameters[k] for k in CTF_PARAMETERS})
+        parameters = {k: ctf_parameters[k] for k in CTF_PARAMETERS}
+        ctf = ctf_2d(images.shape[-1], pixel_size_angstrom, **parameters, dtype=images.dtype, device=images.device)
         images = apply_ctf(images, ctf)
     return images

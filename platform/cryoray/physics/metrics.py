@@ -1,21 +1,22 @@
-"""Evaluation metrics: FSC and resolution, PSNR/SSIM, pose error after global alignment, picking scores.
+"""Evaluation metrics: FSC and resolution, PSNR/SSIM, pose error after global alignment.
 
-FSC follows cryoDRGN's ``fsc`` command: integer shells of the radius ``r`` (in pixels, from the
-centred origin ``D//2``); entry 0 is frequency 0 with FSC 1, entry ``i = 1 .. D//2-1`` correlates
-the voxels with ``i-1 <= r < i`` and is labelled ``i/D`` cycles/pixel (the shell's outer edge).
-Entry 1 (``r < 1``) holds only the origin again; cryoDRGN reports its correlation, ±1 by the signs
-of the two means, while here it is set to 1 like entry 0, so that a mean offset can never end the
-curve. All other entries equal cryoDRGN's.
+FSC shells, written once for the whole of Fourier space and for a region of it (a missing wedge, the
+measured part): cryoDRGN's ``fsc`` shells of the radius ``r`` (in pixels, from the centred origin
+``D//2``). Entry ``i = 1 .. D//2-1`` correlates the voxels with ``i-1 <= r < i`` and is labelled ``i/D``
+cycles/pixel (the shell's outer edge); voxels with ``r >= D//2 - 1`` (the last partial shell and the
+corners) are left out. Entry 0 (frequency 0) and entry 1 (``r < 1``: the origin alone) carry only the
+maps' means, which say nothing about resolution: both are 1 (RELION's and cryoDRGN's FSC(0) = 1; a mean
+offset must not end the curve), or NaN when a region leaves the origin out. A shell with no power in
+either map inside the region (no region voxel, or a map that is zero there) is NaN: its FSC is 0/0,
+neither 0 nor 1. Entries ``i >= 2`` equal cryoDRGN's wherever they are defined.
 """
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.optimize import linear_sum_assignment
 
 from .fourier import centered_grid, fft2_centered, fft3_centered
 from .rotations import geodesic_distance_deg
@@ -23,22 +24,23 @@ from .rotations import geodesic_distance_deg
 __all__ = [
     "fourier_shell_correlation",
     "fsc_resolution_angstrom",
+    "mean_shell_correlation",
     "psnr",
     "ssim",
     "rotation_error_after_alignment",
-    "match_picks",
-    "picking_scores",
 ]
 
 
 def fourier_shell_correlation(
-    map1: torch.Tensor, map2: torch.Tensor, *, ndim: int = 3
+    map1: torch.Tensor, map2: torch.Tensor, *, ndim: int = 3, region: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fourier shell (ndim=3) or ring (ndim=2) correlation, cryoDRGN's integer shells.
+    """Fourier shell (ndim=3) or ring (ndim=2) correlation on the shells of the module docstring.
 
     ``map1``, ``map2``: real (..., D, D, D) (or (..., D, D)), same shape; leading dims are a batch.
-    Returns ``(frequency, fsc)``: frequency (D//2,) in cycles/pixel, fsc (..., D//2) with
-    ``fsc_i = Re Σ F1 F2* / sqrt(Σ|F1|² Σ|F2|²)`` over shell i. Differentiable (usable as a loss).
+    ``region`` (D,)*ndim on the centred Fourier grid weights each voxel's terms (0 = left out, e.g.
+    `missing_wedge_region`); None is the whole of Fourier space. Returns ``(frequency, fsc)``: frequency
+    (D//2,) in cycles/pixel, fsc (..., D//2) with ``fsc_i = Re Σ w F1 F2* / sqrt(Σ w|F1|² Σ w|F2|²)`` over
+    shell i. Differentiable (usable as a loss) where defined; no host sync.
     """
     if ndim not in (2, 3):
         raise ValueError(f"fourier_shell_correlation: ndim must be 2 or 3, got {ndim}")
@@ -49,25 +51,38 @@ def fourier_shell_correlation(
         raise ValueError(f"fourier_shell_correlation: expected cubic/square maps of size >= 4, got shape {tuple(map1.shape)}")
     if map1.is_complex() or map2.is_complex():
         raise ValueError("fourier_shell_correlation: expected real maps")
+    if region is not None and tuple(region.shape) != (box,) * ndim:
+        raise ValueError(f"fourier_shell_correlation: region must have shape {(box,) * ndim}, got {tuple(region.shape)}")
     fft = fft3_centered if ndim == 3 else fft2_centered
     f1, f2 = fft(map1), fft(map2)
     n_shells = box // 2
     radius = torch.linalg.vector_norm(centered_grid(box, ndim, dtype=torch.float64, device=map1.device), dim=-1)
-    shell = torch.floor(radius).long() + 1
-    shell = torch.where(shell < n_shells, shell, torch.full_like(shell, n_shells)).reshape(-1)  # n_shells = dropped
+    shell = (torch.floor(radius).long() + 1).clamp(max=n_shells).reshape(-1)  # entry n_shells collects the left-out voxels
+    weight = None if region is None else region.to(device=map1.device, dtype=f1.real.dtype).reshape(-1)
 
     def shell_sum(values: torch.Tensor) -> torch.Tensor:
         flat = values.reshape(*values.shape[: values.ndim - ndim], -1)
-        out = flat.new_zeros(*flat.shape[:-1], n_shells + 1)
-        return out.index_add(-1, shell, flat)[..., :n_shells]
+        if weight is not None:
+            flat = flat * weight
+        return flat.new_zeros(*flat.shape[:-1], n_shells + 1).index_add(-1, shell, flat)[..., :n_shells]
 
     numerator = shell_sum((f1 * f2.conj()).real)
     power1 = shell_sum(f1.real**2 + f1.imag**2)
     power2 = shell_sum(f2.real**2 + f2.imag**2)
-    fsc = numerator / torch.sqrt((power1 * power2).clamp_min(torch.finfo(numerator.dtype).tiny))
-    fsc = torch.cat((torch.ones_like(fsc[..., :2]), fsc[..., 2:]), dim=-1)
+    denominator = torch.sqrt((power1 * power2).clamp_min(torch.finfo(numerator.dtype).tiny))
+    nan = torch.full_like(numerator, math.nan)
+    fsc = torch.where((power1 > 0) & (power2 > 0), numerator / denominator, nan)
+    origin = torch.ones_like(fsc[..., :2])
+    if weight is not None:
+        origin = torch.where(weight.reshape((box,) * ndim)[(box // 2,) * ndim] != 0, origin, nan[..., :2])
+    fsc = torch.cat((origin, fsc[..., 2:]), dim=-1)
     frequency = torch.arange(n_shells, dtype=map1.dtype, device=map1.device) / box
     return frequency, fsc
+
+
+def mean_shell_correlation(fsc: torch.Tensor, first_shell: int = 2) -> torch.Tensor:
+    """One number per curve: the mean over shells ``first_shell …`` (after the origin), NaN shells left out."""
+    return torch.nanmean(fsc[..., first_shell:], dim=-1)
 
 
 def fsc_resolution_angstrom(
@@ -84,7 +99,8 @@ def fsc_resolution_angstrom(
     bumps above the threshold after the first dip are ignored. If the curve never drops below,
     the last shell's frequency is used. ``rule="last_above"``: cryoDRGN's choice, the highest
     shell frequency with ``fsc >= threshold`` (no interpolation); it is optimistic when the curve
-    bumps back up. Returns ``inf`` when only frequency 0 qualifies.
+    bumps back up. A NaN shell (no power: nothing to correlate) counts as below the threshold and is
+    never interpolated to. Returns ``inf`` when only frequency 0 qualifies.
     """
     freq = torch.as_tensor(frequency, dtype=torch.float64).detach().cpu()
     curve = torch.as_tensor(fsc, dtype=torch.float64).detach().cpu()
@@ -100,13 +116,13 @@ def fsc_resolution_angstrom(
         above = torch.nonzero(curve >= threshold).flatten()
         best = float(freq[above[-1]]) if above.numel() else 0.0
     elif rule == "first_crossing":
-        below = torch.nonzero(curve[1:] < threshold).flatten()
+        below = torch.nonzero(~(curve[1:] >= threshold)).flatten()
         if below.numel() == 0:
             best = float(freq[-1])
         else:
             j = int(below[0]) + 1
             f0, f1, c0, c1 = (float(v) for v in (freq[j - 1], freq[j], curve[j - 1], curve[j]))
-            best = f0 + (c0 - threshold) / (c0 - c1) * (f1 - f0) if c0 > threshold else f0
+            best = f0 + (c0 - threshold) / (c0 - c1) * (f1 - f0) if c0 > threshold and not math.isnan(c1) else f0
     else:
         raise ValueError(f"fsc_resolution_angstrom: rule must be 'first_crossing' or 'last_above', got {rule!r}")
     return math.inf if best <= 0 else pixel_size_angstrom / best
@@ -217,7 +233,7 @@ def rotation_error_after_alignment(
     flip_matrix = torch.diag(torch.tensor([1.0, 1.0, -1.0], dtype=R_pred.dtype, device=R_pred.device))
     hands = [(False, R_pred)] + ([(True, flip_matrix @ R_pred @ flip_matrix)] if flip else [])
 
-    best = None
+    best: tuple[float, bool, torch.Tensor, torch.Tensor] | None = None  # (score, flipped, C, A)
     for flipped, C in hands:
         P = C.transpose(-1, -2) @ R_gt  # per image, |C A - G|² = 6 - 2 tr(Aᵀ P)
         candidates = torch.cat((P[refs], _procrustes(P.sum(0))[None]), dim=0)
@@ -229,6 +245,7 @@ def rotation_error_after_alignment(
         A, score = min(options, key=lambda item: float(item[1]))
         if best is None or float(score) < best[0]:
             best = (float(score), flipped, C, A)
+    assert best is not None  # hands always holds the unflipped poses
     _, flipped, C, A = best
     aligned = C @ A
     errors = geodesic_distance_deg(aligned, R_gt)
@@ -240,125 +257,3 @@ def rotation_error_after_alignment(
         "alignment": A,
         "flipped": flipped,
     }
-
-
-def _as_points(xyz: torch.Tensor | np.ndarray, name: str) -> np.ndarray:
-    arr = np.asarray(xyz.detach().cpu() if isinstance(xyz, torch.Tensor) else xyz, dtype=np.float64)
-    if arr.ndim != 2 or arr.shape[1] not in (2, 3):
-        raise ValueError(f"picking: {name} must have shape (N, 3) (or (N, 2)), got {arr.shape}")
-    return arr
-
-
-def _as_classes(cls: torch.Tensor | np.ndarray | None, n: int, name: str) -> np.ndarray:
-    if cls is None:
-        return np.zeros(n, dtype=np.int64)
-    arr = np.asarray(cls.detach().cpu() if isinstance(cls, torch.Tensor) else cls).reshape(-1)
-    if arr.shape[0] != n:
-        raise ValueError(f"picking: {name} has {arr.shape[0]} entries for {n} coordinates")
-    return arr
-
-
-def match_picks(
-    pred_xyz: torch.Tensor | np.ndarray,
-    pred_class: torch.Tensor | np.ndarray | None,
-    true_xyz: torch.Tensor | np.ndarray,
-    true_class: torch.Tensor | np.ndarray | None,
-    max_distance_px: float,
-) -> dict:
-    """One-to-one matching of picks to true particles of the same class within ``max_distance_px``.
-
-    Per class, the assignment minimising the total distance (Hungarian, ``linear_sum_assignment``)
-    over the pairs closer than the limit. Coordinates are (x, y, z) pixels. Classes may be None
-    (one class). Returns ``pred_index``, ``true_index`` (matched pairs, int64 tensors) and
-    ``distance_px``.
-    """
-    pred, true = _as_points(pred_xyz, "pred_xyz"), _as_points(true_xyz, "true_xyz")
-    if pred.shape[1] != true.shape[1]:
-        raise ValueError(f"match_picks: predictions are {pred.shape[1]}D but true positions {true.shape[1]}D")
-    if not max_distance_px > 0:
-        raise ValueError(f"match_picks: max_distance_px must be > 0, got {max_distance_px}")
-    pred_cls = _as_classes(pred_class, len(pred), "pred_class")
-    true_cls = _as_classes(true_class, len(true), "true_class")
-    pairs_pred, pairs_true, pairs_dist = [], [], []
-    for cls in np.intersect1d(np.unique(pred_cls), np.unique(true_cls)):
-        p_idx, t_idx = np.flatnonzero(pred_cls == cls), np.flatnonzero(true_cls == cls)
-        dist = np.linalg.norm(pred[p_idx, None, :] - true[None, t_idx, :], axis=-1)
-        allowed = dist <= max_distance_px
-        cost = np.where(allowed, dist, max_distance_px * 1e6 + 1.0)
-        rows, cols = linear_sum_assignment(cost)
-        keep = allowed[rows, cols]
-        pairs_pred.append(p_idx[rows[keep]])
-        pairs_true.append(t_idx[cols[keep]])
-        pairs_dist.append(dist[rows[keep], cols[keep]])
-    return {
-        "pred_index": torch.from_numpy(_concat(pairs_pred, np.int64)),
-        "true_index": torch.from_numpy(_concat(pairs_true, np.int64)),
-        "distance_px": torch.from_numpy(_concat(pairs_dist, np.float64)),
-    }
-
-
-def _concat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
-    return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
-
-
-def _match_by_label_map(
-    pred: np.ndarray, pred_cls: np.ndarray, true_cls: np.ndarray, label_map: torch.Tensor | np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """SHREC hit-box rule: a pick hits particle j if ``label_map[z, y, x] == j + 1`` (0 = background)."""
-    labels = np.asarray(label_map.detach().cpu() if isinstance(label_map, torch.Tensor) else label_map)
-    if labels.ndim != pred.shape[1]:
-        raise ValueError(f"picking_scores: label_map is {labels.ndim}D but the picks are {pred.shape[1]}D")
-    index = np.rint(pred[:, ::-1]).astype(np.int64)  # (x, y, z) -> (z, y, x)
-    inside = np.all((index >= 0) & (index < np.array(labels.shape)), axis=1)
-    hit = np.zeros(len(pred), dtype=np.int64)
-    hit[inside] = labels[tuple(index[inside].T)]
-    if hit.max(initial=0) > len(true_cls):
-        raise ValueError(f"picking_scores: label_map holds label {hit.max()} but only {len(true_cls)} true particles")
-    true_idx = hit - 1
-    hits = np.flatnonzero(true_idx >= 0)
-    candidates = hits[pred_cls[hits] == true_cls[true_idx[hits]]]
-    _, first = np.unique(true_idx[candidates], return_index=True)  # the first pick in order wins
-    chosen = candidates[first]
-    return chosen, true_idx[chosen]
-
-
-def _scores(tp: int, n_pred: int, n_true: int) -> dict:
-    precision = tp / n_pred if n_pred else 0.0
-    recall = tp / n_true if n_true else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"tp": tp, "fp": n_pred - tp, "fn": n_true - tp, "precision": precision, "recall": recall, "f1": f1}
-
-
-def picking_scores(
-    pred_xyz: torch.Tensor | np.ndarray,
-    pred_class: torch.Tensor | np.ndarray | None,
-    true_xyz: torch.Tensor | np.ndarray,
-    true_class: torch.Tensor | np.ndarray | None,
-    max_distance_px: float | None = None,
-    *,
-    label_map: torch.Tensor | np.ndarray | None = None,
-) -> dict:
-    """Precision, recall and F1 per class and overall (micro-averaged) for particle picks.
-
-    Give exactly one rule. Distance rule (``max_distance_px``): :func:`match_picks`. Hit-box rule
-    (``label_map``, SHREC'19): an occupancy map indexed (z, y, x) holding ``j + 1`` inside true
-    particle ``j`` and 0 elsewhere; a pick of the right class inside an unclaimed particle is a
-    true positive, the first such pick (in input order, so sort by score) claims it, and repeated
-    hits are false positives. Returns ``{"overall": scores, "per_class": {class: scores}}`` with
-    scores ``tp, fp, fn, precision, recall, f1``.
-    """
-    if (max_distance_px is None) == (label_map is None):
-        raise ValueError("picking_scores: give exactly one of max_distance_px and label_map")
-    pred, true = _as_points(pred_xyz, "pred_xyz"), _as_points(true_xyz, "true_xyz")
-    pred_cls = _as_classes(pred_class, len(pred), "pred_class")
-    true_cls = _as_classes(true_class, len(true), "true_class")
-    if label_map is None:
-        matched = match_picks(pred, pred_cls, true, true_cls, max_distance_px)
-        matched_pred = matched["pred_index"].numpy()
-    else:
-        matched_pred, _ = _match_by_label_map(pred, pred_cls, true_cls, label_map)
-    per_class = {}
-    for cls in np.union1d(np.unique(pred_cls), np.unique(true_cls)).tolist():
-        tp = int(np.sum(pred_cls[matched_pred] == cls))
-        per_class[cls] = _scores(tp, int(np.sum(pred_cls == cls)), int(np.sum(true_cls == cls)))
-    return {"overall": _scores(len(matched_pred), len(pred), len(true)), "per_class": per_class}

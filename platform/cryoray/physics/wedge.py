@@ -22,6 +22,7 @@ from .fourier import fft3_centered, frequency_grid, ifft3_centered
 
 __all__ = [
     "missing_wedge_mask",
+    "missing_wedge_region",
     "tilt_series_mask",
     "apply_fourier_mask",
     "cube_rotations",
@@ -63,6 +64,22 @@ def missing_wedge_mask(
     measured = (angle >= tilt_min_deg - tolerance) & (angle <= tilt_max_deg + tolerance)
     on_axis = (along == 0) & (across == 0)
     return (measured | on_axis).to(dtype)
+
+
+
+def missing_wedge_region(
+    box: int,
+    tilt_min_deg: float = -60.0,
+    tilt_max_deg: float = 60.0,
+    tilt_axis: str = "y",
+    *,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """1 where a single-axis tilt series over the range measures nothing (``1 − missing_wedge_mask``), centred grid.
+
+    The region a restoration method has to fill; `fourier_shell_correlation(..., region=...)` scores it apart.
+    """
+    return 1.0 - missing_wedge_mask(box, tilt_min_deg, tilt_max_deg, tilt_axis, device=device)
 
 
 def tilt_series_mask(

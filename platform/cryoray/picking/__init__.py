@@ -7,6 +7,7 @@ tolerance. ``cryoray.io.figures.write_orthoslices_with_picks`` draws the picks o
 """
 
 from cryoray.picking.clustering import PICK_COLUMNS, cluster_picks
+from cryoray.picking.matching import match_picks, picking_scores
 from cryoray.picking.scoring import evaluate_picks, flatten_pick_scores, scores_table
 from cryoray.picking.sliding_window import sliding_window_predict, tile_starts_px
 
@@ -15,6 +16,8 @@ __all__ = [
     "cluster_picks",
     "evaluate_picks",
     "flatten_pick_scores",
+    "match_picks",
+    "picking_scores",
     "scores_table",
     "sliding_window_predict",
     "tile_starts_px",

@@ -92,8 +92,8 @@ def cluster_picks(
         zyx, cluster = zyx[kept], cluster[kept]
         n_clusters = int(cluster.max()) + 1
         n_voxels = np.bincount(cluster, minlength=n_clusters)
-        centre_zyx = np.stack([np.bincount(cluster, weights=zyx[:, a], minlength=n_clusters) for a in range(3)], 1)
-        centre_zyx /= n_voxels[:, None]
+        sums_zyx = np.stack([np.bincount(cluster, weights=zyx[:, a], minlength=n_clusters) for a in range(3)], 1)
+        centre_zyx = sums_zyx / n_voxels[:, None]
         if probabilities is None:
             score = np.ones(n_clusters)
         else:

@@ -1,6 +1,6 @@
 """Per-class picking scores by the SHREC hit-box rule and/or a distance tolerance, flattened for MLflow and CSV.
 
-Both rules are :func:`cryoray.physics.metrics.picking_scores`; this module adds what a picking
+Both rules are :func:`cryoray.picking.matching.picking_scores`; this module adds what a picking
 benchmark reports around them: class names, the macro average over the classes of the ground
 truth, the micro (pooled) overall score, and macro F1 per particle-size group (SHREC groups its
 classes by molecular weight, where small particles are the hard ones).
@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
 
 from cryoray.errors import CryorayInputError
-from cryoray.physics.metrics import picking_scores
+from cryoray.picking.matching import picking_scores
 
 __all__ = ["evaluate_picks", "flatten_pick_scores", "scores_table"]
 
@@ -35,7 +36,7 @@ def _mean(values: list[float]) -> float:
 
 
 def _rule_result(
-    raw: dict, truth_classes: list[int], class_names: dict[int, str], size_groups: dict[int, str]
+    raw: dict, truth_classes: list[int], class_names: Mapping[int, str], size_groups: Mapping[int, str]
 ) -> dict:
     per_class = {
         int(cls): {"name": class_names.get(int(cls), str(cls)), "size_group": size_groups.get(int(cls))} | scores
@@ -59,8 +60,8 @@ def evaluate_picks(
     *,
     instance_map: np.ndarray | None = None,
     tolerance_px: float | None = None,
-    class_names: dict[int, str] | None = None,
-    size_groups: dict[int, str] | None = None,
+    class_names: Mapping[int, str] | None = None,
+    size_groups: Mapping[int, str] | None = None,
 ) -> dict:
     """Precision, recall, F1, tp, fp, fn per class, macro, micro and per size group, for one or both rules.
 

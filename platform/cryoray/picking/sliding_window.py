@@ -123,7 +123,8 @@ def sliding_window_predict(
     padded = _pad_to_patch(volume, patch_px, pad_mode)
     run_device = torch.device(device) if device is not None else volume.device
     starts = [tile_starts_px(n, patch_px, overlap_px) for n in padded.shape]
-    origins = list(itertools.product(*starts))
+    z_starts, y_starts, x_starts = starts
+    origins = list(itertools.product(z_starts, y_starts, x_starts))
     output: torch.Tensor | None = None
     window: torch.Tensor | None = None
     with torch.no_grad():
@@ -135,7 +136,7 @@ def sliding_window_predict(
                     f"sliding_window_predict: predict returned shape {tuple(prediction.shape)} for a batch of "
                     f"shape {(len(batch), 1, patch_px, patch_px, patch_px)}; expected (B, C, p, p, p)"
                 )
-            if output is None:
+            if output is None or window is None:  # the first batch (both are set together)
                 dtype = torch.promote_types(prediction.dtype, torch.float32)
                 output = torch.zeros((prediction.shape[1], *padded.shape), dtype=dtype, device=volume.device)
                 window = _window_1d(patch_px, weighting, dtype, run_device)

@@ -37,6 +37,7 @@ from cryoray.physics import (
     matrix_to_euler_relion,
     random_rotations,
     snr_db_to_linear,
+    validate_ctf_parameters,
 )
 
 STACK_NAME = "particles.mrcs"
@@ -130,6 +131,8 @@ def simulate_particle_stack(
         raise CryorayInputError(None, "snr_db", "a finite number", snr_db)
     if not (math.isfinite(max_shift_px) and max_shift_px >= 0):
         raise CryorayInputError(None, "max_shift_px", "a finite number >= 0", max_shift_px)
+    if ctf:
+        validate_ctf_parameters(voxel, voltage_kv, amplitude_contrast)
     density = _check_volume(volume)
     box = int(density.shape[0])
     generator = torch.Generator().manual_seed(int(np.random.SeedSequence(seed).generate_state(1)[0]))
@@ -171,6 +174,7 @@ def simulate_particle_stack(
         rotations = euler_relion_to_matrix(*angles_deg).to(torch.float32)
         batch = form_particle_images(density, rotations, voxel, origin, ctf_parameters)
         clean[start : start + len(rows)] = batch
+    noise_std: torch.Tensor | float  # a 0-d tensor (the stack is one sample) or 0.0 without noise
     if snr_linear is None and snr_db is None:
         noisy, noise_std = clean.clone(), 0.0
     else:

@@ -67,18 +67,19 @@ from scipy import ndimage
 
 from cryoray.errors import CryorayInputError
 from cryoray.io.atomic import atomic_model_to_density
+from cryoray.io.manifest import SizeGroup
 from cryoray.io.mrc import read_mrc
 from cryoray.io.validate import check_finite, check_positive
 from cryoray.physics import (
     add_gaussian_noise,
-    electron_wavelength_angstrom,
+    compute_ctf,
     euler_relion_to_matrix,
     matrix_to_euler_relion,
     random_rotations,
 )
 from cryoray.physics.wedge import tilt_series_mask
 
-SIZE_GROUPS = ("tiny", "small", "medium", "large")
+SIZE_GROUPS: tuple[SizeGroup, ...] = ("tiny", "small", "medium", "large")
 # Upper bounds (Å, exclusive) of the equivalent-volume radius for tiny, small, medium; larger is "large".
 SIZE_GROUP_UPPER_RADIUS_ANGSTROM = (32.0, 42.0, 70.0)
 MASK_THRESHOLD_FRACTION = 0.2
@@ -89,7 +90,7 @@ PARTICLE_TABLE_COLUMNS = ("x_px", "y_px", "z_px", "class_id", "rot_deg", "tilt_d
 _HALF_VOXEL_DIAGONAL = math.sqrt(3.0) / 2.0
 
 
-def size_group_for_radius(radius_angstrom: float) -> str:
+def size_group_for_radius(radius_angstrom: float) -> SizeGroup:
     """The SHREC-like size group of a particle from its equivalent-volume radius in Å."""
     for group, upper in zip(SIZE_GROUPS, SIZE_GROUP_UPPER_RADIUS_ANGSTROM):
         if radius_angstrom < upper:
@@ -119,7 +120,7 @@ class Species:
     source: str = ""
     radius_px: float = field(init=False)
     bounding_radius_px: float = field(init=False)
-    size_group: str = field(init=False)
+    size_group: SizeGroup = field(init=False)
 
     def __post_init__(self) -> None:
         where = f"species {self.name!r}"
@@ -211,7 +212,7 @@ def species_from_density(
 
 
 def _window(
-    centre_zyx: Sequence[int], box_shape: Sequence[int], shape_zyx: Sequence[int]
+    centre_zyx: Sequence[int] | np.ndarray, box_shape: Sequence[int], shape_zyx: Sequence[int]
 ) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
     """Slices of a volume and of a box whose voxel n//2 sits on `centre_zyx`, clipped at the volume's borders."""
     volume_slices, box_slices = [], []
@@ -333,9 +334,9 @@ def _along(points: np.ndarray, sigma: float, weight: float = 1.0) -> list[tuple[
 
 
 def _segment(start: Sequence[float], end: Sequence[float], spacing: float = 0.7) -> np.ndarray:
-    start, end = np.asarray(start, dtype=float), np.asarray(end, dtype=float)
-    n = max(int(np.ceil(np.linalg.norm(end - start) / spacing)), 1) + 1
-    return start + np.linspace(0.0, 1.0, n)[:, None] * (end - start)
+    first, last = np.asarray(start, dtype=float), np.asarray(end, dtype=float)
+    n = max(int(np.ceil(np.linalg.norm(last - first) / spacing)), 1) + 1
+    return first + np.linspace(0.0, 1.0, n)[:, None] * (last - first)
 
 
 def _helix(radius: float, pitch: float, turns: float, spacing: float = 0.7) -> np.ndarray:
@@ -449,17 +450,17 @@ class TomogramCtf(BaseModel):
 
 
 def isotropic_ctf(shape_zyx: Sequence[int], voxel_size_angstrom: float, ctf: TomogramCtf) -> torch.Tensor:
-    """``CTF(|k|)`` on the centred 3D grid of a (Z, Y, X) volume, float64 (formula of `cryoray.physics.ctf`)."""
+    """``CTF(|k|)`` on the centred 3D grid of a (Z, Y, X) volume, float64 (`cryoray.physics.ctf.compute_ctf`)."""
     axes = [(torch.arange(n, dtype=torch.float64) - n // 2) / (n * voxel_size_angstrom) for n in shape_zyx]
     kz, ky, kx = torch.meshgrid(*axes, indexing="ij")
-    s2 = kx**2 + ky**2 + kz**2
-    wavelength = electron_wavelength_angstrom(ctf.voltage_kv)
-    chi = (
-        math.pi * wavelength * ctf.defocus_angstrom * s2
-        - 0.5 * math.pi * ctf.cs_mm * 1e7 * wavelength**3 * s2**2
-        + math.asin(ctf.amplitude_contrast)
+    return compute_ctf(
+        torch.sqrt(kx**2 + ky**2 + kz**2),
+        defocus_u_angstrom=ctf.defocus_angstrom,
+        voltage_kv=ctf.voltage_kv,
+        cs_mm=ctf.cs_mm,
+        amplitude_contrast=ctf.amplitude_contrast,
+        bfactor_angstrom2=ctf.bfactor_angstrom2,
     )
-    return -torch.sin(chi) * torch.exp(-ctf.bfactor_angstrom2 * s2 / 4)
 
 
 def _fourier_filter(volume: torch.Tensor, transfer_centred: torch.Tensor) -> torch.Tensor:
@@ -500,7 +501,8 @@ def _check_species(species: Sequence[Species]) -> dict[int, Species]:
 def _check_shape(shape_zyx: Sequence[int]) -> tuple[int, int, int]:
     if len(shape_zyx) != 3 or any(isinstance(n, bool) or int(n) != n or n < 8 for n in shape_zyx):
         raise CryorayInputError(None, "shape_zyx", "three integers >= 8 (z, y, x)", list(shape_zyx))
-    return tuple(int(n) for n in shape_zyx)
+    z, y, x = (int(n) for n in shape_zyx)
+    return z, y, x
 
 
 def _counts_per_class(counts: int | Sequence[int] | Mapping[int, int], species: Sequence[Species]) -> dict[int, int]:
@@ -509,7 +511,9 @@ def _counts_per_class(counts: int | Sequence[int] | Mapping[int, int], species: 
         if unknown:
             raise CryorayInputError(None, "counts", "class ids of the given species", unknown)
         per_class = {s.class_id: counts.get(s.class_id, 0) for s in species}
-    elif isinstance(counts, (int, np.integer)) and not isinstance(counts, bool):
+    elif isinstance(counts, bool):
+        raise CryorayInputError(None, "counts", "whole numbers >= 0", counts)
+    elif isinstance(counts, (int, np.integer)):
         per_class = {s.class_id: int(counts) for s in species}
     else:
         counts = list(counts)
@@ -682,7 +686,7 @@ def _paint_masks(
     particles: pd.DataFrame, species: Sequence[Species], shape_zyx: Sequence[int], values: np.ndarray, dtype: type
 ) -> np.ndarray:
     shape = _check_shape(shape_zyx)
-    out = np.zeros(shape, dtype=dtype)
+    out: np.ndarray = np.zeros(shape, dtype=dtype)
     kinds = _particle_species(particles, species)
     missing = [c for c in ("rot_deg", "tilt_deg", "psi_deg") if c not in particles]
     if missing:

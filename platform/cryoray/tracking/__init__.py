@@ -16,16 +16,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# A dead tracking server should cost seconds, not MLflow's default minutes of retries.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+from mlflow.entities import Metric, Param, RunStatus
+from mlflow.tracking import MlflowClient
 
-from mlflow.entities import Metric, Param, RunStatus  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
-
-from cryoray import __version__  # noqa: E402
+from cryoray import __version__
 
 MAX_PARAM_LENGTH = 6000
+# A dead tracking server should cost seconds, not MLflow's default minutes of retries (a user's setting wins).
+FAIL_FAST_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+
+def tracking_client(tracking_uri: str) -> MlflowClient:
+    """The one way cryoray opens an MLflow client: with fail-fast HTTP defaults.
+
+    MLflow reads these variables at every request, so they are set here, when a process first talks to a
+    server (the driver, or rank 0 of a Train run), rather than as a side effect of importing this module.
+    """
+    for name, value in FAIL_FAST_HTTP.items():
+        os.environ.setdefault(name, value)
+    return MlflowClient(tracking_uri)
 
 
 def default_tracking_uri(base_dir: str | Path) -> str:
@@ -43,23 +52,6 @@ def flatten_params(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
         else:
             flat[name] = str(value)[:MAX_PARAM_LENGTH]
     return flat
-
-
-def local_model_path(reference: str) -> Path:
-    """A model reference as a local path: MLflow artifact URIs (``runs:/<id>/outputs/model.pt``, ``s3://…``) are
-    downloaded to a temp folder; anything else is taken as a path. A failed download is the user's bad input."""
-    if "://" not in reference and not reference.startswith("runs:/"):
-        return Path(reference)
-    import tempfile
-
-    import mlflow
-
-    from cryoray.errors import CryorayInputError
-
-    try:
-        return Path(mlflow.artifacts.download_artifacts(reference, dst_path=tempfile.mkdtemp(prefix="cryoray-model-")))
-    except Exception as exc:  # noqa: BLE001 - any download failure is the user's reference
-        raise CryorayInputError(reference, "--model", "a downloadable MLflow artifact URI", str(exc).splitlines()[0]) from None
 
 
 def git_sha(repo_dir: str | Path = ".") -> str:
@@ -87,7 +79,7 @@ class RunLogger:
 
     def __init__(self, handle: TrackingHandle | None) -> None:
         self.handle = handle
-        self._client = MlflowClient(handle.tracking_uri) if handle else None
+        self._client = tracking_client(handle.tracking_uri) if handle else None
 
     @property
     def active(self) -> bool:
@@ -104,7 +96,7 @@ class RunLogger:
         self._client = None
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        if not self._client or not metrics:
+        if not self._client or self.handle is None or not metrics:
             return
         now = int(time.time() * 1000)
         batch = [Metric(key, float(value), now, step) for key, value in metrics.items()]
@@ -114,7 +106,7 @@ class RunLogger:
             self._disable("logging metrics", exc)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        if not self._client:
+        if not self._client or self.handle is None:
             return
         try:
             self._client.log_artifact(self.handle.run_id, str(path), artifact_path)
@@ -122,7 +114,7 @@ class RunLogger:
             self._disable(f"uploading {path}", exc)
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        if not self._client:
+        if not self._client or self.handle is None:
             return
         try:
             for key, value in tags.items():
@@ -131,7 +123,7 @@ class RunLogger:
             self._disable("setting tags", exc)
 
     def finish(self, succeeded: bool) -> None:
-        if not self._client:
+        if not self._client or self.handle is None:
             return
         status = RunStatus.to_string(RunStatus.FINISHED if succeeded else RunStatus.FAILED)
         try:
@@ -150,7 +142,7 @@ def start_run(
 ) -> TrackingHandle | None:
     """Create the job's run (nested under ``parent_run_id`` for sweep trials); None if tracking is down."""
     try:
-        client = MlflowClient(tracking_uri)
+        client = tracking_client(tracking_uri)
         experiment = client.get_experiment_by_name(experiment_name)
         if experiment is not None:
             experiment_id = experiment.experiment_id

@@ -1,1 +1,2 @@
-"""The one generic Ray Train runner (``runner.run_training``) and the per-worker context."""
+"""Training: the Method contract (``method``), the per-worker context, the Ray-free step (``loop``) and the one
+generic Ray Train runner (``runner.run_training``)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,7 @@ import torch.distributed as dist
 if TYPE_CHECKING:
     import ray.data
 
+    from cryoray.config import RunnerConfig
     from cryoray.io.manifest import DatasetManifest
 
 
@@ -22,14 +24,15 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass
 class TrainContext:
-    """What a method's hooks may use on a worker."""
+    """What a method's hooks may use on a worker; the runner sets the step budget and the counters."""
 
     rank: int
     world_size: int
     device: torch.device
     dataset_dir: Path
     manifest: DatasetManifest
-    runner: Any  # cryoray.config.RunnerConfig
+    runner: RunnerConfig
+    steps_per_epoch: int = 1  # this worker's training steps per epoch (all workers take the same number)
     epoch: int = 0
     global_step: int = 0
     datasets: dict[str, ray.data.DataIterator] = field(default_factory=dict)
@@ -37,6 +40,25 @@ class TrainContext:
     @property
     def is_rank_zero(self) -> bool:
         return self.rank == 0
+
+    @property
+    def total_steps(self) -> int:
+        """Training steps of the whole run on this worker: the budget schedules are written against."""
+        return self.steps_per_epoch * self.runner.epochs
+
+    @property
+    def is_last_epoch(self) -> bool:
+        return self.epoch == self.runner.epochs - 1
+
+    @property
+    def epoch_seed(self) -> int:
+        """This rank's seed for this epoch's shuffles: epochs and ranks differ, a run with the same ``runner.seed``
+        repeats them."""
+        return (self.runner.seed * 1_000_003 + self.epoch) * 1009 + self.rank
+
+    def epoch_is_due(self, every_epochs: int) -> bool:
+        """True on every ``every_epochs``-th epoch and on the last one: the cadence of costly evaluations."""
+        return self.is_last_epoch or (self.epoch + 1) % every_epochs == 0
 
     @property
     def distributed(self) -> bool:
@@ -79,7 +101,7 @@ class TrainContext:
     ) -> torch.Tensor:
         """Weighted sum of named loss terms -> finite check -> backward -> optimiser step."""
         self.check_finite(losses)
-        total = sum((weights or {}).get(name, 1.0) * value for name, value in losses.items())
+        total = functools.reduce(torch.add, ((weights or {}).get(name, 1.0) * value for name, value in losses.items()))
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         optimizer.step()

@@ -8,7 +8,9 @@ rank 0, and finally lets the method write its artifacts.
 
 from __future__ import annotations
 
+import json
 import tempfile
+import threading
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,20 +21,23 @@ import ray.train
 import ray.train.torch
 import torch
 from pydantic import BaseModel
-from ray.train import Checkpoint, CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig, UserCallback
+from ray.data import ExecutionOptions
+from ray.train import Checkpoint, CheckpointConfig, DataConfig, FailureConfig, Result, RunConfig, ScalingConfig, UserCallback
 from ray.train.torch import TorchTrainer
 
-from cryoray import __version__
 from cryoray.config import JobConfig
 from cryoray.io.manifest import DatasetManifest
-from cryoray.methods.base import Method, TrainState
+from cryoray.io.models import (
+    read_checkpoint,
+    read_sharded_checkpoint,
+    sharded_checkpoint_files,
+    write_checkpoint,
+    write_sharded_checkpoint,
+)
 from cryoray.tracking import RunLogger, TrackingHandle
 from cryoray.train.context import NonFiniteLossError, TrainContext
-
-CHECKPOINT_SCHEMA_VERSION = 1
-CHECKPOINT_FILE = "state.pt"
-# Per-rank files of TrainState.sharded: "<prefix><rank>-of-<world size>.pt" next to state.pt.
-SHARDED_FILE_PREFIX = "sharded-rank"
+from cryoray.train.loop import steps_per_epoch, take_step
+from cryoray.train.method import Method, TrainState
 
 
 @dataclass
@@ -47,7 +52,7 @@ class TrainingOutcome:
 
 
 def run_training(
-    method: Method,
+    method: Method[Any],
     job: JobConfig,
     method_config: BaseModel,
     dataset_dir: Path,
@@ -61,11 +66,10 @@ def run_training(
     ``callbacks`` are Ray Train controller callbacks, e.g. a sweep trial's ``TuneReportCallback`` that forwards
     every epoch report to Tune.
     """
-    datasets = method.datasets(dataset_dir, manifest, method_config)
+    datasets = method.datasets(dataset_dir, manifest, method_config, seed=job.train.seed)
     resources: dict[str, float] = {"CPU": job.train.cpus_per_worker}
     if job.use_gpu:
         resources["GPU"] = 1
-    storage_path = job.storage_path or str(Path(job.output_dir) / "checkpoints")
     trainer = TorchTrainer(
         _worker_loop,
         train_loop_config={
@@ -74,6 +78,7 @@ def run_training(
             "method_config": method_config.model_dump(),
             "dataset_dir": str(dataset_dir),
             "dataset_names": sorted(datasets),
+            "epoch_items": method.epoch_items(method_config, manifest),
             "manifest": manifest.model_dump(),
             "tracking": tracking,
         },
@@ -82,15 +87,15 @@ def run_training(
         ),
         run_config=RunConfig(
             name=run_name,
-            storage_path=storage_path,
+            storage_path=job.checkpoint_storage,
             failure_config=FailureConfig(max_failures=job.train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=job.train.checkpoints_to_keep),
             callbacks=callbacks,
         ),
         datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+        dataset_config=DataConfig(datasets_to_split=["train"], execution_options=_ordered_ingest()),
     )
-    result = trainer.fit()
+    result = _fit_off_the_main_thread(trainer)
     outcome: dict[str, Any] = result.return_value
     if outcome.get("error"):
         raise NonFiniteLossError(outcome["error"])
@@ -103,75 +108,82 @@ def run_training(
     )
 
 
-def _sharded_file(rank: int, world_size: int) -> str:
-    return f"{SHARDED_FILE_PREFIX}{rank:05d}-of-{world_size:05d}.pt"
+def last_registered_checkpoint(run_dir: str) -> str | None:
+    """The newest checkpoint Ray Train registered for a run (the one a rerun with its name resumes from), read
+    from Ray's ``checkpoint_manager_snapshot.json``; None before the first, or for remote storage."""
+    snapshot = Path(run_dir) / "checkpoint_manager_snapshot.json"
+    try:
+        latest = json.loads(snapshot.read_text())["latest_checkpoint_result"]
+    except (OSError, ValueError, KeyError):
+        return None
+    return str(Path(run_dir) / latest["checkpoint_dir_name"]) if latest else None
+
+
+def _fit_off_the_main_thread(trainer: TorchTrainer) -> Result:
+    """``trainer.fit()`` in a daemon thread. In the main thread Ray Train installs its own SIGINT handler, which
+    aborts the run and exits the process with status 1, skipping the job's cleanup and its one-line report;
+    from another thread it does not, so Ctrl-C and SIGTERM reach the job as exceptions (``cryoray.cli``)."""
+    outcome: dict[str, Any] = {}
+
+    def fit() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as exc:  # noqa: BLE001 - handed to the calling thread as it is
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=fit, name="ray-train-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(timeout=0.5)  # short waits: the main thread runs signal handlers between them
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
+def _ordered_ingest() -> ExecutionOptions:
+    """Ray Train's ingest options with ``preserve_order``: blocks leave in the (seeded) read order, not in the order
+    their tasks finish, so one worker streams the same rows every run with the same seed."""
+    options = DataConfig.default_ingest_options()
+    options.preserve_order = True
+    return options
+
+
+def _save_state(directory: Path, method: Method[Any], config: dict[str, Any], state: TrainState, ctx: TrainContext) -> None:
+    write_checkpoint(
+        directory,
+        method=method.name,
+        config=config,
+        epoch=ctx.epoch,
+        global_step=ctx.global_step,
+        modules={name: state.unwrapped(name) for name in state.modules},
+        optimizers=state.optimizers,
+        schedulers=state.schedulers,
+        extra=state.extra,
+    )
 
 
 def _save_sharded_state(directory: Path, state: TrainState, ctx: TrainContext) -> None:
     """This rank's own file; Ray Train merges the files every rank reports into one checkpoint directory."""
-    torch.save(
-        {
-            "schema_version": CHECKPOINT_SCHEMA_VERSION,
-            "rank": ctx.rank,
-            "world_size": ctx.world_size,
-            "epoch": ctx.epoch,
-            "states": {name: shard.shard_state_dict() for name, shard in state.sharded.items()},
-        },
-        directory / _sharded_file(ctx.rank, ctx.world_size),
-    )
+    states = {name: shard.shard_state_dict() for name, shard in state.sharded.items()}
+    write_sharded_checkpoint(directory, ctx.rank, ctx.world_size, ctx.epoch, states)
 
 
 def _iter_sharded_states(directory: Path, name: str, ctx: TrainContext) -> Iterator[dict[str, Any]]:
     """The saved shards of ``name``, one file at a time, this rank's own file (same world size) first."""
-    paths = sorted(directory.glob(f"{SHARDED_FILE_PREFIX}*.pt"))
-    own = directory / _sharded_file(ctx.rank, ctx.world_size)
-    for path in sorted(paths, key=lambda p: p != own):
-        saved = torch.load(path, map_location=ctx.device, weights_only=False)
-        if saved.get("schema_version") != CHECKPOINT_SCHEMA_VERSION:
-            raise ValueError(
-                f"{path}: schema_version: expected {CHECKPOINT_SCHEMA_VERSION}, got {saved.get('schema_version')}"
-            )
-        if name not in saved["states"]:
-            raise ValueError(f"{path}: holds no sharded state {name!r} (has {sorted(saved['states'])})")
-        yield saved["states"][name]
+    for path in sharded_checkpoint_files(directory, ctx.rank, ctx.world_size):
+        states = read_sharded_checkpoint(path, map_location=ctx.device)
+        if name not in states:
+            raise ValueError(f"{path}: holds no sharded state {name!r} (has {sorted(states)})")
+        yield states[name]
 
 
-def _save_state(directory: Path, method: Method, config: dict[str, Any], state: TrainState, ctx: TrainContext) -> None:
-    torch.save(
-        {
-            "schema_version": CHECKPOINT_SCHEMA_VERSION,
-            "cryoray_version": __version__,
-            "method": method.name,
-            "config": config,
-            "epoch": ctx.epoch,
-            "global_step": ctx.global_step,
-            "modules": {name: state.unwrapped(name).state_dict() for name in state.modules},
-            "optimizers": {name: opt.state_dict() for name, opt in state.optimizers.items()},
-            "schedulers": {name: sch.state_dict() for name, sch in state.schedulers.items()},
-            "extra": state.extra,
-        },
-        directory / CHECKPOINT_FILE,
-    )
-
-
-def load_checkpoint_state(directory: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a runner checkpoint, checking its schema version (also used by apply/inference modes)."""
-    path = Path(directory) / CHECKPOINT_FILE
-    state = torch.load(path, map_location=map_location, weights_only=False)
-    if state.get("schema_version") != CHECKPOINT_SCHEMA_VERSION:
-        raise ValueError(
-            f"{path}: schema_version: expected {CHECKPOINT_SCHEMA_VERSION}, got {state.get('schema_version')}"
-        )
-    return state
-
-
-def _restore(method: Method, state: TrainState, ctx: TrainContext) -> int | None:
+def _restore(method: Method[Any], state: TrainState, ctx: TrainContext) -> int | None:
     """Load the latest checkpoint Ray hands this worker group; returns the epoch it holds, or None."""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as directory:
-        saved = load_checkpoint_state(directory, map_location=ctx.device)
+        saved = read_checkpoint(directory, map_location=ctx.device)
         if saved["method"] != method.name:
             raise ValueError(f"checkpoint holds method {saved['method']!r}, this job trains {method.name!r}")
         for name, module in state.modules.items():
@@ -188,7 +200,7 @@ def _restore(method: Method, state: TrainState, ctx: TrainContext) -> int | None
 
 
 def _worker_loop(loop_config: dict[str, Any]) -> dict[str, Any] | None:
-    method: Method = loop_config["method"]
+    method: Method[Any] = loop_config["method"]
     job = JobConfig.model_validate(loop_config["job"])
     method_config = method.config_schema.model_validate(loop_config["method_config"])
     train_context = ray.train.get_context()
@@ -200,6 +212,7 @@ def _worker_loop(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         manifest=DatasetManifest.model_validate(loop_config["manifest"]),
         runner=job.train,
     )
+    ctx.steps_per_epoch = steps_per_epoch(loop_config["epoch_items"], ctx.world_size, job.train)
     ctx.datasets = {name: ray.train.get_dataset_shard(name) for name in loop_config["dataset_names"]}
     torch.manual_seed(job.train.seed * 1009 + ctx.rank)
 
@@ -211,7 +224,7 @@ def _worker_loop(loop_config: dict[str, Any]) -> dict[str, Any] | None:
             module, parallel_strategy_kwargs={"find_unused_parameters": method.find_unused_parameters}
         )
     logger = RunLogger(loop_config["tracking"] if ctx.is_rank_zero else None)
-    checkpoint_config = {"job": loop_config["job"], "method": loop_config["method_config"]}
+    checkpoint_config = {"job": job.model_dump(mode="json"), "method": method_config.model_dump(mode="json")}
 
     epoch_metrics: dict[str, float] = {}
     try:
@@ -259,16 +272,16 @@ def _worker_loop(loop_config: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _train_one_epoch(
-    method: Method, state: TrainState, config: BaseModel, ctx: TrainContext, logger: RunLogger
+    method: Method[Any], state: TrainState, config: BaseModel, ctx: TrainContext, logger: RunLogger
 ) -> dict[str, float]:
     """Steps over this worker's shard, then rank-averaged train metrics plus the method's evaluation."""
     for module in state.modules.values():
         module.train()
     sums: dict[str, float] = defaultdict(float)
     steps = 0
-    for batch in method.train_batches(config, ctx):
-        step_metrics = method.train_step(state, batch, config, ctx)
-        ctx.global_step += 1
+    method.begin_epoch(state, config, ctx)
+    for batch in method.train_batches(state, config, ctx):
+        step_metrics = take_step(method, state, batch, config, ctx)
         steps += 1
         for key, value in step_metrics.items():
             sums[key] += value

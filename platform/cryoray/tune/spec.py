@@ -18,7 +18,7 @@ from ray import tune
 from cryoray.config import JobConfig, deep_update, format_validation_errors, read_yaml_config, validate_job_config
 from cryoray.errors import CryorayInputError
 from cryoray.methods import METHODS
-from cryoray.methods.base import Method
+from cryoray.train.method import Method
 
 # Per-trial job settings the sweep driver assigns; a spec may not set them.
 TRIAL_OWNED_KEYS = ("output_dir", "run_name", "overwrite")
@@ -68,7 +68,9 @@ class Distribution(BaseModel):
         for bounds in (self.loguniform, self.uniform, self.randint):
             if bounds is not None:
                 return list(bounds)
-        return list(self.choice if self.choice is not None else self.grid)
+        values = self.choice if self.choice is not None else self.grid
+        assert values is not None  # _one_valid_kind: exactly one kind is set
+        return list(values)
 
 
 class SchedulerSpec(BaseModel):
@@ -76,10 +78,12 @@ class SchedulerSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     type: Literal["none", "asha"] = "none"
-    grace_period_epochs: int = Field(1, ge=1, description="epochs every trial runs before it can be stopped")
-    reduction_factor: float = Field(2.0, gt=1, description="1/reduction_factor of trials go on at each rung")
+    grace_period_epochs: int = Field(default=1, ge=1, description="epochs every trial runs before it can be stopped")
+    reduction_factor: float = Field(default=2.0, gt=1, description="1/reduction_factor of trials go on at each rung")
     max_t_epochs: int | None = Field(
-        None, ge=1, description="last rung (trials past it run to the end); default: one less than the largest train.epochs"
+        default=None,
+        ge=1,
+        description="last rung (trials past it run to the end); default: one less than the largest train.epochs",
     )
 
 
@@ -88,8 +92,8 @@ class SmokeSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     base: dict[str, Any] = Field(default_factory=dict, description="merged over base; dataset defaults to the method's smoke set")
-    num_samples: int | None = Field(None, ge=1)
-    max_concurrent_trials: int | None = Field(None, ge=1)
+    num_samples: int | None = Field(default=None, ge=1)
+    max_concurrent_trials: int | None = Field(default=None, ge=1)
     scheduler: SchedulerSpec | None = None
 
 

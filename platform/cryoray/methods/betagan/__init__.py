@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -37,9 +37,9 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 from cryoray.data.particles import particle_dataset
 from cryoray.errors import CryorayInputError
 from cryoray.io.manifest import DatasetManifest
+from cryoray.io.models import MODEL_FILE, write_model_file
 from cryoray.io.mrc import write_mrc
 from cryoray.io.star import write_particles_star
-from cryoray.methods.base import Method, TrainState
 from cryoray.methods.betagan import losses
 from cryoray.methods.betagan.evaluation import (
     CLEAN_COLUMN,
@@ -55,11 +55,11 @@ from cryoray.methods.betagan.evaluation import (
 )
 from cryoray.methods.betagan.networks import Architecture, DenoisingAutoencoder, Discriminator
 from cryoray.train.context import TrainContext
+from cryoray.train.method import Method, TrainState
 
 LossKind = Literal["alpha_beta", "js", "wgan_gp", "l2_ae", "l1_ae"]
 ContaminationKind = Literal["noise", "wrong_particle", "heavy_tailed"]
 ADVERSARIAL: tuple[str, ...] = ("alpha_beta", "js", "wgan_gp")
-MODEL_FILE = "model.pt"
 
 
 class BetaGANConfig(BaseModel):
@@ -134,16 +134,16 @@ def build_generator(config: BetaGANConfig) -> DenoisingAutoencoder:
     return DenoisingAutoencoder(list(config.channels), config.residual_blocks, config.architecture)
 
 
-class BetaGAN(Method):
+class BetaGAN(Method[BetaGANConfig]):
     """(α,β)-GAN + λ·ℓ1 robust denoiser of particle images (see the module docstring)."""
 
-    name: ClassVar[str] = "betagan"
-    config_schema: ClassVar[type[BaseModel]] = BetaGANConfig
-    dataset_kind: ClassVar[str] = "particles"
-    default_dataset: ClassVar[str] = "particles-betagan-phantom"
-    smoke_dataset: ClassVar[str] = "particles-betagan-smoke"
-    default_preset: ClassVar[dict] = {"train": {"epochs": 4, "batch_size": 32, "log_every_steps": 20}}
-    smoke_preset: ClassVar[dict] = {
+    name = "betagan"
+    config_schema = BetaGANConfig
+    dataset_kind = "particles"
+    default_dataset = "particles-betagan-phantom"
+    smoke_dataset = "particles-betagan-smoke"
+    default_preset = {"train": {"epochs": 4, "batch_size": 32, "log_every_steps": 20}}
+    smoke_preset = {
         "num_workers": 2,
         "train": {"epochs": 2, "batch_size": 16, "max_steps_per_epoch": 12, "log_every_steps": 4},
         "method": {
@@ -172,7 +172,7 @@ class BetaGAN(Method):
         return val_start, test_start
 
     def datasets(
-        self, dataset_dir: Path, manifest: DatasetManifest, config: BetaGANConfig
+        self, dataset_dir: Path, manifest: DatasetManifest, config: BetaGANConfig, seed: int = 0
     ) -> dict[str, ray.data.Dataset]:
         if CLEAN_COLUMN not in manifest.columns:
             raise CryorayInputError(
@@ -197,7 +197,7 @@ class BetaGAN(Method):
                 "not installed",
             )
         val_start, _ = self.split_bounds(manifest, config)
-        train = particle_dataset(dataset_dir, manifest, extra_image_columns=(CLEAN_COLUMN,))
+        train = particle_dataset(dataset_dir, manifest, extra_image_columns=(CLEAN_COLUMN,), seed=seed)
         return {
             "train": train.filter(expr=f"particle_index < {val_start}").select_columns(
                 ["image", CLEAN_COLUMN, "particle_index"]
@@ -205,6 +205,9 @@ class BetaGAN(Method):
         }
 
     # ----- worker side -----------------------------------------------------------------------------------------------
+
+    def epoch_items(self, config: BetaGANConfig, manifest: DatasetManifest) -> int:
+        return self.split_bounds(manifest, config)[0]
 
     def setup(self, config: BetaGANConfig, manifest: DatasetManifest, ctx: TrainContext) -> TrainState:
         generator = build_generator(config).to(ctx.device)
@@ -221,13 +224,14 @@ class BetaGAN(Method):
             )
         return TrainState(modules=modules, optimizers=optimizers)
 
-    def train_batches(self, config: BetaGANConfig, ctx: TrainContext):
+    def train_batches(self, state: TrainState, config: BetaGANConfig, ctx: TrainContext):
         return ctx.datasets["train"].iter_torch_batches(
             batch_size=ctx.runner.batch_size,
             dtypes={"image": torch.float32, CLEAN_COLUMN: torch.float32, "particle_index": torch.int64},
             device=ctx.device,
             prefetch_batches=4,
             local_shuffle_buffer_size=ctx.runner.shuffle_buffer_images,
+            local_shuffle_seed=ctx.epoch_seed,
         )
 
     def train_step(
@@ -269,7 +273,7 @@ class BetaGAN(Method):
         discriminator = state.modules["discriminator"]
         batch = len(real)
         inputs = [real, fake]
-        interpolated = None
+        interpolated: torch.Tensor | None = None
         if config.loss == "wgan_gp":
             weight = torch.rand(batch, 1, 1, device=real.device)
             interpolated = (weight * real + (1 - weight) * fake).requires_grad_(True)
@@ -285,6 +289,7 @@ class BetaGAN(Method):
         elif config.loss == "js":
             terms = {"discriminator": losses.js_discriminator_loss(logits_real, logits_fake)}
         else:
+            assert interpolated is not None  # wgan_gp, the one loss left: its interpolates were made above
             terms = {
                 "discriminator": losses.wgan_critic_loss(logits_real, logits_fake),
                 "gradient_penalty": config.gp_weight * losses.gradient_penalty(outputs[2 * batch :], interpolated),
@@ -368,16 +373,15 @@ class BetaGAN(Method):
     ) -> dict[str, str]:
         if not ctx.is_rank_zero:
             return {}
-        path = output_dir / MODEL_FILE
-        torch.save(
+        path = write_model_file(
+            output_dir / MODEL_FILE,
+            self.name,
+            {"generator": state.unwrapped("generator")},
             {
-                "method": self.name,
-                "config": config.model_dump(),
+                "config": config.model_dump(mode="json"),
                 "pixel_size_angstrom": ctx.manifest.voxel_size_angstrom,
                 "box_px": ctx.manifest.box_px,
                 "dataset": ctx.manifest.name,
-                "generator": state.unwrapped("generator").state_dict(),
             },
-            path,
         )
         return {"model": str(path.resolve())}

@@ -22,45 +22,30 @@ import ray
 import ray.data
 import torch
 
-from cryoray.cli import connect_ray, run_tool
 from cryoray.errors import CryorayInputError
+from cryoray.io.models import Model, read_model
 from cryoray.io.mrc import open_stack_mmap
 from cryoray.io.star import read_particles_star, write_particles_star
 from cryoray.io.validate import check_can_write, check_finite
-from cryoray.methods.betagan import MODEL_FILE, BetaGANConfig, build_generator
+from cryoray.methods.betagan import BetaGANConfig, build_generator
 from cryoray.methods.betagan.evaluation import denormalise, normalise_pair
-from cryoray.tracking import local_model_path
+from cryoray.session import connect_ray, run_tool
 
 PIXEL_SIZE_TOLERANCE = 0.05
 
 
-def load_model(reference: str) -> dict[str, Any]:
-    """A training run's ``model.pt``: a path, the run's output folder, or ``runs:/<id>/outputs/model.pt``."""
-    path = local_model_path(reference)
-    if path.is_dir():
-        path = path / MODEL_FILE
-    if not path.is_file():
-        raise CryorayInputError(
-            path, "--model", f"a betagan {MODEL_FILE} (or the output folder of a training run)", "no such file"
-        )
-    try:
-        model = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - a corrupt or foreign file
-        raise CryorayInputError(path, "--model", "a file written by torch.save", type(exc).__name__) from None
-    if not isinstance(model, dict) or model.get("method") != "betagan":
-        raise CryorayInputError(
-            path, "method", "a betagan model", model.get("method") if isinstance(model, dict) else type(model).__name__
-        )
-    return model
+def load_model(reference: str) -> Model:
+    """The model a betagan training run wrote: a model file, the run's output folder, or an MLflow URI."""
+    return read_model(reference, "betagan", required=("pixel_size_angstrom",))
 
 
 class DenoiseBatch:
     """Ray Data callable class: one generator per worker, reused for every batch of image indices."""
 
-    def __init__(self, model: dict[str, Any], stack_path: str, pixel_size_angstrom: float, use_gpu: bool) -> None:
+    def __init__(self, model: Model, stack_path: str, pixel_size_angstrom: float, use_gpu: bool) -> None:
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
-        self.generator = build_generator(BetaGANConfig.model_validate(model["config"]))
-        self.generator.load_state_dict(model["generator"])
+        self.generator = build_generator(BetaGANConfig.model_validate(model.config))
+        self.generator.load_state_dict(model.state_dicts["generator"])
         self.generator.to(self.device).eval()
         self.stack = open_stack_mmap(stack_path, voxel_size_angstrom=pixel_size_angstrom)
 
@@ -74,7 +59,7 @@ class DenoiseBatch:
         return {"id": index, "denoised": denoised.cpu().numpy()}
 
 
-def _check_inputs(model: dict[str, Any], stack_path: Path, star_path: Path) -> tuple[Any, int, int, float]:
+def _check_inputs(model: Model, stack_path: Path, star_path: Path) -> tuple[Any, int, int, float]:
     """Validate the stack/STAR pair on the driver; returns (table, images, box, pixel size)."""
     table = read_particles_star(star_path)
     particles = table.particles
@@ -95,11 +80,11 @@ def _check_inputs(model: dict[str, Any], stack_path: Path, star_path: Path) -> t
     if len(pixel_sizes) != 1:
         raise CryorayInputError(star_path, "rlnImagePixelSize", "one pixel size for the stack", sorted(pixel_sizes)[:4])
     pixel = float(pixel_sizes[0])
-    trained = float(model["pixel_size_angstrom"])
+    trained = float(model.metadata["pixel_size_angstrom"])
     if abs(pixel / trained - 1.0) > PIXEL_SIZE_TOLERANCE:
         expected = f"the model's pixel size {trained} Å within {PIXEL_SIZE_TOLERANCE:.0%} (rescale the particles first)"
         raise CryorayInputError(star_path, "rlnImagePixelSize", expected, pixel)
-    multiple = 2 ** (len(model["config"]["channels"]) - 1)
+    multiple = 2 ** (len(model.config["channels"]) - 1)
     if box % multiple or shape[-1] != shape[-2]:
         raise CryorayInputError(
             stack_path, "image size", f"square images of a multiple of {multiple} px", f"{shape[-2]} x {shape[-1]}"
@@ -108,7 +93,7 @@ def _check_inputs(model: dict[str, Any], stack_path: Path, star_path: Path) -> t
 
 
 def denoise_stack(
-    model: dict[str, Any],
+    model: Model,
     stack_path: str | Path,
     star_path: str | Path,
     output_dir: str | Path,
@@ -160,7 +145,7 @@ def denoise_stack(
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jobs/betagan.py denoise", description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--model", required=True, help="model.pt, a training output folder, or runs:/<run id>/outputs/model.pt"
+        "--model", required=True, help="model.safetensors, a training output folder, or runs:/<run id>/outputs/model.safetensors"
     )
     parser.add_argument("--stack", required=True, help=".mrcs particle stack to denoise")
     parser.add_argument(

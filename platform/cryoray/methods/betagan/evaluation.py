@@ -9,19 +9,18 @@ authors' group stores images (8-bit PNG of the min–max scaled image). PSNR and
 from __future__ import annotations
 
 from pathlib import Path
+from typing import overload
 
-import matplotlib
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import torch
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-import torch  # noqa: E402
-
-from cryoray.errors import CryorayInputError  # noqa: E402
-from cryoray.io.manifest import DatasetManifest  # noqa: E402
-from cryoray.physics import psnr, ssim  # noqa: E402
+from cryoray.errors import CryorayInputError
+from cryoray.io.manifest import DatasetManifest
+from cryoray.physics import psnr, ssim
+from cryoray.physics.normalize import standardization_frame
 
 CLEAN_COLUMN = "clean_image"
 
@@ -44,19 +43,27 @@ def image_metrics(estimate: np.ndarray | torch.Tensor, clean: np.ndarray | torch
     }
 
 
-def normalise_pair(
-    noisy: torch.Tensor, clean: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor | None, tuple]:
+Frame = tuple[torch.Tensor, torch.Tensor]  # (mean, std) of ``standardization_frame``
+
+
+@overload
+def normalise_pair(noisy: torch.Tensor) -> tuple[torch.Tensor, None, Frame]: ...
+
+
+@overload
+def normalise_pair(noisy: torch.Tensor, clean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Frame]: ...
+
+
+def normalise_pair(noisy: torch.Tensor, clean: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None, Frame]:
     """Standardise each noisy image (zero mean, unit std) and put its clean partner in the same frame.
 
     The denoiser then never depends on a dataset's intensity scale; ``denormalise`` maps its output back.
     """
-    mean = noisy.mean(dim=(-2, -1), keepdim=True)
-    std = noisy.std(dim=(-2, -1), keepdim=True).clamp_min(1e-8)
+    mean, std = standardization_frame(noisy, ndim=2)
     return (noisy - mean) / std, None if clean is None else (clean - mean) / std, (mean, std)
 
 
-def denormalise(images: torch.Tensor, frame: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+def denormalise(images: torch.Tensor, frame: Frame) -> torch.Tensor:
     mean, std = frame
     return images * std + mean
 
@@ -127,9 +134,12 @@ def read_split_images(dataset_dir: Path, manifest: DatasetManifest, first: int, 
 
 
 def write_image_grid(path: Path, rows: dict[str, np.ndarray], columns: int = 8) -> Path:
-    """A PNG with one row per named stack (clean / noisy / each denoiser), each image min–max scaled."""
+    """A PNG with one row per named stack (clean / noisy / each denoiser), each image min–max scaled.
+
+    A bare ``Figure`` renders without pyplot, so no matplotlib backend is chosen for the whole process."""
     columns = min(columns, *(len(v) for v in rows.values()))
-    fig, axes = plt.subplots(len(rows), columns, figsize=(1.3 * columns + 1.2, 1.3 * len(rows)), squeeze=False)
+    fig = Figure(figsize=(1.3 * columns + 1.2, 1.3 * len(rows)))
+    axes = fig.subplots(len(rows), columns, squeeze=False)
     for r, (name, images) in enumerate(rows.items()):
         scaled = unit_range(images[:columns]).numpy()
         for c in range(columns):
@@ -141,7 +151,6 @@ def write_image_grid(path: Path, rows: dict[str, np.ndarray], columns: int = 8) 
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 

@@ -22,9 +22,8 @@ budget on the training stream.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Literal
 
 import numpy as np
 import ray.data
@@ -34,13 +33,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from cryoray.data.particles import iter_particle_batches, particle_dataset
 from cryoray.errors import CryorayInputError
 from cryoray.io.manifest import DatasetManifest, shard_paths
-from cryoray.io.mrc import read_mrc
-from cryoray.methods.base import Method, TrainState
 from cryoray.methods.cryo2ssnet.networks import (
     HartleyDecoder,
     MLPDenoiser,
     PoseEncoder,
-    standardise_images,
 )
 from cryoray.methods.cryo2ssnet.search import (
     PoseCost,
@@ -49,12 +45,10 @@ from cryoray.methods.cryo2ssnet.search import (
     refine_poses,
     unbiased_l2,
 )
-from cryoray.methods.single_particle import (
-    evaluate_reconstruction,
-    write_reconstruction_artifacts,
-)
-from cryoray.physics import snr_db_to_linear
+from cryoray.methods.single_particle import evaluate_reconstruction, write_pose_model, write_reconstruction_artifacts
+from cryoray.physics import snr_db_to_linear, standardize
 from cryoray.train.context import TrainContext
+from cryoray.train.method import Method, TrainState
 
 
 class Cryo2SSNetConfig(BaseModel):
@@ -96,16 +90,16 @@ def dataset_snr_linear(manifest: DatasetManifest) -> float | None:
     return None
 
 
-class Cryo2SSNet(Method):
+class Cryo2SSNet(Method[Cryo2SSNetConfig]):
     """Encoder + Hartley decoder + DHBS, two stages."""
 
-    name: ClassVar[str] = "cryo2ssnet"
-    config_schema: ClassVar[type[BaseModel]] = Cryo2SSNetConfig
-    dataset_kind: ClassVar[str] = "particles"
-    default_dataset: ClassVar[str] = "particles-phantom"
-    smoke_dataset: ClassVar[str] = "particles-smoke"
-    default_preset: ClassVar[dict] = {"train": {"epochs": 4, "batch_size": 32}}
-    smoke_preset: ClassVar[dict] = {
+    name = "cryo2ssnet"
+    config_schema = Cryo2SSNetConfig
+    dataset_kind = "particles"
+    default_dataset = "particles-phantom"
+    smoke_dataset = "particles-smoke"
+    default_preset = {"train": {"epochs": 4, "batch_size": 32}}
+    smoke_preset = {
         "num_workers": 2,
         "train": {"epochs": 2, "batch_size": 32, "max_steps_per_epoch": 8},
         "method": {
@@ -117,7 +111,9 @@ class Cryo2SSNet(Method):
         },
     }
 
-    def datasets(self, dataset_dir: Path, manifest: DatasetManifest, config: Cryo2SSNetConfig) -> dict[str, ray.data.Dataset]:
+    def datasets(
+        self, dataset_dir: Path, manifest: DatasetManifest, config: Cryo2SSNetConfig, seed: int = 0
+    ) -> dict[str, ray.data.Dataset]:
         if config.snr_linear is None and manifest.provenance.get("source") == "RELION import":
             # Real data: the unbiased loss needs the SNR and no recipe records it.
             raise CryorayInputError(
@@ -125,9 +121,9 @@ class Cryo2SSNet(Method):
             )
         first_shard = ray.data.read_parquet(shard_paths(dataset_dir, manifest)[0]).limit(config.eval_images)
         return {
-            "train": particle_dataset(dataset_dir, manifest),
+            "train": particle_dataset(dataset_dir, manifest, seed=seed),
             "eval": first_shard.select_columns(["image", "particle_index", "rot_deg", "tilt_deg", "psi_deg"]),
-            "all": particle_dataset(dataset_dir, manifest),
+            "all": particle_dataset(dataset_dir, manifest, seed=seed),
         }
 
     def setup(self, config: Cryo2SSNetConfig, manifest: DatasetManifest, ctx: TrainContext) -> TrainState:
@@ -142,46 +138,51 @@ class Cryo2SSNet(Method):
             ]
         )
         modules: dict[str, torch.nn.Module] = {"encoder": encoder, "decoder": decoder}
-        optimizers = {"model": optimizer}
+        optimizers: dict[str, torch.optim.Optimizer] = {"model": optimizer}
         if config.use_denoiser and config.use_search:
             denoiser = MLPDenoiser(box, config.denoiser_downsample_factor, radius_px).to(ctx.device)
             modules["denoiser"] = denoiser
             optimizers["denoiser"] = torch.optim.Adam(denoiser.parameters(), lr=config.denoiser_lr)
-        total = self._total_steps(manifest, ctx)
-        return TrainState(modules=modules, optimizers=optimizers, extra={"stage": 0, "total_steps": total})
+        has_denoiser, total = "denoiser" in modules, ctx.total_steps
 
-    @staticmethod
-    def _total_steps(manifest: DatasetManifest, ctx: TrainContext) -> int:
-        per_epoch = math.ceil(manifest.count / (ctx.runner.batch_size * max(ctx.world_size, 1)))
-        if ctx.runner.max_steps_per_epoch is not None:
-            per_epoch = min(per_epoch, ctx.runner.max_steps_per_epoch)
-        return per_epoch * ctx.runner.epochs
+        def decoder_lr_factor(step: int) -> float:
+            """Stage 2 trains the map with a smaller step (``stage2_decoder_lr_factor``)."""
+            in_stage2 = self.schedule(config, has_denoiser, step, total)[0] == "stage2"
+            return config.stage2_decoder_lr_factor if in_stage2 else 1.0
+
+        schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler] = {
+            "model": torch.optim.lr_scheduler.LambdaLR(optimizer, [lambda step: 1.0, decoder_lr_factor])
+        }
+        return TrainState(modules=modules, optimizers=optimizers, schedulers=schedulers)
 
     def _snr(self, config: Cryo2SSNetConfig, manifest: DatasetManifest) -> float | None:
         return config.snr_linear if config.snr_linear is not None else dataset_snr_linear(manifest)
 
-    def schedule(self, config: Cryo2SSNetConfig, state: TrainState, step: int) -> tuple[str, bool]:
-        """(phase, denoiser on) at global ``step``: phase is "denoiser", "stage1" or "stage2"."""
-        pretrain = config.denoiser_pretrain_steps if "denoiser" in state.modules else 0
+    @staticmethod
+    def schedule(config: Cryo2SSNetConfig, has_denoiser: bool, step: int, total_steps: int) -> tuple[str, bool]:
+        """(phase, denoiser on) at global ``step`` of ``total_steps``: phase is "denoiser", "stage1" or "stage2"."""
+        pretrain = config.denoiser_pretrain_steps if has_denoiser else 0
         if step < pretrain:
             return "denoiser", True
         if not config.use_search:
             return "stage2", False
-        stage1_steps = config.stage1_fraction * (state.extra["total_steps"] - pretrain)
+        stage1_steps = config.stage1_fraction * (total_steps - pretrain)
         progress = step - pretrain
         if progress >= stage1_steps:
             return "stage2", False
-        return "stage1", "denoiser" in state.modules and progress < config.denoiser_active_fraction * stage1_steps
+        return "stage1", has_denoiser and progress < config.denoiser_active_fraction * stage1_steps
 
-    def train_batches(self, config: Cryo2SSNetConfig, ctx: TrainContext):
-        return iter_particle_batches(ctx.datasets["train"], ctx.runner.batch_size, ctx.device, ctx.runner.shuffle_buffer_images)
+    def train_batches(self, state: TrainState, config: Cryo2SSNetConfig, ctx: TrainContext):
+        return iter_particle_batches(
+            ctx.datasets["train"], ctx.runner.batch_size, ctx.device, ctx.runner.shuffle_buffer_images, ctx.epoch_seed
+        )
 
     def search_cost(
         self, state: TrainState, images: torch.Tensor, ctf: torch.Tensor | None, denoised: bool
     ) -> PoseCost:
         """ℓ₂ between the (denoised) observed images and (denoised) projections of the current map."""
-        decoder = state.unwrapped("decoder")
-        denoiser = state.unwrapped("denoiser") if denoised else None
+        decoder = state.unwrapped("decoder", HartleyDecoder)
+        denoiser = state.unwrapped("denoiser", MLPDenoiser) if denoised else None
         with torch.no_grad():
             hartley = decoder.hartley_volume()
             target = denoiser(images) if denoiser is not None else images
@@ -207,20 +208,15 @@ class Cryo2SSNet(Method):
     def train_step(
         self, state: TrainState, batch: dict[str, torch.Tensor], config: Cryo2SSNetConfig, ctx: TrainContext
     ) -> dict[str, float]:
-        images = standardise_images(batch["image"])
+        images = standardize(batch["image"], 2)
         snr = self._snr(config, ctx.manifest)
-        phase, denoised = self.schedule(config, state, ctx.global_step)
+        phase, denoised = self.schedule(config, "denoiser" in state.modules, ctx.global_step, ctx.total_steps)
         if phase == "denoiser":
-            residual = unbiased_l2(images * state.unwrapped("denoiser").mask, state.modules["denoiser"](images), snr)
+            residual = unbiased_l2(images * state.unwrapped("denoiser", MLPDenoiser).mask, state.modules["denoiser"](images), snr)
             total = ctx.step(state.optimizers["denoiser"], {"denoiser_unbiased_l2": residual.mean()})
             return {"denoiser_loss": total.item()}
-        decoder = state.unwrapped("decoder")
+        decoder = state.unwrapped("decoder", HartleyDecoder)
         ctf = decoder.ctf(batch) if ctx.manifest.has_ctf else None
-        if phase == "stage2" and state.extra["stage"] < 2:
-            for group in state.optimizers["model"].param_groups:
-                if group["name"] == "decoder":
-                    group["lr"] *= config.stage2_decoder_lr_factor
-            state.extra["stage"] = 2
         encoded = state.modules["encoder"](images)
         if phase == "stage1":
             searched = self.search(state, config, images, ctf, encoded.detach(), denoised)
@@ -239,22 +235,18 @@ class Cryo2SSNet(Method):
         with torch.no_grad():
             for batch in iter_particle_batches(ctx.datasets[name], 256, ctx.device):
                 indices.append(batch["particle_index"].long().cpu().numpy())
-                predicted.append(encoder(standardise_images(batch["image"])).cpu())
+                predicted.append(encoder(standardize(batch["image"], 2)).cpu())
                 true.append(batch["rotation"].cpu())
         return np.concatenate(indices), torch.cat(predicted), torch.cat(true)
-
-    def _reference(self, ctx: TrainContext) -> torch.Tensor | None:
-        relative = ctx.manifest.ground_truth.get("map")
-        return None if relative is None else torch.from_numpy(read_mrc(ctx.dataset_dir / relative).data)
 
     def evaluate(self, state: TrainState, config: Cryo2SSNetConfig, ctx: TrainContext) -> dict[str, float]:
         """Rank 0: the map against ground truth after alignment, and the encoder's pose error."""
         if not ctx.is_rank_zero:
             return {}
         _, predicted, true = self._encode(state, ctx, "eval")
-        density = state.unwrapped("decoder").density.detach().cpu()
+        density = state.unwrapped("decoder", HartleyDecoder).density.detach().cpu()
         evaluation = evaluate_reconstruction(
-            density, self._reference(ctx), ctx.manifest.voxel_size_angstrom, predicted, true if ctx.manifest.has_poses else None,
+            density, ctx.manifest.ground_truth_map(ctx.dataset_dir), ctx.manifest.voxel_size_angstrom, predicted, true if ctx.manifest.has_poses else None,
             search_level=config.alignment_search_level,
         )
         return evaluation.metrics
@@ -266,28 +258,14 @@ class Cryo2SSNet(Method):
         if not ctx.is_rank_zero:
             return {}, {}
         indices, predicted, true = self._encode(state, ctx, "all")
-        density = state.unwrapped("decoder").density.detach().cpu()
+        density = state.unwrapped("decoder", HartleyDecoder).density.detach().cpu()
         evaluation = evaluate_reconstruction(
-            density, self._reference(ctx), ctx.manifest.voxel_size_angstrom, predicted, true if ctx.manifest.has_poses else None,
+            density, ctx.manifest.ground_truth_map(ctx.dataset_dir), ctx.manifest.voxel_size_angstrom, predicted, true if ctx.manifest.has_poses else None,
             search_level=config.alignment_search_level,
         )
         artifacts = write_reconstruction_artifacts(output_dir, density, ctx.manifest, evaluation, indices, predicted)
         return evaluation.metrics, artifacts
 
     def write_artifacts(self, state: TrainState, config: Cryo2SSNetConfig, ctx: TrainContext, output_dir: Path) -> dict[str, str]:
-        if not ctx.is_rank_zero:
-            return {}
-        path = output_dir / "model.pt"
-        torch.save(
-            {
-                "method": self.name,
-                "config": config.model_dump(),
-                "box_px": ctx.manifest.box_px,
-                "voxel_size_angstrom": ctx.manifest.voxel_size_angstrom,
-                "encoder": state.unwrapped("encoder").state_dict(),
-                "decoder": state.unwrapped("decoder").state_dict(),
-            },
-            path,
-        )
-        return {"model": str(path.resolve())}
+        return write_pose_model(output_dir, self.name, state, config, ctx) if ctx.is_rank_zero else {}
 

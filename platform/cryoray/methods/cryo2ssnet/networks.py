@@ -11,21 +11,10 @@ from cryoray.physics import (
     iht2_centered,
     s2s2_to_matrix,
     slice_volume_fourier,
+    sphere_mask,
+    standardize,
 )
 from cryoray.physics.image_formation import CTF_PARAMETERS
-
-
-def standardise_images(images: torch.Tensor) -> torch.Tensor:
-    """N(·): every image to mean 0, std 1 (the decoder's output and the observed images alike)."""
-    mean = images.mean(dim=(-2, -1), keepdim=True)
-    std = images.std(dim=(-2, -1), keepdim=True).clamp_min(1e-8)
-    return (images - mean) / std
-
-
-def circular_mask(box_px: int, radius_px: float, device: torch.device | None = None) -> torch.Tensor:
-    """(D, D) indicator of the disc of ``radius_px`` around the centre pixel D//2."""
-    coords = torch.arange(box_px, dtype=torch.float32, device=device) - box_px // 2
-    return ((coords[:, None] ** 2 + coords[None, :] ** 2) <= radius_px**2).float()
 
 
 class PoseEncoder(nn.Module):
@@ -67,16 +56,15 @@ class PoseEncoder(nn.Module):
 class HartleyDecoder(nn.Module):
     """An explicit real-space voxel map φ, imaged by central slices of its 3D Hartley transform.
 
-    image = N(IHT₂(CTF · slice(HT₃(φ), R))): the CTF is real and even, so it multiplies Hartley
-    coefficients exactly as it multiplies Fourier ones. φ starts at U(0, 0.1) inside the estimated
-    particle radius and 0 outside, as the paper states.
+    image = N(IHT₂(CTF · slice(HT₃(φ), R))) with N = `standardize` per image: the CTF is real and even, so it
+    multiplies Hartley coefficients exactly as it multiplies Fourier ones. φ starts at U(0, 0.1) inside the
+    estimated particle radius and 0 outside, as the paper states.
     """
 
     def __init__(self, box_px: int, pixel_size_angstrom: float, radius_px: float, init_max: float = 0.1) -> None:
         super().__init__()
         self.pixel_size_angstrom = pixel_size_angstrom
-        coords = torch.arange(box_px, dtype=torch.float32) - box_px // 2
-        inside = (coords[:, None, None] ** 2 + coords[None, :, None] ** 2 + coords[None, None, :] ** 2) <= radius_px**2
+        inside = sphere_mask(box_px, radius_px, 3)
         self.density = nn.Parameter(torch.rand(box_px, box_px, box_px) * init_max * inside)
 
     def hartley_volume(self) -> torch.Tensor:
@@ -84,7 +72,9 @@ class HartleyDecoder(nn.Module):
 
     def ctf(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The batch's CTF on the centred image grid, (B, D, D)."""
-        return ctf_2d(self.density.shape[-1], self.pixel_size_angstrom, **{k: batch[k] for k in CTF_PARAMETERS})
+        parameters = {k: batch[k] for k in CTF_PARAMETERS}
+        density = self.density
+        return ctf_2d(density.shape[-1], self.pixel_size_angstrom, **parameters, dtype=density.dtype, device=density.device)
 
     @staticmethod
     def render(hartley: torch.Tensor, rotations: torch.Tensor, ctf: torch.Tensor | None) -> torch.Tensor:
@@ -93,7 +83,7 @@ class HartleyDecoder(nn.Module):
         slices = slice_volume_fourier(hartley, rotations.reshape(-1, 3, 3)).reshape(*lead, *hartley.shape[-2:])
         if ctf is not None:
             slices = slices * ctf
-        return standardise_images(iht2_centered(slices))
+        return standardize(iht2_centered(slices), 2)
 
     def forward(self, rotations: torch.Tensor, ctf: torch.Tensor | None) -> torch.Tensor:
         return self.render(self.hartley_volume(), rotations, ctf)
@@ -106,11 +96,13 @@ class MLPDenoiser(nn.Module):
     it is trained with the unbiased loss against the noisy images themselves.
     """
 
+    mask: torch.Tensor  # a buffer (the circular image mask)
+
     def __init__(self, box_px: int, downsample_factor: int, mask_radius_px: float) -> None:
         super().__init__()
         pixels = box_px * box_px
         narrow = max(pixels // downsample_factor, 1)
-        self.register_buffer("mask", circular_mask(box_px, mask_radius_px))
+        self.register_buffer("mask", sphere_mask(box_px, mask_radius_px, 2))
         self.layers = nn.Sequential(
             nn.Linear(pixels, narrow),
             nn.ReLU(inplace=True),

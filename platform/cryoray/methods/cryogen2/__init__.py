@@ -26,7 +26,7 @@ that compared outputs with the wedge-carrying targets directly would punish wedg
 Evaluation against the wedge-free ground truth of simulated tomograms (validation each epoch, test at the
 end): FSC over the whole volume, restricted to the missing wedge and to the measured region (mean over
 shells), PSNR and SSIM after the least-squares affine fit of each volume to the truth (the network works in
-normalised units); the same for the input as the baseline. Artifacts: ``model.pt`` (for ``apply``), the
+normalised units); the same for the input as the baseline. Artifacts: ``model.safetensors`` (for ``apply``), the
 restored test tomograms (``.mrc``, tiled and stitched), subtomogram ``.mrc`` triples, XY/XZ/YZ central-slice
 PNGs (input / output / ground truth) and FSC curves.
 """
@@ -34,10 +34,9 @@ PNGs (input / output / ground truth) and FSC curves.
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal, overload
 
 import numpy as np
 import ray.data
@@ -51,11 +50,12 @@ from cryoray.data.subtomograms import (
     subtomogram_dataset,
     subtomogram_source,
 )
+from cryoray.io.figures import write_fsc_curves
 from cryoray.io.manifest import DatasetManifest
+from cryoray.io.models import MODEL_FILE, write_model_file
 from cryoray.io.mrc import read_mrc, write_mrc
-from cryoray.methods.base import Method, TrainState
-from cryoray.methods.cryogen2.apply import MODEL_FILE, restore_volume
-from cryoray.methods.cryogen2.figures import write_central_slices, write_fsc_curves
+from cryoray.methods.cryogen2.apply import restore_volume
+from cryoray.methods.cryogen2.figures import write_central_slices
 from cryoray.methods.cryogen2.losses import (
     critic_logits,
     discriminator_loss,
@@ -67,20 +67,18 @@ from cryoray.methods.cryogen2.losses import (
 from cryoray.nn.unetpp import UNetPlusPlus3d
 from cryoray.physics import (
     apply_fourier_mask,
-    centered_grid,
     cube_rotations,
     fourier_shell_correlation,
+    mean_shell_correlation,
+    missing_wedge_region,
     psnr,
     rotate_volume_90,
+    sphere_mask,
     ssim,
     wedge_changing_rotations,
 )
-from cryoray.physics.wedge_metrics import (
-    mean_shell_correlation,
-    missing_wedge_region,
-    region_fourier_shell_correlation,
-)
 from cryoray.train.context import TrainContext
+from cryoray.train.method import Method, TrainState
 
 Adversarial = Literal["barycenter", "off"]
 
@@ -137,7 +135,7 @@ class CryoGEN2Config(BaseModel):
 def tilt_range(config: CryoGEN2Config, manifest: DatasetManifest) -> tuple[float, float]:
     """The data's tilt range: the config's, else the simulation recipe's, else ±60°."""
     if config.tilt_range_deg is not None:
-        return tuple(config.tilt_range_deg)
+        return config.tilt_range_deg
     low, high = manifest.provenance.get("tilt_range_deg", (-60.0, 60.0))
     return float(low), float(high)
 
@@ -205,14 +203,6 @@ def _affine_fit(volume: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     return (a * vc + r.mean(1, keepdim=True)).reshape(volume.shape)
 
 
-def soft_sphere(box: int, edge_px: float, device: torch.device | str | None = None) -> torch.Tensor:
-    """1 inside radius ``box/2 − edge``, a raised-cosine fall to 0 at ``box/2`` (the usual soft mask of an FSC)."""
-    radius = torch.linalg.vector_norm(centered_grid(box, 3, dtype=torch.float64, device=device), dim=-1)
-    inner = box / 2 - edge_px
-    fall = 0.5 + 0.5 * torch.cos(torch.pi * (radius - inner) / edge_px)
-    return torch.where(radius <= inner, torch.ones_like(radius), torch.where(radius >= box / 2, torch.zeros_like(radius), fall))
-
-
 def reconstruction_metrics(volumes: torch.Tensor, clean: torch.Tensor, wedge_region: torch.Tensor) -> dict[str, Any]:
     """Per-sample curves and means of FSC (whole, in the wedge, in the measured region), PSNR and SSIM vs the truth.
 
@@ -221,14 +211,15 @@ def reconstruction_metrics(volumes: torch.Tensor, clean: torch.Tensor, wedge_reg
     recovers there. PSNR and SSIM use the whole cube.
     """
     volumes, clean = volumes.double(), clean.double()
-    window = soft_sphere(volumes.shape[-1], max(2.0, volumes.shape[-1] / 4), volumes.device)
+    box, edge_px = volumes.shape[-1], max(2.0, volumes.shape[-1] / 4)
+    window = sphere_mask(box, box / 2 - edge_px, 3, soft_edge_px=edge_px, dtype=torch.float64, device=volumes.device)
 
     def masked(v: torch.Tensor) -> torch.Tensor:
         return (v - v.mean(dim=(-3, -2, -1), keepdim=True)) * window
 
     frequency, fsc = fourier_shell_correlation(masked(volumes), masked(clean))
-    _, fsc_wedge = region_fourier_shell_correlation(masked(volumes), masked(clean), wedge_region)
-    _, fsc_measured = region_fourier_shell_correlation(masked(volumes), masked(clean), 1 - wedge_region)
+    _, fsc_wedge = fourier_shell_correlation(masked(volumes), masked(clean), region=wedge_region)
+    _, fsc_measured = fourier_shell_correlation(masked(volumes), masked(clean), region=1 - wedge_region)
     fitted = _affine_fit(volumes, clean)
     data_range = (clean.flatten(1).amax(1) - clean.flatten(1).amin(1)).clamp_min(1e-12)
     psnr_db = torch.stack([psnr(f, c, float(r)) for f, c, r in zip(fitted, clean, data_range)])
@@ -240,7 +231,8 @@ def reconstruction_metrics(volumes: torch.Tensor, clean: torch.Tensor, wedge_reg
     }
     if volumes.shape[-1] >= 11:  # the SSIM window is 11 voxels
         scores["ssim"] = float(torch.stack([ssim(f, c, float(r), ndim=3) for f, c, r in zip(fitted, clean, data_range)]).mean())
-    curves = {"frequency": frequency, "fsc": fsc.mean(0), "fsc_wedge": fsc_wedge.nanmean(0), "fsc_measured": fsc_measured.nanmean(0)}
+    per_sample = {"fsc": fsc, "fsc_wedge": fsc_wedge, "fsc_measured": fsc_measured}
+    curves = {"frequency": frequency, **{name: curve.nanmean(0) for name, curve in per_sample.items()}}
     return {"scores": scores, "curves": curves}
 
 
@@ -251,16 +243,16 @@ def restore_batch(generator: torch.nn.Module, subtomograms: torch.Tensor, batch_
     return torch.cat([generator(chunk) for chunk in subtomograms.split(batch_size)])
 
 
-class CryoGEN2(Method):
+class CryoGEN2(Method[CryoGEN2Config]):
     """Cryo-ET missing-wedge restoration with a UNet++ GAN and a wedge-aware masked loss (see the module docstring)."""
 
-    name: ClassVar[str] = "cryogen2"
-    config_schema: ClassVar[type[BaseModel]] = CryoGEN2Config
-    dataset_kind: ClassVar[str] = "tomograms"
-    default_dataset: ClassVar[str] = "tomograms-cryogen2"
-    smoke_dataset: ClassVar[str] = "tomograms-smoke"
-    default_preset: ClassVar[dict] = {"train": {"epochs": 4, "batch_size": 8, "log_every_steps": 4}}
-    smoke_preset: ClassVar[dict] = {
+    name = "cryogen2"
+    config_schema = CryoGEN2Config
+    dataset_kind = "tomograms"
+    default_dataset = "tomograms-cryogen2"
+    smoke_dataset = "tomograms-smoke"
+    default_preset = {"train": {"epochs": 4, "batch_size": 8, "log_every_steps": 4}}
+    smoke_preset = {
         "num_workers": 1,
         "train": {"epochs": 2, "batch_size": 4, "log_every_steps": 2},
         "method": {
@@ -274,15 +266,31 @@ class CryoGEN2(Method):
         },
     }
 
-    def __init__(self) -> None:
-        self._eval_sets: dict[tuple, dict[str, torch.Tensor]] = {}
 
-    def datasets(self, dataset_dir: Path, manifest: DatasetManifest, config: CryoGEN2Config) -> dict[str, ray.data.Dataset]:
+    def epoch_items(self, config: CryoGEN2Config, manifest: DatasetManifest) -> int:
+        return config.train_subtomograms
+
+    def datasets(
+        self, dataset_dir: Path, manifest: DatasetManifest, config: CryoGEN2Config, seed: int = 0
+    ) -> dict[str, ray.data.Dataset]:
         source = self._source(dataset_dir, manifest, config, "train")
         return {"train": subtomogram_dataset(source)}
 
+    @overload
+    @staticmethod
+    def _source(
+        dataset_dir: Path, manifest: DatasetManifest, config: CryoGEN2Config, split: Literal["train"]
+    ) -> SubtomogramSource: ...
+
+    @overload
+    @staticmethod
+    def _source(
+        dataset_dir: Path, manifest: DatasetManifest, config: CryoGEN2Config, split: str
+    ) -> SubtomogramSource | None: ...
+
     @staticmethod
     def _source(dataset_dir: Path, manifest: DatasetManifest, config: CryoGEN2Config, split: str) -> SubtomogramSource | None:
+        """The split's cubes; None for an evaluation split that is empty or lacks ground truth (never for train)."""
         entries = [t for t in manifest.tomograms if t.split == split]
         if split != "train" and not all(t.clean for t in entries):
             return None  # evaluation needs the ground truth
@@ -301,21 +309,20 @@ class CryoGEN2(Method):
     def setup(self, config: CryoGEN2Config, manifest: DatasetManifest, ctx: TrainContext) -> TrainState:
         generator = UNetPlusPlus3d(config.channels).to(ctx.device)
         modules: dict[str, torch.nn.Module] = {"generator": generator}
-        betas = tuple(config.adam_betas)
+        betas = config.adam_betas
         optimizers: dict[str, torch.optim.Optimizer] = {"generator": torch.optim.Adam(generator.parameters(), lr=config.learning_rate, betas=betas)}
         if config.adversarial != "off":
             critic = UNetPlusPlus3d(config.critic_channels or config.channels, rescale_output=False).to(ctx.device)
             modules["critic"] = critic
             optimizers["critic"] = torch.optim.Adam(critic.parameters(), lr=config.critic_learning_rate or config.learning_rate, betas=betas)
-        per_worker = math.ceil(config.train_subtomograms / max(ctx.world_size, 1))
-        steps_per_epoch = math.ceil(per_worker / ctx.runner.batch_size)
-        if ctx.runner.max_steps_per_epoch is not None:
-            steps_per_epoch = min(steps_per_epoch, ctx.runner.max_steps_per_epoch)
-        schedule = warmup_linear_decay(steps_per_epoch * ctx.runner.epochs, config.warmup_fraction)
-        schedulers = {name: torch.optim.lr_scheduler.LambdaLR(opt, schedule) for name, opt in optimizers.items()}
+        schedule = warmup_linear_decay(ctx.total_steps, config.warmup_fraction)
+        schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler] = {
+            name: torch.optim.lr_scheduler.LambdaLR(opt, schedule) for name, opt in optimizers.items()
+        }
         extra = {"invert_contrast": inverts_contrast(config, manifest), "voxel_size_angstrom": manifest.voxel_size_angstrom,
                  "tilt_range_deg": tilt_range(config, manifest)}
-        return TrainState(modules=modules, optimizers=optimizers, schedulers=schedulers, extra=extra)
+        # runtime: the evaluation splits' fixed cubes by split, extracted on first use by this worker.
+        return TrainState(modules=modules, optimizers=optimizers, schedulers=schedulers, extra=extra, runtime={})
 
     def train_step(self, state: TrainState, batch: dict[str, torch.Tensor], config: CryoGEN2Config, ctx: TrainContext) -> dict[str, float]:
         subtomograms = batch["subtomogram"]
@@ -343,24 +350,19 @@ class CryoGEN2(Method):
             metrics["critic"] = float(critic_loss.detach())
             metrics["critic_real_prob"] = float(torch.sigmoid(logits[: len(real)]).mean().detach())
         metrics["learning_rate"] = state.optimizers["generator"].param_groups[0]["lr"]
-        for scheduler in state.schedulers.values():
-            scheduler.step()
         metrics.update({"loss": float(total), **{k: float(v.detach()) for k, v in losses.items()}, "noise_sigma": float(sample["sigma"].mean())})
         return metrics
 
-    def _evaluation_set(self, ctx: TrainContext, config: CryoGEN2Config, split: str) -> dict[str, torch.Tensor] | None:
-        """The split's fixed cubes with their ground truth, extracted once per worker."""
-        key = (str(ctx.dataset_dir), split, config.cube_px, config.extraction_seed, {"val": config.val_subtomograms, "test": config.test_subtomograms}[split])
-        if key not in self._eval_sets:
+    def _evaluation_set(self, state: TrainState, ctx: TrainContext, config: CryoGEN2Config, split: str) -> dict[str, Any] | None:
+        """The split's fixed cubes with their ground truth, extracted once per worker (kept in ``state.runtime``)."""
+        if split not in state.runtime:
             source = self._source(ctx.dataset_dir, ctx.manifest, config, split)
-            if source is None:
-                return None
-            cubes = extract_subtomograms({"id": np.arange(len(source))}, source, with_clean=True)
-            self._eval_sets[key] = {"source": source, **{k: torch.from_numpy(v) for k, v in cubes.items()}}
-        return self._eval_sets[key]
+            cubes = None if source is None else extract_subtomograms({"id": np.arange(len(source))}, source, with_clean=True)
+            state.runtime[split] = None if cubes is None else {"source": source, **{k: torch.from_numpy(v) for k, v in cubes.items()}}
+        return state.runtime[split]
 
     def _scores(self, state: TrainState, config: CryoGEN2Config, ctx: TrainContext, split: str, prefix: str) -> tuple[dict[str, float], dict[str, Any]]:
-        cubes = self._evaluation_set(ctx, config, split)
+        cubes = self._evaluation_set(state, ctx, config, split)
         if cubes is None:
             return {}, {}
         geometry = wedge_geometry(config.cube_px, tuple(state.extra["tilt_range_deg"]), "cpu")
@@ -384,7 +386,10 @@ class CryoGEN2(Method):
         if detail:
             restored, baseline = detail["restored"]["curves"], detail["baseline"]["curves"]
             curves = {f"{who}_{kind}": c[kind].numpy() for who, c in (("input", baseline), ("output", restored)) for kind in ("fsc", "fsc_wedge")}
-            artifacts |= write_fsc_curves(output_dir, restored["frequency"].numpy(), curves, voxel, stem="fsc_test")
+            artifacts |= write_fsc_curves(
+                output_dir, restored["frequency"].numpy(), curves, voxel, stem="fsc_test", ylabel="FSC against ground truth",
+                dashed=[name for name in curves if name.startswith("input")],
+            )
             folder = output_dir / "subtomograms"
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(min(2, len(detail["output"]))):
@@ -420,16 +425,15 @@ class CryoGEN2(Method):
     def write_artifacts(self, state: TrainState, config: CryoGEN2Config, ctx: TrainContext, output_dir: Path) -> dict[str, str]:
         if not ctx.is_rank_zero:
             return {}
-        path = output_dir / MODEL_FILE
-        torch.save(
+        path = write_model_file(
+            output_dir / MODEL_FILE,
+            self.name,
+            {"generator": state.unwrapped("generator")},
             {
-                "method": self.name,
                 "config": config.model_dump(mode="json"),
                 "voxel_size_angstrom": ctx.manifest.voxel_size_angstrom,
                 "invert_contrast": state.extra["invert_contrast"],
                 "tilt_range_deg": list(state.extra["tilt_range_deg"]),
-                "generator": state.unwrapped("generator").state_dict(),
             },
-            path,
         )
         return {"model": str(path.resolve())}

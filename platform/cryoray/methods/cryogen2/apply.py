@@ -8,7 +8,7 @@ mapped back to the input's units and contrast and written as ``<name>_cryogen2.m
 
 The generator normalises every tile internally and maps its output back to the tile's scale, so tiles that
 differ in contrast still stitch consistently. Runs in this process (one device); the model is either the
-``model.pt`` a training run writes, its output folder, a runner checkpoint folder (``state.pt``) or an MLflow
+``model.safetensors`` a training run writes, its output folder, a runner checkpoint folder (``state.pt``) or an MLflow
 artifact URI.
 """
 
@@ -22,15 +22,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from cryoray.cli import run_tool
 from cryoray.data.subtomograms import DATA_PERCENTILES
 from cryoray.errors import CryorayInputError
+from cryoray.io.models import Model, read_model
 from cryoray.io.mrc import read_mrc, read_mrc_shape, write_mrc
 from cryoray.io.validate import check_can_write
 from cryoray.nn.unetpp import UNetPlusPlus3d
-from cryoray.tracking import local_model_path
+from cryoray.session import run_tool
 
-MODEL_FILE = "model.pt"
 METHOD_NAME = "cryogen2"
 
 
@@ -101,44 +100,20 @@ def restore_volume(
     return -restored if invert_contrast else restored
 
 
-def load_model(reference: str) -> dict[str, Any]:
-    """A CryoGEN-II model: ``model.pt``, a training output folder, a runner checkpoint folder, or an MLflow URI."""
-    path = local_model_path(reference)
-    if path.is_dir():
-        from cryoray.train.runner import CHECKPOINT_FILE, load_checkpoint_state
-
-        if (path / MODEL_FILE).is_file():
-            path = path / MODEL_FILE
-        elif (path / CHECKPOINT_FILE).is_file():
-            try:
-                state = load_checkpoint_state(path)
-            except ValueError as exc:
-                raise CryorayInputError(path, "--model", "a runner checkpoint of this cryoray version", str(exc)) from None
-            if state.get("method") != METHOD_NAME:
-                raise CryorayInputError(path, "method", "a CryoGEN-II checkpoint", state.get("method"))
-            return {"method": METHOD_NAME, "config": state["config"]["method"], "generator": state["modules"]["generator"],
-                    "invert_contrast": state["extra"].get("invert_contrast", False),
-                    "voxel_size_angstrom": state["extra"].get("voxel_size_angstrom")}
-    if not path.is_file():
-        raise CryorayInputError(path, "--model", f"a CryoGEN-II {MODEL_FILE}, a training output folder or a checkpoint folder", "no such file")
-    try:
-        model = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - a corrupt or foreign file
-        raise CryorayInputError(path, "--model", "a file written by torch.save", type(exc).__name__) from None
-    if not isinstance(model, dict) or model.get("method") != METHOD_NAME:
-        raise CryorayInputError(path, "method", "a CryoGEN-II model", model.get("method") if isinstance(model, dict) else type(model).__name__)
-    return model
+def load_model(reference: str) -> Model:
+    """A CryoGEN-II model: a model file, a training output folder, a runner checkpoint folder, or an MLflow URI."""
+    return read_model(reference, METHOD_NAME, required=("invert_contrast",))
 
 
-def build_generator(model: dict[str, Any]) -> UNetPlusPlus3d:
-    generator = UNetPlusPlus3d(model["config"]["channels"])
-    generator.load_state_dict(model["generator"])
+def build_generator(model: Model) -> UNetPlusPlus3d:
+    generator = UNetPlusPlus3d(model.config["channels"])
+    generator.load_state_dict(model.state_dicts["generator"])
     return generator.eval()
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jobs/cryogen2.py apply", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="model.pt, a training output folder, a checkpoint folder, or runs:/<id>/outputs/model.pt")
+    parser.add_argument("--model", required=True, help="model.safetensors, a training output folder, a checkpoint folder, or runs:/<id>/outputs/model.safetensors")
     parser.add_argument("--inputs", nargs="+", required=True, help=".mrc subtomograms or tomograms (any size)")
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--voxel-size-angstrom", type=float, help="use instead of the MRC header's voxel size")
@@ -153,7 +128,7 @@ def _parser() -> argparse.ArgumentParser:
 def _apply(args: argparse.Namespace) -> dict[str, Any]:
     model = load_model(args.model)
     generator = build_generator(model)
-    config = model["config"]
+    config = model.config
     tile = args.tile_px or config["cube_px"]
     overlap = config["inference_overlap_px"] if args.overlap_px is None else args.overlap_px
     multiple = generator.size_multiple
@@ -179,11 +154,11 @@ def _apply(args: argparse.Namespace) -> dict[str, Any]:
     written = {}
     for path, out in zip(inputs, outputs):
         mrc = read_mrc(path, args.voxel_size_angstrom)
-        restored = restore_volume(generator, mrc.data, bool(model.get("invert_contrast", False)), tile, overlap, args.batch_size, device)
+        restored = restore_volume(generator, mrc.data, bool(model.metadata["invert_contrast"]), tile, overlap, args.batch_size, device)
         write_mrc(out, restored, mrc.voxel_size_angstrom, overwrite=args.overwrite)
         written[path.name] = {"output": str(out), "shape_zyx": list(mrc.data.shape), "voxel_size_angstrom": mrc.voxel_size_angstrom}
     result = {"outputs": written, "tile_px": tile, "overlap_px": overlap, "device": str(device),
-              "training_voxel_size_angstrom": model.get("voxel_size_angstrom")}
+              "training_voxel_size_angstrom": model.metadata.get("voxel_size_angstrom")}
     (output_dir / "apply_result.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 

@@ -22,10 +22,11 @@ moves only the rows of the batch (the code's dense Adam keeps nudging every imag
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -44,9 +45,8 @@ from cryoray.data.pose_table import (
     read_particle_indices,
 )
 from cryoray.errors import CryorayInputError
+from cryoray.io.figures import agg_figure
 from cryoray.io.manifest import DatasetManifest
-from cryoray.io.mrc import read_mrc
-from cryoray.methods.base import Method, TrainState
 from cryoray.methods.cryospin.networks import (
     HartleyVolume,
     PoseEncoder,
@@ -56,9 +56,10 @@ from cryoray.methods.cryospin.networks import (
     per_image_loss,
     render_fourier,
 )
-from cryoray.methods.single_particle import evaluate_reconstruction, write_reconstruction_artifacts
+from cryoray.methods.single_particle import evaluate_reconstruction, write_pose_model, write_reconstruction_artifacts
 from cryoray.physics import euler_relion_to_matrix, slice_volume_fourier
 from cryoray.train.context import TrainContext
+from cryoray.train.method import Method, TrainState
 
 
 class CryoSpinConfig(BaseModel):
@@ -105,12 +106,10 @@ class _WorkerRun:
     chunks: list[RowChunk]
     batches_per_epoch: int
     mask: torch.Tensor
-    state: TrainState
     head_wins: torch.Tensor
     eval_indices: list[torch.Tensor] = field(default_factory=list)
     eval_predicted: list[torch.Tensor] = field(default_factory=list)
     eval_true: list[torch.Tensor] = field(default_factory=list)
-    final_metrics: dict[str, float] = field(default_factory=dict)
 
     def record(self, limit: int, particle_index: torch.Tensor, predicted: torch.Tensor, batch: dict) -> None:
         """Keep up to ``limit`` (image, pose) pairs of this epoch for the pose error (ground truth: scoring only)."""
@@ -129,16 +128,16 @@ class _WorkerRun:
         return predicted, true
 
 
-class CryoSPIN(Method):
+class CryoSPIN(Method[CryoSpinConfig]):
     """cryoSPIN: multi-head pose encoder, then per-image pose auto-decoding, with a Hartley-space volume."""
 
-    name: ClassVar[str] = "cryospin"
-    config_schema: ClassVar[type[BaseModel]] = CryoSpinConfig
-    dataset_kind: ClassVar[str] = "particles"
-    default_dataset: ClassVar[str] = "particles-phantom"
-    smoke_dataset: ClassVar[str] = "particles-smoke"
+    name = "cryospin"
+    config_schema = CryoSpinConfig
+    dataset_kind = "particles"
+    default_dataset = "particles-phantom"
+    smoke_dataset = "particles-smoke"
     # The built-in default is sized for a CPU box (jobs/configs/cryospin-paper.yaml has the paper's run).
-    default_preset: ClassVar[dict] = {
+    default_preset = {
         "train": {"epochs": 8, "batch_size": 64, "cpus_per_worker": 0.5},
         "method": {
             "encoder_channels": [16, 32, 64, 64],
@@ -148,7 +147,7 @@ class CryoSPIN(Method):
             "fsc_every_epochs": 4,
         },
     }
-    smoke_preset: ClassVar[dict] = {
+    smoke_preset = {
         "num_workers": 2,
         "train": {"epochs": 6, "batch_size": 32},
         "method": {
@@ -163,7 +162,9 @@ class CryoSPIN(Method):
         },
     }
 
-    def datasets(self, dataset_dir: Path, manifest: DatasetManifest, config: BaseModel) -> dict[str, ray.data.Dataset]:
+    def datasets(
+        self, dataset_dir: Path, manifest: DatasetManifest, config: BaseModel, seed: int = 0
+    ) -> dict[str, ray.data.Dataset]:
         # No Ray dataset: each worker reads its own fixed rows (the per-image table needs a fixed assignment).
         missing = [c for c in ("image", "particle_index", "rot_deg", "defocus_u_angstrom") if c not in manifest.columns]
         if manifest.kind != "particles" or missing:
@@ -198,38 +199,46 @@ class CryoSPIN(Method):
                 {"params": list(decoder.parameters()), "lr": config.decoder_lr},
             ]
         )
-        state = TrainState(
-            modules={"encoder": encoder, "decoder": decoder},
-            optimizers={"model": optimizer},
-            extra={"switched": False, "head_wins_at_switch": None},
-            sharded={"pose_table": table},
+        # The volume's step size drops at the switch to auto-decoding (the encoder's group keeps its own).
+        switch_step = math.inf if config.fully_amortized else config.switch_epoch * ctx.steps_per_epoch
+        after = config.decoder_lr_after_switch / config.decoder_lr
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, [lambda step: 1.0, lambda step: after if step >= switch_step else 1.0]
         )
-        self._run = _WorkerRun(
+        runtime = _WorkerRun(
             chunks=chunks,
             batches_per_epoch=-(-largest // ctx.runner.batch_size),
             mask=loss_mask(manifest.box_px, config.loss_radius_fraction, ctx.device),
-            state=state,
             head_wins=torch.zeros(config.n_heads, dtype=torch.float64, device=ctx.device),
         )
-        return state
+        return TrainState(
+            modules={"encoder": encoder, "decoder": decoder},
+            optimizers={"model": optimizer},
+            schedulers={"model": schedule},
+            extra={"switched": False, "head_wins_at_switch": None},
+            sharded={"pose_table": table},
+            runtime=runtime,
+        )
 
-    def train_batches(self, config: CryoSpinConfig, ctx: TrainContext):
-        state = self._run.state
+    def begin_epoch(self, state: TrainState, config: CryoSpinConfig, ctx: TrainContext) -> None:
+        """At ``switch_epoch``: initialise the pose table from the best heads (also after a resume before it)."""
         if not config.fully_amortized and ctx.epoch >= config.switch_epoch and not state.extra["switched"]:
             self._switch_to_auto_decoding(state, config, ctx)
-        table: PoseTable = state.sharded["pose_table"]
+        table = _pose_table(state)
         if state.extra["switched"] and not table.fully_initialized:
             raise RuntimeError(
                 f"rank {ctx.rank}: auto-decoding, but {int((~table.initialized).sum())} of its images have no pose "
                 "(the checkpoint lacks their pose-table rows)"
             )
+
+    def train_batches(self, state: TrainState, config: CryoSpinConfig, ctx: TrainContext):
         return iter_owned_batches(
-            self._run.chunks,
+            state.runtime.chunks,
             ctx.runner.batch_size,
             ctx.device,
-            num_batches=self._run.batches_per_epoch,
+            num_batches=state.runtime.batches_per_epoch,
             shuffle_buffer_images=ctx.runner.shuffle_buffer_images,
-            seed=(ctx.runner.seed * 1_000_003 + ctx.epoch) * 1009 + ctx.rank,
+            seed=ctx.epoch_seed,
         )
 
     def _forward_terms(
@@ -244,15 +253,17 @@ class CryoSPIN(Method):
         rotations: torch.Tensor,
         shifts_px: torch.Tensor | None,
         batch: dict[str, torch.Tensor],
+        mask: torch.Tensor,
         config: CryoSpinConfig,
         ctx: TrainContext,
     ) -> torch.Tensor:
-        """(B, M) loss of every head's pose; ``slices_of`` maps (N, 3, 3) rotations to Hartley slices."""
+        """(B, M) loss of every head's pose over the Fourier ``mask``; ``slices_of`` maps (N, 3, 3) rotations to
+        Hartley slices."""
         ctf, observed = self._forward_terms(batch, config, ctx)
         b, m = rotations.shape[:2]
         slices = slices_of(rotations.reshape(b * m, 3, 3)).reshape(b, m, *observed.shape[-2:])
         predicted = render_fourier(slices, None if ctf is None else ctf[:, None], shifts_px)
-        return per_image_loss(predicted, observed[:, None], self._run.mask, config.loss, config.noise_variance)
+        return per_image_loss(predicted, observed[:, None], mask, config.loss, config.noise_variance)
 
     def train_step(
         self, state: TrainState, batch: dict[str, torch.Tensor], config: CryoSpinConfig, ctx: TrainContext
@@ -260,27 +271,29 @@ class CryoSPIN(Method):
         if state.extra["switched"]:
             return self._auto_decoding_step(state, batch, config, ctx)
         rotations, shifts = state.modules["encoder"](batch["image"])
-        per_head = self.head_losses(state.modules["decoder"], rotations, shifts, batch, config, ctx)
+        runtime: _WorkerRun = state.runtime
+        per_head = self.head_losses(state.modules["decoder"], rotations, shifts, batch, runtime.mask, config, ctx)
         best, winner = per_head.min(dim=1)  # winner-takes-all: only the best head's loss is back-propagated
         total = ctx.step(state.optimizers["model"], {"data": best.mean()})
-        self._run.head_wins += torch.bincount(winner, minlength=config.n_heads).to(self._run.head_wins)
+        runtime.head_wins += torch.bincount(winner, minlength=config.n_heads).to(runtime.head_wins)
         chosen = rotations[torch.arange(len(winner)), winner]
-        self._run.record(config.eval_pose_images, batch["particle_index"], chosen, batch)
+        runtime.record(config.eval_pose_images, batch["particle_index"], chosen, batch)
         return {"loss": total.item()}
 
     def _auto_decoding_step(
         self, state: TrainState, batch: dict[str, torch.Tensor], config: CryoSpinConfig, ctx: TrainContext
     ) -> dict[str, float]:
-        table: PoseTable = state.sharded["pose_table"]
+        table = _pose_table(state)
+        runtime: _WorkerRun = state.runtime
         rows = table.rows(batch["particle_index"])
         ctf, observed = self._forward_terms(batch, config, ctx)
-        volume = state.unwrapped("decoder").hartley().detach()  # pose steps: local, the volume held fixed
+        volume = state.unwrapped("decoder", HartleyVolume).hartley().detach()  # pose steps: local, the volume held fixed
         for _ in range(config.pose_steps_per_batch):
             omega = table.omega[rows].clone().requires_grad_(True)
             shifts = table.shift_px[rows].clone().requires_grad_(True) if config.learn_shifts else None
             predicted = render_fourier(slice_volume_fourier(volume, table.rotations(rows, omega)), ctf, shifts)
             # A sum over images: each image's pose gets exactly its own gradient, whatever the batch size.
-            pose_loss = per_image_loss(predicted, observed, self._run.mask, config.loss, config.noise_variance).sum()
+            pose_loss = per_image_loss(predicted, observed, runtime.mask, config.loss, config.noise_variance).sum()
             ctx.check_finite({"pose": pose_loss})
             grads = torch.autograd.grad(pose_loss, [omega] + ([shifts] if shifts is not None else []))
             table.adam_step(
@@ -291,9 +304,9 @@ class CryoSPIN(Method):
         rotations = table.rotations(rows).detach()
         shifts = table.shift_px[rows] if config.learn_shifts else None
         predicted = render_fourier(state.modules["decoder"](rotations), ctf, shifts)
-        data = per_image_loss(predicted, observed, self._run.mask, config.loss, config.noise_variance).mean()
+        data = per_image_loss(predicted, observed, runtime.mask, config.loss, config.noise_variance).mean()
         total = ctx.step(state.optimizers["model"], {"data": data})
-        self._run.record(config.eval_pose_images, batch["particle_index"], rotations, batch)
+        runtime.record(config.eval_pose_images, batch["particle_index"], rotations, batch)
         return {"loss": total.item()}
 
     @torch.no_grad()
@@ -305,12 +318,12 @@ class CryoSPIN(Method):
         encoder = state.unwrapped("encoder")
         training = encoder.training
         encoder.eval()
-        volume = state.unwrapped("decoder").hartley()
+        volume = state.unwrapped("decoder", HartleyVolume).hartley()
         out: dict[str, list[torch.Tensor]] = {"index": [], "rotation": [], "shift": [], "winner": [], "true": []}
-        for batch in iter_owned_batches(self._run.chunks, ctx.runner.batch_size, ctx.device):
+        for batch in iter_owned_batches(state.runtime.chunks, ctx.runner.batch_size, ctx.device):
             rotations, shifts = encoder(batch["image"])
             per_head = self.head_losses(
-                lambda r: slice_volume_fourier(volume, r), rotations, shifts, batch, config, ctx
+                lambda r: slice_volume_fourier(volume, r), rotations, shifts, batch, state.runtime.mask, config, ctx
             )
             winner = per_head.argmin(dim=1)
             pick = torch.arange(len(winner), device=winner.device)
@@ -325,8 +338,9 @@ class CryoSPIN(Method):
         return joined["index"], joined["rotation"], shifts, joined["winner"], joined["true"]
 
     def _switch_to_auto_decoding(self, state: TrainState, config: CryoSpinConfig, ctx: TrainContext) -> None:
-        """Initialise this worker's pose table from each image's best head; lower the volume's step size."""
-        table: PoseTable = state.sharded["pose_table"]
+        """Initialise this worker's pose table from each image's best head (the LR schedule lowers the volume's
+        step size from the same epoch on)."""
+        table = _pose_table(state)
         index, rotations, shifts, winner, _ = self._best_head_poses(state, config, ctx)
         table.set_poses(table.rows(index), rotations, shifts)
         wins = torch.bincount(winner, minlength=config.n_heads).to(torch.float64)
@@ -334,30 +348,25 @@ class CryoSPIN(Method):
             dist.all_reduce(wins)
         state.extra["head_wins_at_switch"] = wins.cpu().tolist()
         state.extra["switched"] = True
-        state.optimizers["model"].param_groups[1]["lr"] = config.decoder_lr_after_switch
 
     # ---- evaluation and artifacts ----
-
-    def _ground_truth(self, ctx: TrainContext) -> torch.Tensor | None:
-        relative = ctx.manifest.ground_truth.get("map")
-        return None if relative is None else torch.from_numpy(read_mrc(ctx.dataset_dir / relative).data).float()
 
     def evaluate(self, state: TrainState, config: CryoSpinConfig, ctx: TrainContext) -> dict[str, float]:
         """Pose error (after global alignment) on the images scored this epoch, head usage, and — every
         ``fsc_every_epochs`` and at the end — FSC resolution of the aligned map against ground truth."""
-        predicted, true = self._run.take_records()
+        runtime: _WorkerRun = state.runtime
+        predicted, true = runtime.take_records()
         predicted, true = _gather_cat(predicted, ctx), _gather_cat(true, ctx)
-        wins = self._run.head_wins.clone()
+        wins = runtime.head_wins.clone()
         if ctx.distributed:
             dist.all_reduce(wins)
-        self._run.head_wins.zero_()
+        runtime.head_wins.zero_()
         metrics: dict[str, float] = {}
         if ctx.is_rank_zero and len(predicted):
-            # The last epoch's map is scored with every image's pose by write_artifacts (the run's final scores).
-            last = ctx.epoch == ctx.runner.epochs - 1
-            with_map = not last and (ctx.epoch + 1) % config.fsc_every_epochs == 0
-            reference = self._ground_truth(ctx) if with_map else None
-            density = state.unwrapped("decoder").density().cpu()
+            # The last epoch's map is scored with every image's pose by test() (the run's final scores).
+            with_map = not ctx.is_last_epoch and ctx.epoch_is_due(config.fsc_every_epochs)
+            reference = ctx.manifest.ground_truth_map(ctx.dataset_dir) if with_map else None
+            density = state.unwrapped("decoder", HartleyVolume).density().cpu()
             evaluation = evaluate_reconstruction(
                 density, reference, ctx.manifest.voxel_size_angstrom, predicted, true if ctx.manifest.has_poses else None,
                 search_level=config.align_search_level,
@@ -372,13 +381,20 @@ class CryoSPIN(Method):
     def write_artifacts(
         self, state: TrainState, config: CryoSpinConfig, ctx: TrainContext, output_dir: Path
     ) -> dict[str, str]:
-        """map.mrc, map_aligned.mrc, fsc.csv/png, poses.star (every image) and head_usage.csv/png."""
+        """The model file: encoder (with its heads) and Hartley volume."""
+        return write_pose_model(output_dir, self.name, state, config, ctx) if ctx.is_rank_zero else {}
+
+    def test(
+        self, state: TrainState, config: CryoSpinConfig, ctx: TrainContext, output_dir: Path
+    ) -> tuple[dict[str, float], dict[str, str]]:
+        """The final scores with every image's pose (the aligned map's FSC, the pose error) and the files that
+        show them: map.mrc, map_aligned.mrc, fsc.csv/png, poses.star and head_usage.csv/png."""
         if state.extra["switched"]:
-            table: PoseTable = state.sharded["pose_table"]
+            table = _pose_table(state)
             index = table.particle_index
             rotations = table.rotations(torch.arange(len(table), device=ctx.device))
             shifts = table.shift_px if config.learn_shifts else None
-            true = _true_rotations(self._run.chunks, index, ctx)
+            true = _true_rotations(state.runtime.chunks, index, ctx)
             wins = torch.tensor(state.extra["head_wins_at_switch"], dtype=torch.float64)
             usage_label = "at the switch to auto-decoding"
         else:
@@ -392,15 +408,23 @@ class CryoSPIN(Method):
             for name, value in {"index": index, "rotation": rotations, "true": true}.items()
         }
         gathered_shifts = _gather_cat(shifts.detach().cpu(), ctx) if shifts is not None else None
-        if not ctx.is_rank_zero:
-            return {}
-        density = state.unwrapped("decoder").density().cpu()
+        metrics: dict[str, float] = {}
+        artifacts: dict[str, str] = {}
+        if ctx.is_rank_zero:
+            metrics, artifacts = self._final_scores(state, config, ctx, output_dir, gathered, gathered_shifts)
+            artifacts.update(_write_head_usage(output_dir, wins, usage_label))
+        return ctx.broadcast_from_rank_zero(metrics), artifacts
+
+    def _final_scores(
+        self, state: TrainState, config: CryoSpinConfig, ctx: TrainContext, output_dir: Path,
+        gathered: dict[str, torch.Tensor], gathered_shifts: torch.Tensor | None,
+    ) -> tuple[dict[str, float], dict[str, str]]:
+        density = state.unwrapped("decoder", HartleyVolume).density().cpu()
         evaluation = evaluate_reconstruction(
-            density, self._ground_truth(ctx), ctx.manifest.voxel_size_angstrom, gathered["rotation"],
-            gathered["true"] if ctx.manifest.has_poses else None,
+            density, ctx.manifest.ground_truth_map(ctx.dataset_dir), ctx.manifest.voxel_size_angstrom,
+            gathered["rotation"], gathered["true"] if ctx.manifest.has_poses else None,
             search_level=config.align_search_level,
         )
-        self._run.final_metrics = dict(evaluation.metrics)
         voxel = ctx.manifest.voxel_size_angstrom
         artifacts = write_reconstruction_artifacts(
             output_dir,
@@ -411,14 +435,15 @@ class CryoSPIN(Method):
             gathered["rotation"],
             None if gathered_shifts is None else -gathered_shifts * voxel,  # RELION origin = −shift
         )
-        artifacts.update(_write_head_usage(output_dir, wins, usage_label))
-        return artifacts
+        return dict(evaluation.metrics), artifacts
 
-    def test(
-        self, state: TrainState, config: CryoSpinConfig, ctx: TrainContext, output_dir: Path
-    ) -> tuple[dict[str, float], dict[str, str]]:
-        """The final scores (the aligned map's FSC, the pose error over every image), computed with the artifacts."""
-        return ctx.broadcast_from_rank_zero(self._run.final_metrics), {}
+
+def _pose_table(state: TrainState) -> PoseTable:
+    """This worker's pose table (``state.sharded["pose_table"]``, set by ``setup``)."""
+    table = state.sharded["pose_table"]
+    if not isinstance(table, PoseTable):
+        raise TypeError(f"sharded state 'pose_table' is a {type(table).__name__}, not a PoseTable")
+    return table
 
 
 def _true_rotations(chunks: list[RowChunk], index: torch.Tensor, ctx: TrainContext) -> torch.Tensor:
@@ -442,17 +467,13 @@ def _gather_cat(value: torch.Tensor, ctx: TrainContext) -> torch.Tensor:
 
 def _write_head_usage(output_dir: Path, wins: torch.Tensor, label: str) -> dict[str, str]:
     """``head_usage.csv/png``: how many images each head won (the paper's Supp. F specialisation)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     counts = wins.numpy()
     fractions = counts / max(counts.sum(), 1)
     table = pd.DataFrame({"head": np.arange(len(counts)), "images_won": counts.astype(np.int64), "fraction": fractions})
     csv_path = output_dir / "head_usage.csv"
     table.to_csv(csv_path, index=False)
-    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
+    fig = agg_figure(figsize=(5, 3.2), dpi=120)
+    ax = fig.subplots()
     ax.bar(table["head"], table["fraction"])
     ax.set_xlabel("head")
     ax.set_ylabel("fraction of images won")
@@ -460,5 +481,4 @@ def _write_head_usage(output_dir: Path, wins: torch.Tensor, label: str) -> dict[
     fig.tight_layout()
     png_path = output_dir / "head_usage.png"
     fig.savefig(png_path)
-    plt.close(fig)
     return {"head_usage_csv": str(csv_path.resolve()), "head_usage_png": str(png_path.resolve())}

@@ -17,12 +17,13 @@ from cryoray.physics import (
     CTF_PARAMETERS,
     ctf_2d,
     fft2_centered,
-    frequency_grid,
     hartley_to_fourier,
     iht3_centered,
     s2s2_to_matrix,
     shift_images_fourier,
     slice_volume_fourier,
+    sphere_mask,
+    standardize,
 )
 
 
@@ -68,9 +69,7 @@ class PoseEncoder(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(B, D, D) images -> rotations (B, M, 3, 3) and shifts (B, M, 2) px (None without shifts)."""
-        flat = images.reshape(images.shape[0], -1)
-        standard = (images - flat.mean(1)[:, None, None]) / (flat.std(1)[:, None, None] + 1e-6)
-        latent = self.trunk(standard[:, None]).flatten(1)
+        latent = self.trunk(standardize(images, 2)[:, None]).flatten(1)
         outputs = torch.stack([head(latent) for head in self.heads], dim=1)  # (B, M, 6 [+2])
         rotations = s2s2_to_matrix(outputs[..., :6])
         shifts = self.max_shift_px * torch.tanh(outputs[..., 6:]) if self.predict_shifts else None
@@ -111,9 +110,8 @@ class HartleyVolume(nn.Module):
 
 
 def loss_mask(box_px: int, radius_fraction: float, device: torch.device | str | None = None) -> torch.Tensor:
-    """The Fourier pixels the loss sees: ``|k| < radius_fraction · D/2`` (a disc that stops short of Nyquist)."""
-    k = frequency_grid(box_px, 2, device=device) * box_px
-    return (k * k).sum(-1).sqrt() < radius_fraction * (box_px // 2)
+    """The Fourier pixels the loss sees: ``|k| <= radius_fraction · Nyquist`` (a disc: no corners beyond Nyquist)."""
+    return sphere_mask(box_px, radius_fraction * (box_px // 2), 2, dtype=torch.bool, device=device)
 
 
 def render_fourier(
@@ -130,7 +128,8 @@ def render_fourier(
 
 def batch_ctf(batch: Mapping[str, torch.Tensor], box_px: int, pixel_size_angstrom: float) -> torch.Tensor:
     """(B, D, D) CTF of the batch's particles."""
-    return ctf_2d(box_px, pixel_size_angstrom, **{k: batch[k] for k in CTF_PARAMETERS}, device=batch["image"].device)
+    image = batch["image"]
+    return ctf_2d(box_px, pixel_size_angstrom, **{k: batch[k] for k in CTF_PARAMETERS}, dtype=image.dtype, device=image.device)
 
 
 def observed_fourier(images: torch.Tensor) -> torch.Tensor:

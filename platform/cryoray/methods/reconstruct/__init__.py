@@ -9,7 +9,6 @@ end-to-end check) and a useful tool on its own: a differentiable reconstruction 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 import ray.data
@@ -18,12 +17,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cryoray.data.particles import iter_particle_batches, particle_dataset
 from cryoray.errors import CryorayInputError
-from cryoray.io.figures import write_fsc_curve
+from cryoray.io.figures import write_fsc_curves
 from cryoray.io.manifest import DatasetManifest
-from cryoray.io.mrc import read_mrc, write_mrc
-from cryoray.methods.base import Method, TrainState
+from cryoray.io.mrc import write_mrc
 from cryoray.physics import CTF_PARAMETERS, form_particle_images, fourier_shell_correlation, fsc_resolution_angstrom
 from cryoray.train.context import TrainContext
+from cryoray.train.method import Method, TrainState
 
 
 class ReconstructConfig(BaseModel):
@@ -62,29 +61,31 @@ def predicted_images(
     return model(batch["rotation"], pixel_size_angstrom, origin, ctf)
 
 
-class KnownPoseReconstruction(Method):
+class KnownPoseReconstruction(Method[ReconstructConfig]):
     """Voxel-map reconstruction from particle images with known poses and CTF."""
 
-    name: ClassVar[str] = "reconstruct"
-    config_schema: ClassVar[type[BaseModel]] = ReconstructConfig
-    dataset_kind: ClassVar[str] = "particles"
-    default_dataset: ClassVar[str] = "particles-phantom"
-    smoke_dataset: ClassVar[str] = "particles-smoke"
-    smoke_preset: ClassVar[dict] = {"num_workers": 2, "train": {"epochs": 3, "batch_size": 64}}
+    name = "reconstruct"
+    config_schema = ReconstructConfig
+    dataset_kind = "particles"
+    default_dataset = "particles-phantom"
+    smoke_dataset = "particles-smoke"
+    smoke_preset = {"num_workers": 2, "train": {"epochs": 3, "batch_size": 64}}
 
-    def datasets(self, dataset_dir: Path, manifest: DatasetManifest, config: BaseModel) -> dict[str, ray.data.Dataset]:
+    def datasets(
+        self, dataset_dir: Path, manifest: DatasetManifest, config: BaseModel, seed: int = 0
+    ) -> dict[str, ray.data.Dataset]:
         if not manifest.has_poses:
             raise CryorayInputError(dataset_dir / "manifest.json", "poses", "particles with known orientations", "imported without them")
-        return {"train": particle_dataset(dataset_dir, manifest)}
+        return {"train": particle_dataset(dataset_dir, manifest, seed=seed)}
 
     def setup(self, config: ReconstructConfig, manifest: DatasetManifest, ctx: TrainContext) -> TrainState:
         model = VoxelMap(manifest.box_px).to(ctx.device)
         optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
         return TrainState(modules={"map": model}, optimizers={"map": optimizer})
 
-    def train_batches(self, config: BaseModel, ctx: TrainContext):
+    def train_batches(self, state: TrainState, config: ReconstructConfig, ctx: TrainContext):
         return iter_particle_batches(
-            ctx.datasets["train"], ctx.runner.batch_size, ctx.device, ctx.runner.shuffle_buffer_images
+            ctx.datasets["train"], ctx.runner.batch_size, ctx.device, ctx.runner.shuffle_buffer_images, ctx.epoch_seed
         )
 
     def train_step(
@@ -94,16 +95,16 @@ class KnownPoseReconstruction(Method):
         predicted = predicted_images(state.modules["map"], batch, ctx.manifest.voxel_size_angstrom, with_ctf)
         losses = {
             "data_mse": torch.mean((predicted - batch["image"]) ** 2),
-            "map_l2": config.l2_weight * torch.mean(state.unwrapped("map").density ** 2),
+            "map_l2": config.l2_weight * torch.mean(state.unwrapped("map", VoxelMap).density ** 2),
         }
         total = ctx.step(state.optimizers["map"], losses)
         return {"loss": total.item(), "data_mse": losses["data_mse"].item()}
 
     def evaluate(self, state: TrainState, config: ReconstructConfig, ctx: TrainContext) -> dict[str, float]:
-        reference = self._ground_truth(ctx)
+        reference = _ground_truth(ctx)
         if reference is None:
             return {}
-        density = state.unwrapped("map").density.detach().cpu()
+        density = state.unwrapped("map", VoxelMap).density.detach().cpu()
         frequency, fsc = fourier_shell_correlation(density, reference)
         voxel = ctx.manifest.voxel_size_angstrom
         return {
@@ -118,17 +119,16 @@ class KnownPoseReconstruction(Method):
         if not ctx.is_rank_zero:
             return {}
         voxel = ctx.manifest.voxel_size_angstrom
-        density = state.unwrapped("map").density.detach().cpu()
+        density = state.unwrapped("map", VoxelMap).density.detach().cpu()
         map_path = write_mrc(output_dir / "map.mrc", density.numpy(), voxel, overwrite=True)
         artifacts = {"map": str(Path(map_path).resolve())}
-        reference = self._ground_truth(ctx)
+        reference = _ground_truth(ctx)
         if reference is not None:
             frequency, fsc = fourier_shell_correlation(density, reference)
-            artifacts.update(write_fsc_curve(output_dir, frequency.numpy(), fsc.numpy(), voxel))
+            artifacts.update(write_fsc_curves(output_dir, frequency.numpy(), {"fsc": fsc.numpy()}, voxel))
         return artifacts
 
-    @staticmethod
-    def _ground_truth(ctx: TrainContext) -> torch.Tensor | None:
-        """The dataset's ground-truth map (simulated or supplied at import), if it has one."""
-        relative = ctx.manifest.ground_truth.get("map")
-        return None if relative is None else torch.from_numpy(read_mrc(ctx.dataset_dir / relative).data)
+
+def _ground_truth(ctx: TrainContext) -> torch.Tensor | None:
+    reference = ctx.manifest.ground_truth_map(ctx.dataset_dir)
+    return None if reference is None else torch.from_numpy(reference)

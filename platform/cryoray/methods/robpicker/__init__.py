@@ -28,18 +28,19 @@ Choices where the paper is silent (logged as MLflow params through the config):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import functools
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Literal
 
 import ray.data
 import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 from torch.func import functional_call
 
-from cryoray.data.patches import patch_dataset, patch_source, split_entries
+from cryoray.data.patches import draw_per_replica, patch_dataset, patch_source, split_entries
 from cryoray.io.manifest import DatasetManifest
-from cryoray.methods.base import Method, TrainState
+from cryoray.io.models import MODEL_FILE, write_model_file
 from cryoray.methods.robpicker.inference import PickingSettings, evaluate_split, write_split_outputs
 from cryoray.methods.robpicker.networks import (
     LabelCorrection,
@@ -51,6 +52,7 @@ from cryoray.methods.robpicker.networks import (
 from cryoray.nn.bilevel import finite_difference_hypergradient
 from cryoray.nn.unet3d import UNet3D
 from cryoray.train.context import TrainContext
+from cryoray.train.method import Method, TrainState
 
 Mode = Literal["full", "lc_only", "dr_only", "supervised"]
 
@@ -141,16 +143,16 @@ def _grad_reducer(ctx: TrainContext):
     return reduce
 
 
-class RobPicker(Method):
+class RobPicker(Method[RobPickerConfig]):
     """Cryo-ET particle picking by bi-level meta-learning (see the module docstring)."""
 
-    name: ClassVar[str] = "robpicker"
-    config_schema: ClassVar[type[BaseModel]] = RobPickerConfig
-    dataset_kind: ClassVar[str] = "tomograms"
-    default_dataset: ClassVar[str] = "tomograms-default"
-    smoke_dataset: ClassVar[str] = "tomograms-smoke"
-    default_preset: ClassVar[dict] = {"train": {"epochs": 10, "batch_size": 8, "log_every_steps": 5}}
-    smoke_preset: ClassVar[dict] = {
+    name = "robpicker"
+    config_schema = RobPickerConfig
+    dataset_kind = "tomograms"
+    default_dataset = "tomograms-default"
+    smoke_dataset = "tomograms-smoke"
+    default_preset = {"train": {"epochs": 10, "batch_size": 8, "log_every_steps": 5}}
+    smoke_preset = {
         "num_workers": 2,
         "train": {"epochs": 2, "batch_size": 4, "log_every_steps": 2},
         "method": {
@@ -163,14 +165,23 @@ class RobPicker(Method):
         },
     }
 
-    def datasets(self, dataset_dir: Path, manifest: DatasetManifest, config: RobPickerConfig) -> dict[str, ray.data.Dataset]:
+    def datasets(
+        self, dataset_dir: Path, manifest: DatasetManifest, config: RobPickerConfig, seed: int = 0
+    ) -> dict[str, ray.data.Dataset]:
         shift = config.patch_px // 4 if config.max_shift_px is None else config.max_shift_px
         train = patch_source(dataset_dir, split_entries(manifest, "train"), config.train_labels, "annotations")
-        streams = {"train": patch_dataset(train, config.train_patches_per_epoch, config.patch_px, shift, "particles", augment=True)}
+        streams = {
+            "train": patch_dataset(train, config.train_patches_per_epoch, config.patch_px, shift, "particles", augment=True, seed=seed)
+        }
         if config.uses_meta:
             val = patch_source(dataset_dir, split_entries(manifest, "val"), config.val_labels, "particles")
-            streams["meta"] = patch_dataset(val, config.meta_patches_per_epoch, config.patch_px, shift, "class_balanced", augment=True)
+            streams["meta"] = patch_dataset(
+                val, config.meta_patches_per_epoch, config.patch_px, shift, "class_balanced", augment=True, seed=seed
+            )
         return streams
+
+    def epoch_items(self, config: RobPickerConfig, manifest: DatasetManifest) -> int:
+        return config.train_patches_per_epoch
 
     def setup(self, config: RobPickerConfig, manifest: DatasetManifest, ctx: TrainContext) -> TrainState:
         num_classes = len(manifest.species) + 1
@@ -192,7 +203,7 @@ class RobPicker(Method):
             optimizers["meta"] = torch.optim.Adam(meta_groups)
         return TrainState(modules=modules, optimizers=optimizers)
 
-    def train_batches(self, config: RobPickerConfig, ctx: TrainContext) -> Iterator[dict[str, torch.Tensor]]:
+    def train_batches(self, state: TrainState, config: RobPickerConfig, ctx: TrainContext) -> Iterator[dict[str, torch.Tensor]]:
         def stream(name: str) -> Iterator[dict[str, torch.Tensor]]:
             return ctx.datasets[name].iter_torch_batches(
                 batch_size=ctx.runner.batch_size,
@@ -204,13 +215,14 @@ class RobPicker(Method):
         if not config.uses_meta:
             yield from stream("train")
             return
+        draw_per_replica(ctx.datasets["meta"], ctx.rank)  # each rank its own validation patches
         meta = _cycle(lambda: stream("meta"))
         for batch, meta_batch in zip(stream("train"), meta):
             yield {**batch, "meta_patch": meta_batch["patch"], "meta_labels": meta_batch["labels"]}
 
     def _meta_modules(self, state: TrainState) -> tuple[LabelCorrection | None, LossReweighting | None]:
-        corrector = state.unwrapped("label_corrector") if "label_corrector" in state.modules else None
-        reweighter = state.unwrapped("reweighter") if "reweighter" in state.modules else None
+        corrector = state.unwrapped("label_corrector", LabelCorrection) if "label_corrector" in state.modules else None
+        reweighter = state.unwrapped("reweighter", LossReweighting) if "reweighter" in state.modules else None
         return corrector, reweighter
 
     def _meta_step(
@@ -229,11 +241,11 @@ class RobPicker(Method):
             target = noisy if corrector is None else corrector(features, noisy)[0]
             losses = dice_loss_per_patch(torch.softmax(logits, dim=1), target)
 
-        def lower(params: dict[str, torch.Tensor]) -> torch.Tensor:
+        def lower(params: Mapping[str, torch.Tensor]) -> torch.Tensor:
             logits, _ = functional_call(segmenter, {**params, **buffers}, (x,))
             return weighted_dice(logits, noisy, corrector, reweighter, features, losses)[0]
 
-        def upper(params: dict[str, torch.Tensor]) -> torch.Tensor:
+        def upper(params: Mapping[str, torch.Tensor]) -> torch.Tensor:
             logits, _ = functional_call(segmenter, {**params, **buffers}, (meta_x,))
             return dice_loss_per_patch(torch.softmax(logits, dim=1), meta_target).mean()
 
@@ -247,7 +259,7 @@ class RobPicker(Method):
             epsilon=config.fd_epsilon,
             reduce=_grad_reducer(ctx),
         )
-        norm = torch.sqrt(sum((g**2).sum() for g in result.grads))
+        norm = torch.sqrt(functools.reduce(torch.add, ((g**2).sum() for g in result.grads)))
         ctx.check_finite({"hypergradient": norm, "val_dice_unrolled": torch.tensor(result.upper_loss)})
         optimizer = state.optimizers["meta"]
         optimizer.zero_grad(set_to_none=True)
@@ -272,8 +284,7 @@ class RobPicker(Method):
         return metrics
 
     def evaluate(self, state: TrainState, config: RobPickerConfig, ctx: TrainContext) -> dict[str, float]:
-        last = ctx.epoch == ctx.runner.epochs - 1
-        if not last and (ctx.epoch + 1) % config.eval_every_epochs:
+        if not ctx.epoch_is_due(config.eval_every_epochs):
             return {}
         segmenter = state.unwrapped("segmenter")
         scores = evaluate_split(segmenter, ctx.dataset_dir, ctx.manifest, "val", config.picking(), ctx.device, "val_") if ctx.is_rank_zero else None
@@ -291,16 +302,15 @@ class RobPicker(Method):
     def write_artifacts(self, state: TrainState, config: RobPickerConfig, ctx: TrainContext, output_dir: Path) -> dict[str, str]:
         if not ctx.is_rank_zero:
             return {}
-        path = output_dir / "model.pt"
-        torch.save(
+        path = write_model_file(
+            output_dir / MODEL_FILE,
+            self.name,
+            {"segmenter": state.unwrapped("segmenter")},
             {
-                "method": self.name,
-                "config": config.model_dump(),
+                "config": config.model_dump(mode="json"),
                 "num_classes": len(ctx.manifest.species) + 1,
-                "species": [s.model_dump() for s in ctx.manifest.species],
+                "species": [s.model_dump(mode="json") for s in ctx.manifest.species],
                 "voxel_size_angstrom": ctx.manifest.voxel_size_angstrom,
-                "segmenter": state.unwrapped("segmenter").state_dict(),
             },
-            path,
         )
         return {"model": str(path)}

@@ -8,6 +8,7 @@ distance tolerance, instance ids offset), so the counts pool over tomograms exac
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from cryoray.io.figures import write_orthoslices_with_picks
 from cryoray.io.manifest import DatasetManifest
 from cryoray.io.mrc import read_mrc, write_mrc
 from cryoray.io.star import read_coordinates, write_coordinates
+from cryoray.physics.normalize import standardize
 from cryoray.picking import cluster_picks, evaluate_picks, flatten_pick_scores, scores_table, sliding_window_predict
 
 
@@ -43,9 +45,7 @@ def segment_tomogram(
     segmenter.eval()
 
     def predict(tiles: torch.Tensor) -> torch.Tensor:
-        mean = tiles.mean(dim=(1, 2, 3, 4), keepdim=True)
-        std = tiles.std(dim=(1, 2, 3, 4), keepdim=True).clamp_min(1e-6)
-        return torch.softmax(segmenter((tiles - mean) / std)[0], dim=1)
+        return torch.softmax(segmenter(standardize(tiles, ndim=4))[0], dim=1)  # as the training patches
 
     volume = torch.from_numpy(np.ascontiguousarray(tomogram, dtype=np.float32))
     return sliding_window_predict(volume, predict, settings.patch_px, settings.overlap_px, settings.batch_size, device).cpu()
@@ -70,8 +70,8 @@ def pick_tomogram(
 def score_tomograms(
     items: list[tuple[pd.DataFrame, pd.DataFrame, np.ndarray | None]],
     tolerance_px: float,
-    class_names: dict[int, str],
-    size_groups: dict[int, str],
+    class_names: Mapping[int, str],
+    size_groups: Mapping[int, str],
 ) -> dict:
     """``evaluate_picks`` over several (picks, truth, instance map or None) at once, counts pooled."""
     gap_px = int(math.ceil(tolerance_px)) + 2
@@ -88,7 +88,7 @@ def score_tomograms(
             width = int(np.ceil(xs.max(initial=0.0))) + 1
         all_picks.append(picks.assign(x_px=picks["x_px"] + offset_px))
         all_truth.append(truth[["x_px", "y_px", "z_px", "class_id"]].assign(x_px=truth["x_px"] + offset_px))
-        if with_maps:
+        if with_maps and instances is not None:  # with_maps: every item has its instance map
             placed = np.zeros((depth, height, width + gap_px), dtype=np.int64)
             ids = instances.astype(np.int64)
             placed[: ids.shape[0], : ids.shape[1], :width] = np.where(ids > 0, ids + id_offset, 0)
@@ -120,7 +120,7 @@ def headline_metrics(result: dict, prefix: str) -> dict[str, float]:
 
 def _split_results(
     segmenter: torch.nn.Module, dataset_dir: Path, manifest: DatasetManifest, split: str, settings: PickingSettings, device: torch.device
-) -> tuple[dict, list[tuple[str, np.ndarray, pd.DataFrame, pd.DataFrame, np.ndarray]]]:
+) -> tuple[dict, list[tuple[str, np.ndarray, pd.DataFrame, pd.DataFrame, np.ndarray, np.ndarray]]]:
     names = {s.class_id: s.name for s in manifest.species}
     groups = {s.class_id: s.size_group for s in manifest.species}
     per_tomogram = []

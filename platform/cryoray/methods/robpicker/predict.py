@@ -20,40 +20,28 @@ import ray
 import torch
 from scipy import ndimage
 
-from cryoray.cli import connect_ray, run_tool
 from cryoray.errors import CryorayInputError
 from cryoray.io.figures import write_orthoslices_with_picks
+from cryoray.io.models import Model, read_model
 from cryoray.io.mrc import read_mrc, read_mrc_shape
 from cryoray.io.star import read_coordinates, write_coordinates
 from cryoray.io.validate import check_can_write
 from cryoray.methods.robpicker.inference import PickingSettings, pick_tomogram, score_tomograms
 from cryoray.nn.unet3d import UNet3D
-from cryoray.tracking import local_model_path
+from cryoray.session import connect_ray, run_tool
 
 RESAMPLE_TOLERANCE = 0.02
-MODEL_FILE = "model.pt"
 
 
-def load_model(reference: str) -> dict[str, Any]:
-    """The ``model.pt`` a training run wrote: a path, a run's output folder, or an MLflow URI (``runs:/<id>/outputs/model.pt``)."""
-    path = local_model_path(reference)
-    if path.is_dir():
-        path = path / MODEL_FILE
-    if not path.is_file():
-        raise CryorayInputError(path, "--model", f"a RobPicker {MODEL_FILE} (or the output folder of a training run)", "no such file")
-    try:
-        model = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - a corrupt or foreign file
-        raise CryorayInputError(path, "--model", "a file written by torch.save", type(exc).__name__) from None
-    if not isinstance(model, dict) or model.get("method") != "robpicker":
-        raise CryorayInputError(path, "method", "a RobPicker model", model.get("method") if isinstance(model, dict) else type(model).__name__)
-    return model
+def load_model(reference: str) -> Model:
+    """The model a RobPicker training run wrote: a model file, a run's output folder, or an MLflow URI."""
+    return read_model(reference, "robpicker", required=("num_classes", "species", "voxel_size_angstrom"))
 
 
-def build_segmenter(model: dict[str, Any]) -> UNet3D:
-    config = model["config"]
-    segmenter = UNet3D(model["num_classes"], config["channels"], config["bottleneck_channels"])
-    segmenter.load_state_dict(model["segmenter"])
+def build_segmenter(model: Model) -> UNet3D:
+    config = model.config
+    segmenter = UNet3D(model.metadata["num_classes"], config["channels"], config["bottleneck_channels"])
+    segmenter.load_state_dict(model.state_dicts["segmenter"])
     return segmenter.eval()
 
 
@@ -69,21 +57,21 @@ def picking_settings(config: dict[str, Any]) -> PickingSettings:
     )
 
 
-def pick_file(model: dict[str, Any], tomogram_path: str, voxel_size_angstrom: float | None, output_dir: str, use_gpu: bool) -> dict[str, Any]:
+def pick_file(model: Model, tomogram_path: str, voxel_size_angstrom: float | None, output_dir: str, use_gpu: bool) -> dict[str, Any]:
     """Pick one tomogram file; returns its picks (in its own voxel grid) and where they were written."""
     device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
     mrc = read_mrc(tomogram_path, voxel_size_angstrom)
     tomogram, voxel = mrc.data, mrc.voxel_size_angstrom
-    scale = voxel / model["voxel_size_angstrom"]
+    scale = voxel / model.metadata["voxel_size_angstrom"]
     resampled = abs(scale - 1.0) > RESAMPLE_TOLERANCE
     volume = ndimage.zoom(tomogram, scale, order=1) if resampled else tomogram
-    picks, _ = pick_tomogram(build_segmenter(model).to(device), volume, picking_settings(model["config"]), device)
+    picks, _ = pick_tomogram(build_segmenter(model).to(device), volume, picking_settings(model.config), device)
     if resampled:
         picks[["x_px", "y_px", "z_px"]] = picks[["x_px", "y_px", "z_px"]] / scale
     name = Path(tomogram_path).name.split(".")[0]
     picks.insert(0, "tomo_name", name)
     out = Path(output_dir)
-    names = {s["class_id"]: s["name"] for s in model["species"]}
+    names = {s["class_id"]: s["name"] for s in model.metadata["species"]}
     files = [str(write_coordinates(out / f"picks_{name}.{suffix}", picks, overwrite=True)) for suffix in ("star", "csv")]
     files.append(str(write_orthoslices_with_picks(out / f"orthoslices_{name}.png", tomogram, picks, class_names=names, overwrite=True)))
     return {"name": name, "picks": picks, "files": files, "shape_zyx": list(tomogram.shape), "resampled_by": scale if resampled else 1.0}
@@ -91,7 +79,7 @@ def pick_file(model: dict[str, Any], tomogram_path: str, voxel_size_angstrom: fl
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jobs/robpicker.py predict", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="model.pt, a training output folder, or runs:/<run id>/outputs/model.pt")
+    parser.add_argument("--model", required=True, help="model.safetensors, a training output folder, or runs:/<run id>/outputs/model.safetensors")
     parser.add_argument("--tomograms", nargs="+", required=True, help=".mrc tomograms to pick (any size)")
     parser.add_argument("--voxel-size-angstrom", type=float, help="use instead of the MRC header's voxel size")
     parser.add_argument("--truth", nargs="+", help="particle lists (.star/.csv), one per tomogram, to score the picks against")
@@ -125,7 +113,7 @@ def _predict(args: argparse.Namespace) -> dict[str, Any]:
             ray.shutdown()
     all_picks = pd.concat([d["picks"] for d in done], ignore_index=True)
     write_coordinates(output_dir / "picks.star", all_picks, overwrite=True)
-    names = {s["class_id"]: s["name"] for s in model["species"]}
+    names = {s["class_id"]: s["name"] for s in model.metadata["species"]}
     counts = {names.get(int(c), str(c)): int(n) for c, n in all_picks["class_id"].value_counts().sort_index().items()}
     result: dict[str, Any] = {
         "tomograms": {d["name"]: {"picks": len(d["picks"]), "shape_zyx": d["shape_zyx"], "resampled_by": d["resampled_by"]} for d in done},
@@ -134,8 +122,8 @@ def _predict(args: argparse.Namespace) -> dict[str, Any]:
         "files": [f for d in done for f in d["files"]],
     }
     if truths is not None:
-        tolerance = args.tolerance_px or model["config"]["tolerance_px"]
-        groups = {s["class_id"]: s["size_group"] for s in model["species"]}
+        tolerance = args.tolerance_px or model.config["tolerance_px"]
+        groups = {s["class_id"]: s["size_group"] for s in model.metadata["species"]}
         scores = score_tomograms([(d["picks"], t, None) for d, t in zip(done, truths)], tolerance, names, groups)["distance"]
         result["f1_macro"] = scores["macro"]["f1"]
         result["f1"] = {entry["name"]: entry["f1"] for entry in scores["per_class"].values()}
