@@ -92,12 +92,7 @@ def two_conformations(box_px: int, voxel_angstrom: float, workdir: Path) -> tupl
     structure.write_pdb(str(opened))
     chain = model["A"]
     core = np.array(
-        [
-            [a.pos.x, a.pos.y, a.pos.z]
-            for r in chain
-            if not (30 <= r.seqid.num < 60 or 122 <= r.seqid.num < 160)
-            for a in r
-        ]
+        [[a.pos.x, a.pos.y, a.pos.z] for r in chain if not (30 <= r.seqid.num < 60 or 122 <= r.seqid.num < 160) for a in r]
     )
     centre = core.mean(axis=0)
     for first, last, residues, degrees in DOMAIN_MOVES:
@@ -118,9 +113,7 @@ def simulate_pairs(volumes, voxel, count_each, snr, seed, poses="uniform"):
     """Noisy/clean images of both conformations (count_each each) and their labels."""
     noisy, clean, labels = [], [], []
     for label, volume in enumerate(volumes):
-        stack = simulate_particle_stack(
-            volume, voxel, count_each, snr_linear=snr, ctf=True, poses=poses, seed=[seed, label]
-        )
+        stack = simulate_particle_stack(volume, voxel, count_each, snr_linear=snr, ctf=True, poses=poses, seed=[seed, label])
         noisy.append(stack.images)
         clean.append(stack.clean_images)
         labels.append(np.full(count_each, label))
@@ -138,12 +131,8 @@ def jittered_view(count: int, seed: int) -> pd.DataFrame:
 def train_model(settings: dict, noisy, clean, args, contamination: float) -> tuple[torch.nn.Module, float]:
     """Train one generator with the method's own step for args.steps steps; returns it and the seconds taken."""
     torch.manual_seed(args.seed)
-    config = BetaGANConfig(
-        **settings, channels=args.channels, contamination_fraction=contamination, generator_lr=args.lr
-    )
-    ctx = TrainContext(
-        rank=0, world_size=1, device=torch.device("cpu"), dataset_dir=None, manifest=None, runner=RunnerConfig()
-    )
+    config = BetaGANConfig(**settings, channels=args.channels, contamination_fraction=contamination, generator_lr=args.lr)
+    ctx = TrainContext(rank=0, world_size=1, device=torch.device("cpu"), dataset_dir=None, manifest=None, runner=RunnerConfig())
     method = BetaGAN()
     state = method.setup(config, None, ctx)
     rng = np.random.default_rng(args.seed)
@@ -186,12 +175,8 @@ def main() -> None:
     source = volumes[2]
     rows, tables, clustering = [], [], []
     for snr in args.snr:
-        train_noisy, train_clean, _ = simulate_pairs(
-            volumes[:2], args.voxel_angstrom, args.train_per_conformation, snr, seed=1
-        )
-        test_noisy, test_clean, _ = simulate_pairs(
-            volumes[:2], args.voxel_angstrom, args.test_per_conformation, snr, seed=2
-        )
+        train_noisy, train_clean, _ = simulate_pairs(volumes[:2], args.voxel_angstrom, args.train_per_conformation, snr, seed=1)
+        test_noisy, test_clean, _ = simulate_pairs(volumes[:2], args.voxel_angstrom, args.test_per_conformation, snr, seed=2)
         view = jittered_view(30, seed=3)
         cluster_noisy, cluster_clean, cluster_labels = simulate_pairs(
             volumes[:2], args.voxel_angstrom, 30, snr, seed=3, poses=view

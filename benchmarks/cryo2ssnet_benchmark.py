@@ -83,9 +83,13 @@ def search_benchmark(reference: torch.Tensor, images: int, width: int, depth: in
         per_render_s = exhaustive_s * images / renders
     out[f"exhaustive_level{exhaustive_level}_s_per_image"] = exhaustive_s
     out[f"exhaustive_level{exhaustive_level}_median_error_deg"] = float(geodesic_distance_deg(grid[best], truth).median())
-    out[f"exhaustive_level{exhaustive_level}_over_dhbs_depth{exhaustive_level}"] = exhaustive_s / out[f"dhbs_depth{exhaustive_level}_s_per_image"]
+    out[f"exhaustive_level{exhaustive_level}_over_dhbs_depth{exhaustive_level}"] = (
+        exhaustive_s / out[f"dhbs_depth{exhaustive_level}_s_per_image"]
+    )
     out[f"exhaustive_level{depth}_s_per_image_extrapolated"] = per_render_s * hopf_grid_size(depth)
-    out[f"exhaustive_level{depth}_over_dhbs_depth{depth}_extrapolated"] = per_render_s * hopf_grid_size(depth) / out[f"dhbs_depth{depth}_s_per_image"]
+    out[f"exhaustive_level{depth}_over_dhbs_depth{depth}_extrapolated"] = (
+        per_render_s * hopf_grid_size(depth) / out[f"dhbs_depth{depth}_s_per_image"]
+    )
     return out
 
 
@@ -95,14 +99,23 @@ def training_benchmark(dataset: str, steps: int, batch_size: int, use_search: bo
     images = torch.from_numpy(np.concatenate([images for images, _ in shards]))
     table = pd.concat([table for _, table in shards], ignore_index=True)
     ctf = {k: torch.tensor(table[k].to_numpy(), dtype=torch.float32) for k in CTF_PARAMETERS}
-    truth = euler_relion_to_matrix(*(torch.tensor(table[c].to_numpy(), dtype=torch.float32) for c in ("rot_deg", "tilt_deg", "psi_deg")))
+    truth = euler_relion_to_matrix(
+        *(torch.tensor(table[c].to_numpy(), dtype=torch.float32) for c in ("rot_deg", "tilt_deg", "psi_deg"))
+    )
     reference = manifest.ground_truth_map(dataset_dir)
     method = Cryo2SSNet()
     config = Cryo2SSNetConfig(use_search=use_search, denoiser_pretrain_steps=steps // 10 if use_search else 0)
     epochs = max(1, math.ceil(steps * batch_size / manifest.count))
     runner = RunnerConfig(epochs=epochs, batch_size=batch_size, max_steps_per_epoch=math.ceil(steps / epochs))
-    ctx = TrainContext(rank=0, world_size=1, device=torch.device("cpu"), dataset_dir=dataset_dir, manifest=manifest,
-                       runner=runner, steps_per_epoch=steps_per_epoch(manifest.count, 1, runner))
+    ctx = TrainContext(
+        rank=0,
+        world_size=1,
+        device=torch.device("cpu"),
+        dataset_dir=dataset_dir,
+        manifest=manifest,
+        runner=runner,
+        steps_per_epoch=steps_per_epoch(manifest.count, 1, runner),
+    )
     torch.manual_seed(0)
     state = method.setup(config, manifest, ctx)
     generator = torch.Generator().manual_seed(0)
@@ -113,10 +126,16 @@ def training_benchmark(dataset: str, steps: int, batch_size: int, use_search: bo
     wall_s = time.perf_counter() - start
     with torch.no_grad():
         predicted = state.unwrapped("encoder")(standardize(images[:eval_images], 2))
-    metrics = evaluate_reconstruction(state.unwrapped("decoder").density.detach(), reference, manifest.voxel_size_angstrom,
-                                      predicted, truth[:eval_images]).metrics
-    return {"steps": steps, "wall_s": wall_s, "images_per_s": steps * batch_size / wall_s,
-            "nyquist_angstrom": 2 * manifest.voxel_size_angstrom, **metrics}
+    metrics = evaluate_reconstruction(
+        state.unwrapped("decoder").density.detach(), reference, manifest.voxel_size_angstrom, predicted, truth[:eval_images]
+    ).metrics
+    return {
+        "steps": steps,
+        "wall_s": wall_s,
+        "images_per_s": steps * batch_size / wall_s,
+        "nyquist_angstrom": 2 * manifest.voxel_size_angstrom,
+        **metrics,
+    }
 
 
 def main() -> None:

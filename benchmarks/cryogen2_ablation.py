@@ -42,14 +42,27 @@ def train_variant(args: argparse.Namespace) -> dict:
     dataset_dir, manifest = resolve_dataset(args.dataset)
     method = CryoGEN2()
     config = CryoGEN2Config(
-        adversarial=args.run_variant, cube_px=args.cube_px, channels=args.channels, critic_channels=args.critic_channels,
-        train_subtomograms=args.train_subtomograms, test_subtomograms=args.test_subtomograms, learning_rate=args.learning_rate,
-        adversarial_weight=args.adversarial_weight, restore_test_tomograms=False,
+        adversarial=args.run_variant,
+        cube_px=args.cube_px,
+        channels=args.channels,
+        critic_channels=args.critic_channels,
+        train_subtomograms=args.train_subtomograms,
+        test_subtomograms=args.test_subtomograms,
+        learning_rate=args.learning_rate,
+        adversarial_weight=args.adversarial_weight,
+        restore_test_tomograms=False,
     )
     steps_per_epoch = args.steps // args.epochs
     runner = RunnerConfig(epochs=args.epochs, batch_size=args.batch_size, max_steps_per_epoch=steps_per_epoch)
-    ctx = TrainContext(rank=0, world_size=1, device=torch.device("cpu"), dataset_dir=dataset_dir, manifest=manifest, runner=runner,
-                       steps_per_epoch=steps_per_epoch)
+    ctx = TrainContext(
+        rank=0,
+        world_size=1,
+        device=torch.device("cpu"),
+        dataset_dir=dataset_dir,
+        manifest=manifest,
+        runner=runner,
+        steps_per_epoch=steps_per_epoch,
+    )
     state = method.setup(config, manifest, ctx)
     source = method._source(dataset_dir, manifest, config, "train")
     rng = np.random.default_rng(args.seed)
@@ -99,7 +112,11 @@ def table(results: list[dict]) -> str:
     rows.append("| input (no restoration) | " + " | ".join(f"{first[f'test_input_{k}']:.3f}" for k in SCORES) + " | – | – |")
     for r in results:
         name = "CryoGEN-II (barycenter GAN)" if r["variant"] == "barycenter" else "masked loss only (no GAN)"
-        rows.append(f"| {name} | " + " | ".join(f"{r[f'test_{k}']:.3f}" for k in SCORES) + f" | {r['wall_seconds']:.0f} | {r['peak_rss_mib']:.0f} |")
+        rows.append(
+            f"| {name} | "
+            + " | ".join(f"{r[f'test_{k}']:.3f}" for k in SCORES)
+            + f" | {r['wall_seconds']:.0f} | {r['peak_rss_mib']:.0f} |"
+        )
     return "\n".join(rows)
 
 
@@ -134,7 +151,10 @@ def main() -> None:
     by = {r["variant"]: r for r in results}
     if {"barycenter", "off"} <= set(by):
         gain = by["barycenter"]["test_fsc_wedge_mean"] - by["off"]["test_fsc_wedge_mean"]
-        print(f"in-wedge FSC, GAN − masked only: {gain:+.3f}; time ratio {by['barycenter']['wall_seconds'] / by['off']['wall_seconds']:.2f}×")
+        print(
+            f"in-wedge FSC, GAN − masked only: {gain:+.3f}; "
+            f"time ratio {by['barycenter']['wall_seconds'] / by['off']['wall_seconds']:.2f}×"
+        )
 
 
 if __name__ == "__main__":

@@ -57,8 +57,14 @@ def run_variant(name: str, settings: dict, dataset: Path, args: argparse.Namespa
     if not args.paper_widths:
         method.update(encoder_channels=[16, 32, 64, 64], encoder_convs_per_stage=[1, 1, 2, 2], head_hidden=[128, 64])
     config = out / f"{slug}.yaml"
-    config.write_text(yaml.safe_dump({"train": {"epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed,
-                                                "cpus_per_worker": 1}, "method": method}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "train": {"epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed, "cpus_per_worker": 1},
+                "method": method,
+            }
+        )
+    )
     command = [
         sys.executable, str(REPO / "jobs/cryospin.py"), "--dataset", str(dataset), "--config", str(config),
         "--num-workers", str(args.num_workers), "--output-dir", str(out / slug), "--overwrite",
@@ -106,8 +112,10 @@ def main() -> None:
     rows = [run_variant(name, VARIANTS[name], dataset, args, args.out) for name in args.variants]
     table = pd.DataFrame(rows)
     table.to_csv(args.out / "summary.csv", index=False)
-    print(f"{args.images} HSP90 images (64 px, SNR 0.1), {args.epochs} epochs, switch after {args.switch_epoch}, "
-          f"batch {args.batch_size}, {args.num_workers} worker(s)")
+    print(
+        f"{args.images} HSP90 images (64 px, SNR 0.1), {args.epochs} epochs, switch after {args.switch_epoch}, "
+        f"batch {args.batch_size}, {args.num_workers} worker(s)"
+    )
     print(_markdown(table))
 
 

@@ -47,14 +47,26 @@ from ray.train.torch import TorchTrainer
 BATCH = 256
 
 
-def make_data(folder: Path, box: int, n_images: int, row_group: int, images_per_shard: int = 4096) -> tuple[Path, DatasetManifest]:
+def make_data(
+    folder: Path, box: int, n_images: int, row_group: int, images_per_shard: int = 4096
+) -> tuple[Path, DatasetManifest]:
     rng = np.random.default_rng(0)
     images = rng.standard_normal((n_images, box, box), dtype=np.float32)
-    rot, tilt, psi = (t.numpy() for t in matrix_to_euler_relion(random_rotations(n_images, generator=torch.Generator().manual_seed(0))))
+    rot, tilt, psi = (
+        t.numpy() for t in matrix_to_euler_relion(random_rotations(n_images, generator=torch.Generator().manual_seed(0)))
+    )
     table = pd.DataFrame({c: np.zeros(n_images) for c in PARTICLE_COLUMNS})
-    table = table.assign(particle_index=np.arange(n_images), rot_deg=rot, tilt_deg=tilt, psi_deg=psi,
-                         defocus_u_angstrom=15000.0, defocus_v_angstrom=14800.0, voltage_kv=300.0, cs_mm=2.7,
-                         amplitude_contrast=0.07)
+    table = table.assign(
+        particle_index=np.arange(n_images),
+        rot_deg=rot,
+        tilt_deg=tilt,
+        psi_deg=psi,
+        defocus_u_angstrom=15000.0,
+        defocus_v_angstrom=14800.0,
+        voltage_kv=300.0,
+        cs_mm=2.7,
+        amplitude_contrast=0.07,
+    )
     folder.mkdir(parents=True, exist_ok=True)
     with mrcfile.new(folder / "stack.mrcs", overwrite=True) as mrc:
         mrc.set_data(images)
@@ -70,8 +82,15 @@ def make_data(folder: Path, box: int, n_images: int, row_group: int, images_per_
         path.parent.mkdir(exist_ok=True)
         pq.write_table(particle_rows_to_arrow(images[part], table.iloc[part]), path, row_group_size=row_group)
         entries.append(ShardEntry(path=f"shards/part-{i:05d}.parquet", count=len(images[part])))
-    manifest = DatasetManifest(name="bench", kind="particles", voxel_size_angstrom=4.0, box_px=box, count=n_images,
-                               shards=entries, columns={"image": "noise"})
+    manifest = DatasetManifest(
+        name="bench",
+        kind="particles",
+        voxel_size_angstrom=4.0,
+        box_px=box,
+        count=n_images,
+        shards=entries,
+        columns={"image": "noise"},
+    )
     return folder, manifest
 
 
@@ -147,7 +166,8 @@ def rate_ray_trainer(folder: Path, manifest: DatasetManifest, cryoray_settings: 
     if not cryoray_settings:  # a row-wise identity map: the per-row Python overhead of the first measurement
         ds = ds.map(lambda row: row)
     trainer = TorchTrainer(
-        _consume, train_loop_config={"cryoray": cryoray_settings},
+        _consume,
+        train_loop_config={"cryoray": cryoray_settings},
         scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
         run_config=ray.train.RunConfig(storage_path=tempfile.mkdtemp(), name=f"bench-{time.time_ns()}"),
         datasets={"train": ds},
@@ -158,18 +178,30 @@ def rate_ray_trainer(folder: Path, manifest: DatasetManifest, cryoray_settings: 
 def rate_model_step(box: int, batch_size: int = 64, steps: int = 10) -> float:
     """Images/s one known-pose reconstruction step consumes (projection + CTF + shift + backward + Adam)."""
     method = KnownPoseReconstruction()
-    manifest = DatasetManifest(name="b", kind="particles", voxel_size_angstrom=4.0, box_px=box, count=1,
-                               shards=[ShardEntry(path="x", count=1)], columns={})
-    ctx = TrainContext(rank=0, world_size=1, device=torch.device("cpu"), dataset_dir=Path("."), manifest=manifest,
-                       runner=RunnerConfig())
+    manifest = DatasetManifest(
+        name="b",
+        kind="particles",
+        voxel_size_angstrom=4.0,
+        box_px=box,
+        count=1,
+        shards=[ShardEntry(path="x", count=1)],
+        columns={},
+    )
+    ctx = TrainContext(
+        rank=0, world_size=1, device=torch.device("cpu"), dataset_dir=Path("."), manifest=manifest, runner=RunnerConfig()
+    )
     config = ReconstructConfig()
     state = method.setup(config, manifest, ctx)
     batch = {c: torch.zeros(batch_size) for c in PARTICLE_COLUMNS}
-    batch.update(image=torch.randn(batch_size, box, box),
-                 rotation=random_rotations(batch_size, generator=torch.Generator().manual_seed(1)),
-                 defocus_u_angstrom=torch.full((batch_size,), 15000.0), defocus_v_angstrom=torch.full((batch_size,), 14800.0),
-                 voltage_kv=torch.full((batch_size,), 300.0), cs_mm=torch.full((batch_size,), 2.7),
-                 amplitude_contrast=torch.full((batch_size,), 0.07))
+    batch.update(
+        image=torch.randn(batch_size, box, box),
+        rotation=random_rotations(batch_size, generator=torch.Generator().manual_seed(1)),
+        defocus_u_angstrom=torch.full((batch_size,), 15000.0),
+        defocus_v_angstrom=torch.full((batch_size,), 14800.0),
+        voltage_kv=torch.full((batch_size,), 300.0),
+        cs_mm=torch.full((batch_size,), 2.7),
+        amplitude_contrast=torch.full((batch_size,), 0.07),
+    )
     method.train_step(state, batch, config, ctx)  # warm-up
     start = time.perf_counter()
     for _ in range(steps):
@@ -186,7 +218,9 @@ def main() -> None:
     # address="local": a private cluster, never one a `ray start` left running on the machine.
     ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
-    report = {"machine": f"{platform.node()} {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"}
+    report = {
+        "machine": f"{platform.node()} {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
+    }
     for box in args.box:
         n = args.images or (16384 if box <= 64 else 8192)
         folder, manifest = make_data(args.out / f"box{box}", box, n, row_group=shards.ROW_GROUP_SIZE)

@@ -64,7 +64,7 @@ def run_mode(mode: str, args: argparse.Namespace, out: Path) -> dict:
     result_line = next((line for line in reversed(output.splitlines()) if line.startswith("RESULT ")), None)
     if process.returncode != 0 or result_line is None:
         raise RuntimeError(f"{mode} failed (exit {process.returncode}); see {out / f'{mode}.log'}")
-    return {"mode": mode, "wall_s": wall, "peak_rss_gb": peak / 1e9, "result": json.loads(result_line[len("RESULT "):])}
+    return {"mode": mode, "wall_s": wall, "peak_rss_gb": peak / 1e9, "result": json.loads(result_line[len("RESULT ") :])}
 
 
 def main() -> None:
@@ -84,7 +84,12 @@ def main() -> None:
     for mode in args.modes:
         run = run_mode(mode, args, args.out)
         metrics = run["result"]["metrics"]
-        row = {"mode": mode, "test_f1_macro": metrics["test_f1_macro"], "wall_s": round(run["wall_s"], 1), "peak_rss_gb": round(run["peak_rss_gb"], 2)}
+        row = {
+            "mode": mode,
+            "test_f1_macro": metrics["test_f1_macro"],
+            "wall_s": round(run["wall_s"], 1),
+            "peak_rss_gb": round(run["peak_rss_gb"], 2),
+        }
         row |= {k.split("/")[-1] + "_f1": v for k, v in metrics.items() if k.startswith("test/hitbox/f1_group/")}
         rows.append(row)
         scores = pd.read_csv(args.out / mode / "scores_test.csv")

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from cryoray.data.recipes import build_recipe, data_root, find_recipe, import_relion, known_recipes
 from cryoray.data.tomogram_import import import_tomograms, load_import_spec
 from cryoray.errors import CryorayInputError
+from cryoray.io.outputs import removed_on_failure
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,23 +40,34 @@ def main(argv: list[str] | None = None) -> int:
         if args.list:
             print("\n".join(known_recipes()))
             return 0
+        if args.images_per_shard < 1:
+            raise CryorayInputError(None, "--images-per-shard", "a positive integer", args.images_per_shard)
+        build: Callable[[Path], Path]
         if args.import_relion:
             name = args.name or args.import_relion.stem
-            out = import_relion(
-                args.import_relion, args.output or data_root() / name, name=name,
-                images_per_shard=args.images_per_shard, ground_truth_map=args.ground_truth_map,
+            out = args.output or data_root() / name
+            build = partial(
+                import_relion,
+                args.import_relion,
+                name=name,
+                images_per_shard=args.images_per_shard,
+                ground_truth_map=args.ground_truth_map,
                 overwrite=args.overwrite,
             )
         elif args.import_tomograms:
-            name = load_import_spec(args.import_tomograms).name
-            out = import_tomograms(args.import_tomograms, args.output or data_root() / name, overwrite=args.overwrite)
+            out = args.output or data_root() / load_import_spec(args.import_tomograms).name
+            build = partial(import_tomograms, args.import_tomograms, overwrite=args.overwrite)
         elif args.recipe:
             recipe = Path(args.recipe) if args.recipe.endswith(".yaml") else find_recipe(args.recipe)
             if recipe is None or not recipe.is_file():
                 raise CryorayInputError(None, "recipe", f"one of {', '.join(known_recipes())}", args.recipe)
-            out = build_recipe(recipe, args.output or data_root() / recipe.stem, overwrite=args.overwrite)
+            out = args.output or data_root() / recipe.stem
+            build = partial(build_recipe, recipe, overwrite=args.overwrite)
         else:
             parser.error("give a recipe name, --import-relion STAR, --import-tomograms SPEC, or --list")
+        out = Path(out).expanduser().resolve()
+        with removed_on_failure(out):  # a failed build leaves no partial dataset and no folder it created
+            build(out)
     except CryorayInputError as exc:
         print(f"datasets/build.py: bad input: {exc}", file=sys.stderr)
         return 2

@@ -1,4 +1,5 @@
-"""The betagan job end to end (one --smoke run through Ray) and the denoise mode's input checks and batch worker."""
+"""The betagan job end to end (one --smoke run through Ray) and the denoise mode's batch worker (its input checks are
+in test_bad_inputs.py)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import starfile
 import torch
 from cryoray.io.models import MODEL_FILE, write_model_file
 from cryoray.methods.betagan import BetaGANConfig, build_generator
-from cryoray.methods.betagan.denoise import DenoiseBatch, load_model, run_denoise
+from cryoray.methods.betagan.denoise import DenoiseBatch, load_model
 from cryoray.methods.betagan.evaluation import denoise_images
 from cryoray.simulate.particles import simulate_particle_stack, write_particle_dataset
 from cryoray.simulate.phantom import builtin_phantom
@@ -58,49 +58,6 @@ def user_stack(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("user")
     write_particle_dataset(folder, simulate_particle_stack(builtin_phantom(16), 6.0, 10, snr_linear=0.5, seed=1))
     return folder
-
-
-def _denoise(tiny_model, stack, star, output_dir, capsys) -> tuple[int, str]:
-    code = run_denoise(
-        ["--model", str(tiny_model), "--stack", str(stack), "--star", str(star), "--output-dir", str(output_dir)]
-    )
-    return code, capsys.readouterr().err
-
-
-def test_denoise_refuses_a_star_with_a_different_image_count(tiny_model, user_stack, tmp_path, capsys):
-    blocks = starfile.read(user_stack / "particles.star", always_dict=True)
-    blocks["particles"] = blocks["particles"].iloc[:7]
-    star = user_stack / "short.star"
-    starfile.write(blocks, star)
-    code, err = _denoise(tiny_model, user_stack / "particles.mrcs", star, tmp_path / "out", capsys)
-    assert code == 2
-    assert "short.star: rows: expected one row per image" in err and "(10 images), got 7 rows" in err
-    assert len(err.strip().splitlines()) == 1
-    assert not (tmp_path / "out").exists()
-
-
-def test_denoise_refuses_a_star_without_a_pixel_size(tiny_model, user_stack, tmp_path, capsys):
-    blocks = starfile.read(user_stack / "particles.star", always_dict=True)
-    blocks["optics"] = blocks["optics"].drop(columns=["rlnImagePixelSize"])
-    star = user_stack / "no_pixel.star"
-    starfile.write(blocks, star)
-    code, err = _denoise(tiny_model, user_stack / "particles.mrcs", star, tmp_path / "out", capsys)
-    assert code == 2
-    assert "no_pixel.star: rlnImagePixelSize" in err and len(err.strip().splitlines()) == 1
-
-
-def test_denoise_refuses_another_pixel_size_and_a_foreign_model(tiny_model, user_stack, tmp_path, capsys):
-    blocks = starfile.read(user_stack / "particles.star", always_dict=True)
-    blocks["optics"]["rlnImagePixelSize"] = 3.0
-    star = user_stack / "pixel3.star"
-    starfile.write(blocks, star)
-    code, err = _denoise(tiny_model, user_stack / "particles.mrcs", star, tmp_path / "out", capsys)
-    assert code == 2 and "rlnImagePixelSize: expected the model's pixel size 6.0" in err
-    foreign = write_model_file(tmp_path / "foreign.safetensors", "robpicker", {}, {"config": {}})
-    code, err = _denoise(
-        foreign, user_stack / "particles.mrcs", user_stack / "particles.star", tmp_path / "out", capsys
-    )
-    assert code == 2 and "method: expected a betagan model, got robpicker" in err
 
 
 def test_denoise_batch_worker_returns_each_image_under_its_own_index(tiny_model, user_stack):

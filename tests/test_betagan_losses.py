@@ -52,12 +52,8 @@ def test_coefficients_are_the_derivatives_of_the_beta_weighted_scoring_rule(alph
     for t in (0.1, 0.35, 0.6, 0.9):
         p = torch.tensor([t], dtype=torch.float64)
         real, fake_d, fake_g = (c.item() for c in losses.beta_coefficients(p, alpha, beta, delta=0.0))
-        d_real = (losses.scoring_rule(t + step, 1, alpha, beta) - losses.scoring_rule(t - step, 1, alpha, beta)) / (
-            2 * step
-        )
-        d_fake = (losses.scoring_rule(t + step, 0, alpha, beta) - losses.scoring_rule(t - step, 0, alpha, beta)) / (
-            2 * step
-        )
+        d_real = (losses.scoring_rule(t + step, 1, alpha, beta) - losses.scoring_rule(t - step, 1, alpha, beta)) / (2 * step)
+        d_fake = (losses.scoring_rule(t + step, 0, alpha, beta) - losses.scoring_rule(t - step, 0, alpha, beta)) / (2 * step)
         assert real == pytest.approx(-d_real, rel=1e-5)  # D minimises −S(t, 1)
         assert fake_d == pytest.approx(-d_fake, rel=1e-5)  # D minimises −S(t, 0)
         assert fake_g == pytest.approx(d_fake, rel=1e-5)  # G minimises S(t, 0)

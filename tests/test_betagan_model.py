@@ -194,15 +194,13 @@ def test_clustering_separates_two_distinct_image_classes():
 
 def test_training_refuses_unpaired_data_a_box_the_generator_cannot_halve_and_too_few_images(smoke_pairs):
     dataset_dir, manifest, _, _ = smoke_pairs
-    unpaired = manifest.model_copy(
-        update={"columns": {k: v for k, v in manifest.columns.items() if k != "clean_image"}}
-    )
+    unpaired = manifest.model_copy(update={"columns": {k: v for k, v in manifest.columns.items() if k != "clean_image"}})
     with pytest.raises(CryorayInputError, match="columns: expected a paired dataset with a 'clean_image' column"):
-        BetaGAN().datasets(dataset_dir, unpaired, BetaGANConfig(**TINY))
+        BetaGAN().check_dataset(dataset_dir, unpaired, BetaGANConfig(**TINY))
     with pytest.raises(CryorayInputError, match="box_px: expected a multiple of 64 for 7 generator levels, got 32"):
-        BetaGAN().datasets(dataset_dir, manifest, BetaGANConfig(**{**TINY, "channels": [4] * 7}))
+        BetaGAN().check_dataset(dataset_dir, manifest, BetaGANConfig(**{**TINY, "channels": [4] * 7}))
     with pytest.raises(CryorayInputError, match="fewer than the dataset's 512 images"):
-        BetaGAN().datasets(dataset_dir, manifest, BetaGANConfig(**{**TINY, "test_images": 500}))
+        BetaGAN().check_dataset(dataset_dir, manifest, BetaGANConfig(**{**TINY, "test_images": 500}))
 
 
 @pytest.mark.parametrize("name", ["betagan-paper.yaml", "betagan-contaminated.yaml"])

@@ -39,8 +39,14 @@ from cryoray.train.loop import steps_per_epoch, take_step
 
 def _manifest(box_px: int, voxel: float, count: int, **provenance: object) -> DatasetManifest:
     return DatasetManifest(
-        name="tiny", kind="particles", voxel_size_angstrom=voxel, box_px=box_px, count=count,
-        shards=[ShardEntry(path="shards/none.parquet", count=count)], columns={}, provenance=provenance,
+        name="tiny",
+        kind="particles",
+        voxel_size_angstrom=voxel,
+        box_px=box_px,
+        count=count,
+        shards=[ShardEntry(path="shards/none.parquet", count=count)],
+        columns={},
+        provenance=provenance,
     )
 
 
@@ -122,8 +128,15 @@ def test_schedule_pretrains_the_denoiser_then_two_stages() -> None:
     config = Cryo2SSNetConfig(denoiser_pretrain_steps=10, stage1_fraction=0.5, denoiser_active_fraction=0.5)
     manifest = _manifest(24, 8.0, 32 * 50, snr_linear=1.0)
     runner = RunnerConfig(epochs=2, batch_size=32)
-    ctx = TrainContext(rank=0, world_size=1, device=torch.device("cpu"), dataset_dir=None, manifest=manifest,
-                       runner=runner, steps_per_epoch=steps_per_epoch(manifest.count, 1, runner))
+    ctx = TrainContext(
+        rank=0,
+        world_size=1,
+        device=torch.device("cpu"),
+        dataset_dir=None,
+        manifest=manifest,
+        runner=runner,
+        steps_per_epoch=steps_per_epoch(manifest.count, 1, runner),
+    )
     state = method.setup(config, manifest, ctx)
     assert ctx.total_steps == 100
     phases = [method.schedule(config, True, step, ctx.total_steps) for step in range(100)]
@@ -148,7 +161,7 @@ def test_schedule_pretrains_the_denoiser_then_two_stages() -> None:
 def test_real_data_without_an_snr_is_refused(tmp_path) -> None:
     manifest = _manifest(24, 8.0, 10, source="RELION import")
     with pytest.raises(CryorayInputError, match="snr_linear"):
-        Cryo2SSNet().datasets(tmp_path, manifest, Cryo2SSNetConfig())
+        Cryo2SSNet().check_dataset(tmp_path, manifest, Cryo2SSNetConfig())
 
 
 def test_a_few_hundred_steps_on_noiseless_images_improve_the_map() -> None:
@@ -164,8 +177,15 @@ def test_a_few_hundred_steps_on_noiseless_images_improve_the_map() -> None:
     )
     manifest = _manifest(box, voxel, count)
     runner = RunnerConfig(epochs=steps * batch // count, batch_size=batch)
-    ctx = TrainContext(rank=0, world_size=1, device=torch.device("cpu"), dataset_dir=None, manifest=manifest,
-                       runner=runner, steps_per_epoch=steps_per_epoch(count, 1, runner))
+    ctx = TrainContext(
+        rank=0,
+        world_size=1,
+        device=torch.device("cpu"),
+        dataset_dir=None,
+        manifest=manifest,
+        runner=runner,
+        steps_per_epoch=steps_per_epoch(count, 1, runner),
+    )
     state = method.setup(config, manifest, ctx)
     reference = volume
 

@@ -60,24 +60,33 @@ def test_a_residual_confined_to_the_wedge_region_appears_only_in_the_wedge_term(
     assert float(terms["masked_wedge"]) < 1e-20
     assert float(terms["masked_measured"]) == pytest.approx(float(measured_residual.square().mean()), rel=1e-9)
     # a residual where the target has no data is not penalised; the three regions partition Fourier space
-    assert float(sum(masked_reconstruction_terms(target + _band_limited(1 - target_mask), target, target_mask, input_mask).values())) < 1e-20
+    assert (
+        float(sum(masked_reconstruction_terms(target + _band_limited(1 - target_mask), target, target_mask, input_mask).values()))
+        < 1e-20
+    )
     any_residual = torch.randn_like(target)
     terms = masked_reconstruction_terms(target + any_residual, target, target_mask, input_mask)
     unseen = float((fft3_centered(any_residual).abs().square() * (1 - target_mask)).mean())
-    assert float(terms["masked_measured"] + terms["masked_wedge"]) + unseen == pytest.approx(float(any_residual.square().mean()), rel=1e-9)
+    assert float(terms["masked_measured"] + terms["masked_wedge"]) + unseen == pytest.approx(
+        float(any_residual.square().mean()), rel=1e-9
+    )
 
 
 def test_training_sample_rotates_wedges_and_adds_wedge_shaped_noise() -> None:
     torch.manual_seed(1)
     geometry = wedge_geometry(BOX, TILTS, "cpu")
     subtomograms = apply_fourier_mask(torch.randn(6, BOX, BOX, BOX), geometry["input_mask"])
-    sample = training_sample(subtomograms, geometry["rotations"], geometry["rotated_masks"], geometry["input_mask"], max_noise=0.5)
+    sample = training_sample(
+        subtomograms, geometry["rotations"], geometry["rotated_masks"], geometry["input_mask"], max_noise=0.5
+    )
     for i, index in enumerate(sample["rotation_index"]):
         assert torch.equal(sample["target"][i], rotate_volume_90(subtomograms[i], geometry["rotations"][int(index)]))
         assert torch.equal(sample["target_mask"][i], geometry["rotated_masks"][int(index)])
         assert _power_outside(sample["input"][i].double(), geometry["input_mask"].double()) < 1e-10  # the artificial wedge
     assert bool(((sample["sigma"] > 0) & (sample["sigma"] <= 0.5)).all())
-    noiseless = training_sample(subtomograms, geometry["rotations"], geometry["rotated_masks"], geometry["input_mask"], max_noise=0.0)
+    noiseless = training_sample(
+        subtomograms, geometry["rotations"], geometry["rotated_masks"], geometry["input_mask"], max_noise=0.0
+    )
     expected = apply_fourier_mask(noiseless["target"], geometry["input_mask"])
     assert torch.allclose(noiseless["input"], expected, atol=1e-6)
 
@@ -91,7 +100,9 @@ def test_barycenter_views_share_orientations_and_wedges() -> None:
     # every real view is a partner subtomogram in some cube orientation, and the fake view of the same pair lies
     # inside that orientation's wedge
     for i in range(4):
-        matches = [o for o, R in enumerate(geometry["cube_rotations"]) if torch.equal(real[i], rotate_volume_90(subtomograms[i - 1], R))]
+        matches = [
+            o for o, R in enumerate(geometry["cube_rotations"]) if torch.equal(real[i], rotate_volume_90(subtomograms[i - 1], R))
+        ]
         assert matches
         assert any(_power_outside(fake[i].double(), geometry["cube_masks"][o].double()) < 1e-10 for o in matches)
 

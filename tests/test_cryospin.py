@@ -40,7 +40,11 @@ def _setup(smoke, batch_size: int = 16, **overrides):
     dataset_dir, manifest = smoke
     config = CryoSpinConfig(**{**CryoSPIN.smoke_preset["method"], **overrides})
     ctx = TrainContext(
-        rank=0, world_size=1, device=torch.device("cpu"), dataset_dir=dataset_dir, manifest=manifest,
+        rank=0,
+        world_size=1,
+        device=torch.device("cpu"),
+        dataset_dir=dataset_dir,
+        manifest=manifest,
         runner=RunnerConfig(epochs=1, batch_size=batch_size),
     )
     method = CryoSPIN()
@@ -58,7 +62,8 @@ def test_winner_takes_all_uses_the_lowest_head_loss_and_only_winners_learn(smoke
         ctf, observed = method._forward_terms(batch, config, ctx)
         per_head = torch.stack(
             [
-                ((render_fourier(decoder(rotations[:, j]), ctf, None) - observed)[..., state.runtime.mask].abs() ** 2).mean(-1) / 2
+                ((render_fourier(decoder(rotations[:, j]), ctf, None) - observed)[..., state.runtime.mask].abs() ** 2).mean(-1)
+                / 2
                 for j in range(config.n_heads)
             ],
             dim=1,
@@ -170,8 +175,13 @@ def test_the_volume_step_size_drops_at_the_switch_epoch(smoke):
     dataset_dir, manifest = smoke
     config = CryoSpinConfig(**{**CryoSPIN.smoke_preset["method"], "switch_epoch": 3})
     ctx = TrainContext(
-        rank=0, world_size=1, device=torch.device("cpu"), dataset_dir=dataset_dir, manifest=manifest,
-        runner=RunnerConfig(epochs=5, batch_size=16), steps_per_epoch=4,
+        rank=0,
+        world_size=1,
+        device=torch.device("cpu"),
+        dataset_dir=dataset_dir,
+        manifest=manifest,
+        runner=RunnerConfig(epochs=5, batch_size=16),
+        steps_per_epoch=4,
     )
     state = CryoSPIN().setup(config, manifest, ctx)
     optimizer, scheduler = state.optimizers["model"], state.schedulers["model"]

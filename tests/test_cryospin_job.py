@@ -38,7 +38,9 @@ def test_smoke_run_learns_and_resumes_with_its_pose_table(tmp_path, run_job_in_p
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(settings))
     common = ["--smoke", "--num-workers", "2", "--config", str(config), "--tracking-uri", uri, "--storage-path", storage]
-    first = run_job_in_process(CryoSPIN(), [*common, "--output-dir", str(tmp_path / "first"), "--run-name", "cryospin-resume"]).result
+    first = run_job_in_process(
+        CryoSPIN(), [*common, "--output-dir", str(tmp_path / "first"), "--run-name", "cryospin-resume"]
+    ).result
 
     dataset_dir, manifest = resolve_dataset("particles-smoke")
     reference = manifest.ground_truth_map(dataset_dir)
@@ -62,7 +64,9 @@ def test_smoke_run_learns_and_resumes_with_its_pose_table(tmp_path, run_job_in_p
 
     settings["train"]["epochs"] = 4
     config.write_text(yaml.safe_dump(settings))
-    second = run_job_in_process(CryoSPIN(), [*common, "--output-dir", str(tmp_path / "second"), "--run-name", "cryospin-resume"]).result
+    second = run_job_in_process(
+        CryoSPIN(), [*common, "--output-dir", str(tmp_path / "second"), "--run-name", "cryospin-resume"]
+    ).result
     assert second["resumed_from_epoch"] == 2
     after_second = _tables(run_dir / "epoch_0003")
     assert set(after_second.values()) == {10}, "the resumed run did not continue the saved pose table"

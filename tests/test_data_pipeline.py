@@ -90,7 +90,7 @@ def test_relion_import_of_unposed_particles_is_marked_and_refused_by_known_pose_
     assert read_manifest(out).has_poses is False  # ab-initio methods train on it; nothing scores poses against zeros
     assert read_manifest(import_relion(shared_data / "cryodrgn" / "relion31.star", tmp_path / "posed")).has_poses
     with pytest.raises(CryorayInputError, match="manifest.json: poses"):
-        KnownPoseReconstruction().datasets(out, read_manifest(out), ReconstructConfig())
+        KnownPoseReconstruction().check_dataset(out, read_manifest(out), ReconstructConfig())
 
 
 def test_relion_import_without_a_pixel_size_names_the_missing_field(tmp_path, shared_data):

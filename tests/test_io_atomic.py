@@ -61,9 +61,7 @@ def test_bad_models_fail_clearly(tmp_path):
     with pytest.raises(CryorayInputError, match="model.pdb: atoms"):
         atomic_model_to_density(not_a_model, 1.0)
     waters_only = tmp_path / "water.pdb"
-    waters_only.write_text(
-        "HETATM    1  O   HOH A   1      10.000  10.000  10.000  1.00 20.00           O\nEND\n"
-    )
+    waters_only.write_text("HETATM    1  O   HOH A   1      10.000  10.000  10.000  1.00 20.00           O\nEND\n")
     with pytest.raises(CryorayInputError, match="water.pdb: atoms"):
         atomic_model_to_density(waters_only, 1.0)
     with pytest.raises(CryorayInputError, match="no such file"):

@@ -129,12 +129,18 @@ def test_write_read_round_trip(tmp_path):
 
 
 def test_write_from_plain_dataframe_groups_optics(tmp_path):
-    frame = pd.DataFrame({
-        "image_index": [0, 1, 2],
-        "image_path": [str(tmp_path / "a.mrcs")] * 3,
-        "rot_deg": [1.0, 2.0, 3.0], "tilt_deg": [4.0, 5.0, 6.0], "psi_deg": [7.0, 8.0, 9.0],
-        "pixel_size_angstrom": [1.0, 1.0, 2.0], "box_px": [16, 16, 16], "voltage_kv": [300.0, 300.0, 200.0],
-    })
+    frame = pd.DataFrame(
+        {
+            "image_index": [0, 1, 2],
+            "image_path": [str(tmp_path / "a.mrcs")] * 3,
+            "rot_deg": [1.0, 2.0, 3.0],
+            "tilt_deg": [4.0, 5.0, 6.0],
+            "psi_deg": [7.0, 8.0, 9.0],
+            "pixel_size_angstrom": [1.0, 1.0, 2.0],
+            "box_px": [16, 16, 16],
+            "voltage_kv": [300.0, 300.0, 200.0],
+        }
+    )
     path = write_particles_star(tmp_path / "plain.star", frame)
     assert "000001@a.mrcs" in path.read_text()
     table = read_particles_star(path)

@@ -1,5 +1,6 @@
-"""`ray job submit --working-dir . -- python jobs/robpicker.py --smoke` (the flagship job) against a `ray start --head` that this test
-starts and stops; the job joins that cluster through RAY_ADDRESS instead of starting its own."""
+"""`ray job submit --working-dir . -- python jobs/robpicker.py --smoke` (the flagship job) against a
+`ray start --head` that this test starts and stops; the job joins that cluster through RAY_ADDRESS instead
+of starting its own."""
 
 from __future__ import annotations
 
@@ -81,19 +82,41 @@ def test_ray_job_submit_runs_a_job_on_a_running_cluster(tmp_path):
     env.pop("RAY_ADDRESS", None)
     temp_dir = Path(tempfile.mkdtemp(prefix="cr", dir="/tmp"))  # short: Ray's socket paths live under it
     agent_http, agent_grpc, runtime_env_agent, metrics = _free_ports(4)
-    start = _ray("start", "--head", "--num-cpus=2", f"--port={GCS_PORT}", f"--dashboard-port={DASHBOARD_PORT}",
-                 f"--dashboard-agent-listen-port={agent_http}", f"--dashboard-agent-grpc-port={agent_grpc}",
-                 f"--runtime-env-agent-port={runtime_env_agent}", f"--metrics-export-port={metrics}",
-                 f"--temp-dir={temp_dir}", "--disable-usage-stats", env=env)
+    start = _ray(
+        "start",
+        "--head",
+        "--num-cpus=2",
+        f"--port={GCS_PORT}",
+        f"--dashboard-port={DASHBOARD_PORT}",
+        f"--dashboard-agent-listen-port={agent_http}",
+        f"--dashboard-agent-grpc-port={agent_grpc}",
+        f"--runtime-env-agent-port={runtime_env_agent}",
+        f"--metrics-export-port={metrics}",
+        f"--temp-dir={temp_dir}",
+        "--disable-usage-stats",
+        env=env,
+    )
     assert start.returncode == 0, start.stderr
     try:
         runtime_env = json.dumps({"env_vars": {"CRYORAY_DATA_DIR": os.environ["CRYORAY_DATA_DIR"]}})
         out_dir = tmp_path / "out"
         submit = _submit(
-            "--working-dir", ".", "--runtime-env-json", runtime_env, "--",
-            "python", "jobs/robpicker.py", "--smoke", "--num-workers", "1",
-            "--output-dir", str(out_dir), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
-            env=env, timeout=480,
+            "--working-dir",
+            ".",
+            "--runtime-env-json",
+            runtime_env,
+            "--",
+            "python",
+            "jobs/robpicker.py",
+            "--smoke",
+            "--num-workers",
+            "1",
+            "--output-dir",
+            str(out_dir),
+            "--tracking-uri",
+            f"sqlite:///{tmp_path / 'mlflow.db'}",
+            env=env,
+            timeout=480,
         )
         assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
         assert "succeeded" in submit.stdout

@@ -19,7 +19,9 @@ def test_cryoray_comes_from_platform_source_root():
 def test_top_level_folders_are_not_packages():
     for folder in ("platform", "datasets", "jobs", "tuning", "tests"):
         assert not (REPO_ROOT / folder / "__init__.py").exists(), folder
-    assert sorted(p.name for p in (REPO_ROOT / "platform").iterdir() if not p.name.startswith(".") and not p.name.endswith(".egg-info")) == ["cryoray"]
+    assert sorted(
+        p.name for p in (REPO_ROOT / "platform").iterdir() if not p.name.startswith(".") and not p.name.endswith(".egg-info")
+    ) == ["cryoray"]
 
 
 def test_every_method_job_is_a_thin_entry_point():

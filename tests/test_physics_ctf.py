@@ -44,8 +44,16 @@ def test_zeros_sit_at_the_analytic_radius(n: int) -> None:
 
 
 def test_sign_amplitude_contrast_and_phase_shift() -> None:
-    base = dict(box=BOX, pixel_size_angstrom=1.0, defocus_u_angstrom=20000.0, defocus_v_angstrom=20000.0,
-                defocus_angle_deg=0.0, voltage_kv=300.0, cs_mm=2.7, dtype=torch.float64)
+    base = dict(
+        box=BOX,
+        pixel_size_angstrom=1.0,
+        defocus_u_angstrom=20000.0,
+        defocus_v_angstrom=20000.0,
+        defocus_angle_deg=0.0,
+        voltage_kv=300.0,
+        cs_mm=2.7,
+        dtype=torch.float64,
+    )
     assert float(ctf_2d(**base, amplitude_contrast=0.1)[0, C, C]) == pytest.approx(-0.1)  # CTF(0) = -w
     assert float(ctf_2d(**base, amplitude_contrast=0.0, phase_shift_deg=90.0)[0, C, C]) == pytest.approx(-1.0)
     low = ctf_2d(**base, amplitude_contrast=0.07)[0, C, C + 1]
@@ -56,10 +64,14 @@ def test_matches_cryodrgn_formula() -> None:
     rng = np.random.default_rng(0)
     batch = 4
     params = dict(
-        pixel_size_angstrom=rng.uniform(0.8, 3.0, batch), defocus_u_angstrom=rng.uniform(8000, 30000, batch),
-        defocus_v_angstrom=rng.uniform(8000, 30000, batch), defocus_angle_deg=rng.uniform(-90, 90, batch),
-        voltage_kv=np.array([300.0, 200.0, 300.0, 120.0]), cs_mm=rng.uniform(0.01, 2.7, batch),
-        amplitude_contrast=rng.uniform(0.0, 0.2, batch), phase_shift_deg=rng.uniform(0, 120, batch),
+        pixel_size_angstrom=rng.uniform(0.8, 3.0, batch),
+        defocus_u_angstrom=rng.uniform(8000, 30000, batch),
+        defocus_v_angstrom=rng.uniform(8000, 30000, batch),
+        defocus_angle_deg=rng.uniform(-90, 90, batch),
+        voltage_kv=np.array([300.0, 200.0, 300.0, 120.0]),
+        cs_mm=rng.uniform(0.01, 2.7, batch),
+        amplitude_contrast=rng.uniform(0.0, 0.2, batch),
+        phase_shift_deg=rng.uniform(0, 120, batch),
         bfactor_angstrom2=rng.uniform(0, 100, batch),
     )
     ours = ctf_2d(BOX, **{k: torch.from_numpy(v) for k, v in params.items()}, dtype=torch.float64).numpy()
@@ -70,8 +82,12 @@ def test_matches_cryodrgn_formula() -> None:
         ky, kx = np.meshgrid(freq / p["pixel_size_angstrom"], freq / p["pixel_size_angstrom"], indexing="ij")
         lam = float(electron_wavelength_angstrom(float(p["voltage_kv"])))  # tested on its own above
         s2 = kx**2 + ky**2
-        df = 0.5 * (p["defocus_u_angstrom"] + p["defocus_v_angstrom"] + (p["defocus_u_angstrom"] - p["defocus_v_angstrom"])
-                    * np.cos(2 * (np.arctan2(ky, kx) - np.deg2rad(p["defocus_angle_deg"]))))
+        df = 0.5 * (
+            p["defocus_u_angstrom"]
+            + p["defocus_v_angstrom"]
+            + (p["defocus_u_angstrom"] - p["defocus_v_angstrom"])
+            * np.cos(2 * (np.arctan2(ky, kx) - np.deg2rad(p["defocus_angle_deg"])))
+        )
         gamma = 2 * np.pi * (-0.5 * df * lam * s2 + 0.25 * p["cs_mm"] * 1e7 * lam**3 * s2**2) - np.deg2rad(p["phase_shift_deg"])
         w = p["amplitude_contrast"]
         expected = (np.sqrt(1 - w**2) * np.sin(gamma) - w * np.cos(gamma)) * np.exp(-p["bfactor_angstrom2"] / 4 * s2)
@@ -79,8 +95,15 @@ def test_matches_cryodrgn_formula() -> None:
 
 
 def test_astigmatism_rotates_with_the_angle() -> None:
-    args = dict(pixel_size_angstrom=1.5, defocus_u_angstrom=25000.0, defocus_v_angstrom=15000.0,
-                voltage_kv=300.0, cs_mm=2.7, amplitude_contrast=0.07, dtype=torch.float64)
+    args = dict(
+        pixel_size_angstrom=1.5,
+        defocus_u_angstrom=25000.0,
+        defocus_v_angstrom=15000.0,
+        voltage_kv=300.0,
+        cs_mm=2.7,
+        amplitude_contrast=0.07,
+        dtype=torch.float64,
+    )
     at0 = ctf_2d(BOX, defocus_angle_deg=0.0, **args)[0]
     at90 = ctf_2d(BOX, defocus_angle_deg=90.0, **args)[0]
     assert torch.allclose(at90, at0.T, atol=1e-12)  # turning the ellipse by 90° swaps x and y
@@ -120,8 +143,13 @@ def test_one_formula_on_any_grid_follows_its_dtype_and_device() -> None:
     radial = compute_ctf(k, **params)
     assert radial.dtype == torch.float64 and radial.shape == k.shape
     # astigmatism with u = v is no astigmatism; float32 grids give float32 CTFs even from float64 parameters
-    same = compute_ctf(k.float(), **params | {"defocus_u_angstrom": torch.tensor(15000.0, dtype=torch.float64)},
-                       azimuth_rad=torch.zeros(50), defocus_v_angstrom=15000.0, defocus_angle_deg=30.0)
+    same = compute_ctf(
+        k.float(),
+        **params | {"defocus_u_angstrom": torch.tensor(15000.0, dtype=torch.float64)},
+        azimuth_rad=torch.zeros(50),
+        defocus_v_angstrom=15000.0,
+        defocus_angle_deg=30.0,
+    )
     assert same.dtype == torch.float32 and torch.allclose(same.double(), radial, atol=1e-5)
     with pytest.raises(ValueError, match="azimuth"):
         compute_ctf(k, **params, defocus_v_angstrom=14000.0)

@@ -41,11 +41,32 @@ def test_healpix_nested_pixel_centres() -> None:
     assert torch.allclose(phi, torch.tensor(quarter + [j * math.pi / 2 for j in range(4)] + quarter, dtype=torch.float64))
     # Values of healpy.pix2ang(nside, ipix, nest=True) for a few pixels.
     theta, phi = healpix_pix2ang_nested(2, torch.tensor([0, 1, 3, 18, 35]))
-    assert torch.allclose(theta, torch.tensor([1.2309594173407747, 0.8410686705679303, 0.4111378623223478, 1.5707963267948966, 1.9106332362490186], dtype=torch.float64))
-    assert torch.allclose(phi, torch.tensor([0.7853981633974483, 1.1780972450961724, 0.7853981633974483, 5.890486225480862, 0.7853981633974483], dtype=torch.float64))
+    assert torch.allclose(
+        theta,
+        torch.tensor(
+            [1.2309594173407747, 0.8410686705679303, 0.4111378623223478, 1.5707963267948966, 1.9106332362490186],
+            dtype=torch.float64,
+        ),
+    )
+    assert torch.allclose(
+        phi,
+        torch.tensor(
+            [0.7853981633974483, 1.1780972450961724, 0.7853981633974483, 5.890486225480862, 0.7853981633974483],
+            dtype=torch.float64,
+        ),
+    )
     theta, phi = healpix_pix2ang_nested(4, torch.tensor([7, 11, 15, 64, 66]))
-    assert torch.allclose(theta, torch.tensor([0.6223684885550206, 0.6223684885550206, 0.20448019896853498, 2.0943951023931957, 1.9106332362490186], dtype=torch.float64))
-    assert torch.allclose(phi, torch.tensor([1.3089969389957472, 0.2617993877991494, 0.7853981633974483, 0.0, 6.086835766330223], dtype=torch.float64))
+    assert torch.allclose(
+        theta,
+        torch.tensor(
+            [0.6223684885550206, 0.6223684885550206, 0.20448019896853498, 2.0943951023931957, 1.9106332362490186],
+            dtype=torch.float64,
+        ),
+    )
+    assert torch.allclose(
+        phi,
+        torch.tensor([1.3089969389957472, 0.2617993877991494, 0.7853981633974483, 0.0, 6.086835766330223], dtype=torch.float64),
+    )
 
 
 def test_healpix_pixels_are_equal_area_and_nested() -> None:
@@ -89,7 +110,10 @@ def test_children_are_near_their_parent(level: int) -> None:
     q_child = hopf_grid_quaternions(level + 1, dtype=torch.float64)[children]
     dist = quaternion_distance(q_parent[:, None], q_child)
     assert bool((dist[:, :-1] <= dist[:, 1:] + 1e-12).all())
-    angle = geodesic_distance_deg(hopf_grid_rotations(level, dtype=torch.float64)[parents][:, None], hopf_grid_rotations(level + 1, dtype=torch.float64)[children])
+    angle = geodesic_distance_deg(
+        hopf_grid_rotations(level, dtype=torch.float64)[parents][:, None],
+        hopf_grid_rotations(level + 1, dtype=torch.float64)[children],
+    )
     assert float(angle.max()) < 1.25 * hopf_grid_resolution_deg(level)
     assert float(angle.mean()) < hopf_grid_resolution_deg(level + 1)
 

@@ -9,7 +9,10 @@ from cryoray.physics import add_gaussian_noise, snr_db_to_linear, snr_linear_to_
 
 def _signal() -> torch.Tensor:
     gen = torch.Generator().manual_seed(0)
-    return torch.randn(8, 128, 128, generator=gen, dtype=torch.float64).cumsum(-1) * torch.linspace(0.5, 2.0, 8, dtype=torch.float64)[:, None, None]
+    return (
+        torch.randn(8, 128, 128, generator=gen, dtype=torch.float64).cumsum(-1)
+        * torch.linspace(0.5, 2.0, 8, dtype=torch.float64)[:, None, None]
+    )
 
 
 def test_db_linear_conversions() -> None:
@@ -49,7 +52,9 @@ def test_signal_mask_and_volumes() -> None:
     clean[:, 8:24, 8:24, 8:24] = torch.randn(2, 16, 16, 16, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     mask = torch.zeros(32, 32, 32, dtype=torch.bool)
     mask[8:24, 8:24, 8:24] = True
-    noisy, std = add_gaussian_noise(clean, snr_linear=2.0, signal_mask=mask, sample_ndim=3, generator=torch.Generator().manual_seed(5))
+    noisy, std = add_gaussian_noise(
+        clean, snr_linear=2.0, signal_mask=mask, sample_ndim=3, generator=torch.Generator().manual_seed(5)
+    )
     inside_var = clean[:, mask].var(dim=-1, unbiased=False)
     assert torch.allclose(std**2, inside_var / 2.0)
     assert torch.allclose((noisy - clean).var(dim=(1, 2, 3)), inside_var / 2.0, rtol=0.03)

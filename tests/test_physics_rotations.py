@@ -82,12 +82,8 @@ def test_euler_relion_matches_elementary_composition_and_scipy() -> None:
 
 def test_euler_relion_known_values() -> None:
     # RELION's Euler_angles2matrix written out for rot=90, tilt=0, psi=0 and for tilt=90 alone.
-    assert torch.allclose(
-        euler_relion_to_matrix(90.0, 0.0, 0.0), torch.tensor([[0.0, 1, 0], [-1, 0, 0], [0, 0, 1]]), atol=1e-6
-    )
-    assert torch.allclose(
-        euler_relion_to_matrix(0.0, 90.0, 0.0), torch.tensor([[0.0, 0, -1], [0, 1, 0], [1, 0, 0]]), atol=1e-6
-    )
+    assert torch.allclose(euler_relion_to_matrix(90.0, 0.0, 0.0), torch.tensor([[0.0, 1, 0], [-1, 0, 0], [0, 0, 1]]), atol=1e-6)
+    assert torch.allclose(euler_relion_to_matrix(0.0, 90.0, 0.0), torch.tensor([[0.0, 0, -1], [0, 1, 0], [1, 0, 0]]), atol=1e-6)
 
 
 def test_euler_round_trip_including_gimbal_lock() -> None:
@@ -124,8 +120,12 @@ def test_axis_angle_gradient_finite_at_zero() -> None:
         [target[2, 1] - target[1, 2], target[0, 2] - target[2, 0], target[1, 0] - target[0, 1]], dtype=torch.float64
     )
     assert torch.allclose(omega.grad, expected, atol=1e-12)
-    assert torch.autograd.gradcheck(axis_angle_to_matrix, (torch.tensor([1e-4, 2e-4, -1e-4], dtype=torch.float64, requires_grad=True),))
-    assert torch.autograd.gradcheck(axis_angle_to_matrix, (torch.tensor([0.3, -1.0, 0.7], dtype=torch.float64, requires_grad=True),))
+    assert torch.autograd.gradcheck(
+        axis_angle_to_matrix, (torch.tensor([1e-4, 2e-4, -1e-4], dtype=torch.float64, requires_grad=True),)
+    )
+    assert torch.autograd.gradcheck(
+        axis_angle_to_matrix, (torch.tensor([0.3, -1.0, 0.7], dtype=torch.float64, requires_grad=True),)
+    )
 
 
 def test_s2s2_gram_schmidt_rows() -> None:

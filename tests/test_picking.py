@@ -184,7 +184,12 @@ def test_cluster_picks_edge_cases() -> None:
 
 
 TRUTH = pd.DataFrame(
-    {"x_px": [10.0, 30.0, 10.0, 30.0], "y_px": [10.0, 10.0, 30.0, 30.0], "z_px": [10.0, 10.0, 10.0, 30.0], "class_id": [1, 1, 2, 3]}
+    {
+        "x_px": [10.0, 30.0, 10.0, 30.0],
+        "y_px": [10.0, 10.0, 30.0, 30.0],
+        "z_px": [10.0, 10.0, 10.0, 30.0],
+        "class_id": [1, 1, 2, 3],
+    }
 )
 PICKS = pd.DataFrame(
     {
@@ -302,14 +307,17 @@ def test_orthoslice_figure_is_a_png(tmp_path) -> None:
 def _picking_case() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     true_xyz = np.array([[10, 10, 10], [30, 10, 10], [50, 10, 10], [10, 40, 20], [30, 40, 20], [50, 40, 20]], float)
     true_cls = np.array([1, 1, 1, 2, 2, 2])
-    pred_xyz = np.array([
-        [11, 10, 10],  # TP class 1 (particle 0)
-        [30, 12, 10],  # TP class 1 (particle 1)
-        [10, 11, 10],  # duplicate of particle 0: FP
-        [10, 41, 20],  # TP class 2 (particle 3)
-        [50, 40, 22],  # near particle 5 but labelled class 1: FP (class 1) and particle 5 stays FN
-        [70, 70, 30],  # far away: FP class 2
-    ], float)
+    pred_xyz = np.array(
+        [
+            [11, 10, 10],  # TP class 1 (particle 0)
+            [30, 12, 10],  # TP class 1 (particle 1)
+            [10, 11, 10],  # duplicate of particle 0: FP
+            [10, 41, 20],  # TP class 2 (particle 3)
+            [50, 40, 22],  # near particle 5 but labelled class 1: FP (class 1) and particle 5 stays FN
+            [70, 70, 30],  # far away: FP class 2
+        ],
+        float,
+    )
     pred_cls = np.array([1, 1, 1, 2, 1, 2])
     return pred_xyz, pred_cls, true_xyz, true_cls
 

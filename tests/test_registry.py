@@ -49,8 +49,12 @@ def _assignments_to_self(method: Method) -> list[str]:
     """``self.x = …`` anywhere in the method's class body: run state the Method contract keeps off ``self``."""
     tree = ast.parse(Path(inspect.getsourcefile(type(method)) or "").read_text())
     body = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == type(method).__name__)
-    targets = [t for n in ast.walk(body) if isinstance(n, ast.Assign | ast.AnnAssign | ast.AugAssign)
-               for t in (n.targets if isinstance(n, ast.Assign) else [n.target])]
+    targets = [
+        t
+        for n in ast.walk(body)
+        if isinstance(n, ast.Assign | ast.AnnAssign | ast.AugAssign)
+        for t in (n.targets if isinstance(n, ast.Assign) else [n.target])
+    ]
     return [ast.unparse(t) for t in targets if isinstance(t, ast.Attribute) and getattr(t.value, "id", None) == "self"]
 
 

@@ -1,8 +1,10 @@
 """One seed on one worker repeats a run exactly: every method's job, run twice with ``train.seed`` 0, reports the
-same RESULT metrics bit for bit, and a run with seed 1 changes its training metrics (README, "Reproducibility")."""
+same RESULT metrics bit for bit; another seed changes them; a seeded stream differs between epochs and ranks but
+repeats between runs (README, "Reproducibility")."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -10,9 +12,9 @@ from typing import Any
 import pytest
 import ray
 import yaml
-from cryoray.methods.betagan import BetaGAN
-from cryoray.methods.cryo2ssnet import Cryo2SSNet
-from cryoray.methods.cryogen2 import CryoGEN2
+from cryoray.data.particles import particle_dataset
+from cryoray.data.patches import draw_per_replica, patch_dataset, patch_source, split_entries
+from cryoray.data.recipes import resolve_dataset
 from cryoray.methods.cryospin import CryoSPIN
 from cryoray.methods.reconstruct import KnownPoseReconstruction
 from cryoray.methods.robpicker import RobPicker
@@ -20,28 +22,35 @@ from cryoray.train.method import Method
 
 pytestmark = pytest.mark.ray
 
+# One method per seeded data path, to keep the suite's time: the particle stream (reconstruct; Cryo2SSNet and
+# the (α,β)-GAN read the same stream through the same seeded code), the patch streams (RobPicker) and the pose
+# table's own reader (cryoSPIN). CryoGEN-II's subtomogram stream draws nothing at random. All six were run
+# twice per seed when the seeding went in and repeated bit for bit (the closing note of the reliability issue).
 # The smoke runs cut to a few steps and their cheapest evaluation. Two epochs where a method has per-epoch state
-# (the seeded file and buffer shuffles of the next epoch, cryoSPIN's switch to auto-decoding).
+# (reconstruct: the file and buffer shuffles of the next epoch; cryoSPIN: the switch to auto-decoding).
 CHEAP: dict[type[Method[Any]], dict[str, Any]] = {
     KnownPoseReconstruction: {"train": {"epochs": 2, "max_steps_per_epoch": 2}},
-    RobPicker: {"train": {"epochs": 1, "max_steps_per_epoch": 2}, "method": {"train_patches_per_epoch": 8, "meta_patches_per_epoch": 8}},
-    CryoGEN2: {"train": {"epochs": 1, "max_steps_per_epoch": 2}, "method": {"restore_test_tomograms": False}},
-    Cryo2SSNet: {
-        "train": {"epochs": 1, "max_steps_per_epoch": 3},
-        "method": {"denoiser_pretrain_steps": 1, "eval_images": 16, "alignment_search_level": 0},
+    RobPicker: {
+        "train": {"epochs": 1, "max_steps_per_epoch": 2},
+        "method": {"train_patches_per_epoch": 8, "meta_patches_per_epoch": 8},
     },
     CryoSPIN: {"train": {"epochs": 2, "max_steps_per_epoch": 2}, "method": {"switch_epoch": 1, "align_search_level": 0}},
-    BetaGAN: {"train": {"epochs": 1, "max_steps_per_epoch": 3}, "method": {"classical_baselines": []}},
 }
 
 
 @pytest.fixture(scope="module")
-def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """One private local Ray and one MLflow store for every run of the module: a job joins a Ray this process
-    started and leaves it running, so the runs do not each pay Ray's start-up and the store's creation."""
+def local_ray() -> Iterator[None]:
+    """One private local Ray for the module: a job joins a Ray this process started and leaves it running, so the
+    runs do not each pay Ray's start-up."""
     ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
-    yield f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def tracking_uri(local_ray: None, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One MLflow store for the module's runs (its creation costs seconds)."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
 
 
 @pytest.mark.parametrize("method_type", list(CHEAP), ids=lambda t: t.name)
@@ -52,9 +61,58 @@ def test_one_seed_on_one_worker_repeats_every_metric(
         config = tmp_path / f"{run}.yaml"
         settings = CHEAP[method_type]
         config.write_text(yaml.safe_dump({**settings, "train": {**settings["train"], "seed": seed}}))
-        argv = ["--smoke", "--num-workers", "1", "--config", str(config), "--output-dir", str(tmp_path / run),
-                "--tracking-uri", tracking_uri]
-        return run_job_in_process(method_type(), argv).result["metrics"]
+        argv = [
+            "--smoke",
+            "--num-workers",
+            "1",
+            "--config",
+            str(config),
+            "--output-dir",
+            str(tmp_path / run),
+            "--tracking-uri",
+            tracking_uri,
+        ]
+        result = run_job_in_process(method_type(), argv).result
+        # A worker group that Ray replaced mid-run resumes from a checkpoint and is not a repeat (README).
+        assert result["resumed_from_epoch"] is None, f"Ray Train restarted the worker group of run {run!r}"
+        return result["metrics"]
 
-    first, again = metrics(0, "first"), metrics(0, "again")
-    assert again == first
+    first = metrics(0, "first")
+    assert metrics(0, "again") == first
+    if method_type is KnownPoseReconstruction:
+        # Its map starts at zero, so only the seeded data order can move its training metrics.
+        other = metrics(1, "other")
+        training = [key for key in first if key.startswith("train_")]
+        assert training and all(other[key] != first[key] for key in training), (first, other)
+
+
+def _fingerprints(iterator: ray.data.DataIterator, column: str, executions: int = 2) -> list[list[str]]:
+    """Per execution (an epoch), a short hash of every batch of ``column``, in stream order."""
+
+    def execution() -> list[str]:
+        batches = iterator.iter_batches(batch_size=8, batch_format="numpy")
+        return [hashlib.sha1(batch[column].tobytes()).hexdigest()[:8] for batch in batches]
+
+    return [execution() for _ in range(executions)]
+
+
+def test_a_seeded_stream_repeats_per_seed_and_changes_per_epoch_and_rank(local_ray: None) -> None:
+    tomograms, manifest = resolve_dataset("tomograms-smoke")
+    source = patch_source(tomograms, split_entries(manifest, "val"), "shape", "particles")
+
+    def patches(seed: int, rank: int = 0) -> list[list[str]]:
+        stream = patch_dataset(source, 16, 16, 4, "class_balanced", augment=True, seed=seed)
+        stream.context.execution_options.preserve_order = True  # as the runner ingests
+        return _fingerprints(draw_per_replica(stream.iterator(), rank), "patch")
+
+    epochs = patches(0)
+    assert epochs == patches(0) and epochs[0] != epochs[1]
+    assert patches(1)[0] != epochs[0] and patches(0, rank=1)[0] != epochs[0]
+
+    particles = particle_dataset(*resolve_dataset("particles-smoke"), seed=0)
+    particles.context.execution_options.preserve_order = True
+    order = _fingerprints(particles.iterator(), "particle_index", executions=3)
+    assert len({tuple(epoch) for epoch in order}) > 1  # four shard files: some epoch reads them in another order
+    again = particle_dataset(*resolve_dataset("particles-smoke"), seed=0)
+    again.context.execution_options.preserve_order = True
+    assert _fingerprints(again.iterator(), "particle_index", executions=3) == order

@@ -174,7 +174,9 @@ def test_isotropic_ctf_is_the_2d_ctf_along_any_direction():
     ctf = TomogramCtf(defocus_angstrom=30000.0, bfactor_angstrom2=50.0)
     box, voxel = 64, 10.0
     volume_ctf = isotropic_ctf((box, box, box), voxel, ctf).numpy()
-    image_ctf = ctf_2d(box, voxel, 30000.0, 30000.0, 0.0, 300.0, 2.7, 0.07, bfactor_angstrom2=50.0, dtype=torch.float64)[0].numpy()
+    image_ctf = ctf_2d(box, voxel, 30000.0, 30000.0, 0.0, 300.0, 2.7, 0.07, bfactor_angstrom2=50.0, dtype=torch.float64)[
+        0
+    ].numpy()
     c = box // 2
     np.testing.assert_allclose(volume_ctf[c, :, :], image_ctf, atol=1e-10)  # the kz = 0 plane
     np.testing.assert_allclose(volume_ctf[:, c, c], image_ctf[:, c], atol=1e-10)  # along kz as along ky
@@ -222,10 +224,18 @@ def test_sphere_labels_have_the_species_radius(species):
 
 def test_annotation_noise_drops_the_fraction_and_jitters_by_the_std():
     rng = np.random.default_rng(0)
-    truth = pd.DataFrame({
-        "x_px": rng.uniform(0, 100, 4000), "y_px": rng.uniform(0, 100, 4000), "z_px": rng.uniform(0, 50, 4000),
-        "class_id": rng.integers(1, 4, 4000), "rot_deg": 0.0, "tilt_deg": 0.0, "psi_deg": 0.0, "row": np.arange(4000),
-    })
+    truth = pd.DataFrame(
+        {
+            "x_px": rng.uniform(0, 100, 4000),
+            "y_px": rng.uniform(0, 100, 4000),
+            "z_px": rng.uniform(0, 50, 4000),
+            "class_id": rng.integers(1, 4, 4000),
+            "rot_deg": 0.0,
+            "tilt_deg": 0.0,
+            "psi_deg": 0.0,
+            "row": np.arange(4000),
+        }
+    )
     noisy = annotation_noise(truth, 0.2, 1.5, np.random.default_rng(1))
     assert len(noisy) == 3200 and noisy["row"].is_monotonic_increasing
     matched = truth.set_index("row").loc[noisy["row"]]

@@ -1,4 +1,4 @@
-"""Importing real tomograms + picks: the dataset round-trips, labels sit on the picks, bad input is named."""
+"""Importing real tomograms + picks: the dataset round-trips and labels sit on the picks (bad input: test_bad_inputs.py)."""
 
 from __future__ import annotations
 
@@ -88,7 +88,8 @@ def test_import_round_trips_through_the_manifest_and_leaves_inputs_alone(importe
     assert all(t.clean is None for t in manifest.tomograms)
     assert "validation uses sphere labels" in manifest.provenance["labels"]
     assert [(s.radius_px, s.size_group) for s in manifest.species] == [
-        (3.0, size_group_for_radius(30.0)), (4.5, size_group_for_radius(45.0))
+        (3.0, size_group_for_radius(30.0)),
+        (4.5, size_group_for_radius(45.0)),
     ]
     for entry in manifest.tomograms:
         source = inputs / f"{entry.name}.mrc"
@@ -152,60 +153,18 @@ def test_the_picker_patch_stream_reads_the_import(imported: tuple[Path, Path]) -
         assert set(batch["labels"][:, 8, 8, 8]) <= {1, 2} and (batch["labels"][:, 8, 8, 8] > 0).all()
 
 
-def _unknown_class(folder: Path) -> tuple[Path, str, str]:
-    table = pd.DataFrame({"x_px": [5.0], "y_px": [5.0], "z_px": [5.0], "class_id": [7]})
-    write_coordinates(folder / "tomo03.csv", table, overwrite=True)
-    return folder / "spec.yaml", "tomo03.csv", "class_id: expected a class id listed under species"
-
-
-def _outside(folder: Path) -> tuple[Path, str, str]:
-    table = pd.DataFrame({"x_px": [5.0, 5.0], "y_px": [5.0, 5.0], "z_px": [5.0, 16.0], "class_id": [1, 1]})
-    write_coordinates(folder / "tomo03.csv", table, overwrite=True)
-    return folder / "spec.yaml", "tomo03.csv", r"z_px: expected a position in \[0, 15\].*row 2"
-
-
-def _voxel_mismatch(folder: Path) -> tuple[Path, str, str]:
-    write_mrc(folder / "tomo03.mrc", np.zeros(SHAPE_ZYX), VOXEL_ANGSTROM * 1.02, overwrite=True)
-    return folder / "spec.yaml", "tomo03.mrc", "voxel size: expected within 1%"
-
-
-def _missing_file(folder: Path) -> tuple[Path, str, str]:
-    (folder / "tomo02.mrc").unlink()
-    return folder / "spec.yaml", "spec.yaml", r"tomograms\[1\].tomogram: expected an existing file"
-
-
-def _no_val(folder: Path) -> tuple[Path, str, str]:
-    spec = yaml.safe_load((folder / "spec.yaml").read_text())
-    spec["tomograms"][1]["split"] = "train"
-    (folder / "spec.yaml").write_text(yaml.safe_dump(spec))
-    return folder / "spec.yaml", "spec.yaml", "tomograms: .*no val"
-
-
-def _nan_tomogram(folder: Path) -> tuple[Path, str, str]:
-    data = np.zeros(SHAPE_ZYX, dtype=np.float32)
-    data[3, 4, 5] = np.nan
-    with open(folder / "tomo03.mrc", "r+b") as handle:  # write_mrc refuses NaN: patch the data block of the file
-        handle.seek(-data.nbytes, 2)
-        handle.write(data.tobytes())
-    return folder / "spec.yaml", "tomo03.mrc", "data: expected finite values only"
-
-
-@pytest.mark.parametrize("break_input", [_missing_file, _unknown_class, _outside, _voxel_mismatch, _no_val, _nan_tomogram])
-def test_bad_input_is_one_error_naming_file_and_field(tmp_path: Path, break_input) -> None:
-    spec = _write_inputs(tmp_path / "inputs")
-    spec, file_name, message = break_input(tmp_path / "inputs")
-    with pytest.raises(CryorayInputError, match=message) as caught:
-        import_tomograms(spec, tmp_path / "dataset")
-    assert Path(caught.value.path).name == file_name
-
-
 def test_tomo_name_selects_rows_of_a_shared_star_file(tmp_path: Path) -> None:
     folder = tmp_path / "inputs"
     _write_inputs(folder)
-    shared = pd.DataFrame({
-        "x_px": [5.0, 9.0, 12.0], "y_px": [5.0, 9.0, 12.0], "z_px": [5.0, 6.0, 7.0],
-        "class_id": [1, 2, 1], "tomo_name": ["TS_01", "TS_03", "TS_03"],
-    })
+    shared = pd.DataFrame(
+        {
+            "x_px": [5.0, 9.0, 12.0],
+            "y_px": [5.0, 9.0, 12.0],
+            "z_px": [5.0, 6.0, 7.0],
+            "class_id": [1, 2, 1],
+            "tomo_name": ["TS_01", "TS_03", "TS_03"],
+        }
+    )
     write_coordinates(folder / "all.star", shared)
     spec = yaml.safe_load((folder / "spec.yaml").read_text())
     spec["tomograms"][2]["particles"] = "all.star"

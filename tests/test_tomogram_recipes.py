@@ -38,9 +38,16 @@ def smoke():
 
 def _small_recipe(tmp_path: Path, **changes) -> Path:
     recipe = {
-        "name": "tiny-test", "kind": "tomograms", "seed": 5, "voxel_size_angstrom": 10.0, "shape_zyx": [24, 40, 40],
-        "species": ["tiny_dimer", "small_tripod"], "particles_per_species": [8, 4], "splits": {"train": 1, "val": 1},
-        "snr_linear": 2.0, "annotation_noise": {"missing_fraction": 0.5, "jitter_px": 1.0, "splits": ["train"]},
+        "name": "tiny-test",
+        "kind": "tomograms",
+        "seed": 5,
+        "voxel_size_angstrom": 10.0,
+        "shape_zyx": [24, 40, 40],
+        "species": ["tiny_dimer", "small_tripod"],
+        "particles_per_species": [8, 4],
+        "splits": {"train": 1, "val": 1},
+        "snr_linear": 2.0,
+        "annotation_noise": {"missing_fraction": 0.5, "jitter_px": 1.0, "splits": ["train"]},
     }
     recipe.update(changes)
     path = tmp_path / "recipe.yaml"
@@ -111,7 +118,10 @@ def test_annotation_noise_only_in_the_splits_asked_for(tmp_path):
         np.testing.assert_array_equal(sphere, sphere_label_map(annotations, species, entry.shape_zyx))
     truth = read_coordinates(out / train.particles)
     annotations = read_coordinates(out / train.annotations)
-    shifts = [np.min(np.linalg.norm(truth[["x_px", "y_px", "z_px"]].to_numpy() - a, axis=1)) for a in annotations[["x_px", "y_px", "z_px"]].to_numpy()]
+    shifts = [
+        np.min(np.linalg.norm(truth[["x_px", "y_px", "z_px"]].to_numpy() - a, axis=1))
+        for a in annotations[["x_px", "y_px", "z_px"]].to_numpy()
+    ]
     assert 0 < np.max(shifts) < 6  # jittered by about 1 px, each near a true particle
 
 

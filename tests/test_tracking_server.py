@@ -49,10 +49,23 @@ def test_the_server_refuses_anonymous_requests_and_serves_its_user(tmp_path):
     url = f"http://127.0.0.1:{port}"
     log = (tmp_path / "server.log").open("w")  # a file, not a pipe: a full pipe would stall the server
     server = subprocess.Popen(
-        [sys.executable, "-m", "cryoray.tracking.server", "--credentials", str(credentials), "--state-dir", str(tmp_path / "state"),
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--artifacts-destination", str(tmp_path / "artifacts"),
-         "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "cryoray.tracking.server",
+            "--credentials",
+            str(credentials),
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "artifacts"),
+            "--port",
+            str(port),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     try:
         deadline = time.monotonic() + 240
@@ -72,10 +85,16 @@ def test_the_server_refuses_anonymous_requests_and_serves_its_user(tmp_path):
         # A client with the same credentials (what cluster.yaml mounts on every node) logs a run.
         env = {**os.environ, "MLFLOW_TRACKING_USERNAME": "cryo", "MLFLOW_TRACKING_PASSWORD": "correct-horse-battery-staple"}
         logged = subprocess.run(
-            [sys.executable, "-c",
-             "import sys; from cryoray.tracking import start_run; "
-             f"handle = start_run({url!r}, 'auth-check', 'run', {{}}, {{}}); print(handle.run_id)"],
-            env=env, capture_output=True, text=True, timeout=240,
+            [
+                sys.executable,
+                "-c",
+                "import sys; from cryoray.tracking import start_run; "
+                f"handle = start_run({url!r}, 'auth-check', 'run', {{}}, {{}}); print(handle.run_id)",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=240,
         )
         assert logged.returncode == 0 and len(logged.stdout.strip()) == 32, logged.stderr[-2000:]
     finally:

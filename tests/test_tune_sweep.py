@@ -1,5 +1,6 @@
-"""The sweep driver: spec checks that fail before any trial starts (no Ray), concurrency sizing, and a real
-smoke sweep of tuning/reconstruct.yaml on a local Ray with ASHA, read back from MLflow and the output files."""
+"""The sweep driver: concurrency sizing, the shipped specs, and a real smoke sweep of tuning/reconstruct.yaml on a
+local Ray with ASHA, read back from MLflow and the output files. Specs that fail before any trial starts (no Ray) are
+in test_bad_inputs.py."""
 
 from __future__ import annotations
 
@@ -7,17 +8,13 @@ import csv
 import importlib.util
 import json
 import math
-import time
 from pathlib import Path
 
 import pytest
-import ray
-import yaml
 from cryoray.config import JobConfig
 from cryoray.errors import CryorayInputError
 from cryoray.methods import METHODS, load_method
 from cryoray.methods.reconstruct import KnownPoseReconstruction
-from cryoray.tune import run_sweep
 from cryoray.tune.resources import trial_concurrency
 from cryoray.tune.spec import check_search_space, load_sweep_spec, plan_sweep
 from mlflow.tracking import MlflowClient
@@ -34,73 +31,11 @@ def _sweep_cli():
     return module
 
 
-def _spec_file(tmp_path: Path, edit) -> Path:
-    """The real reconstruct spec with one edit, written to a temp file."""
-    raw = yaml.safe_load(SPEC.read_text())
-    edit(raw)
-    path = tmp_path / "spec.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
-
-
 def test_the_registry_resolves_job_names_lazily():
     assert isinstance(load_method("reconstruct"), KnownPoseReconstruction)
     assert all(":" in target for target in METHODS.values())
     with pytest.raises(KeyError, match="reconstruct"):
         load_method("no-such-method")
-
-
-@pytest.mark.parametrize(
-    ("edit", "field"),
-    [
-        (lambda raw: raw.update(num_sample=3), "num_sample"),
-        (lambda raw: raw["search_space"].update({"method.learning_rate": {"normal": [0, 1]}}), "search_space.method.learning_rate"),
-        (lambda raw: raw["search_space"].update({"method.learning_rate": {"loguniform": [0, 0.1]}}), "search_space.method.learning_rate"),
-        (lambda raw: raw["search_space"].update({"method.l2_weight": {"uniform": [1, 1e-3, 4]}}), "search_space.method.l2_weight"),
-        (lambda raw: raw.update(mode="maximise"), "mode"),
-        (lambda raw: raw["smoke"].update(scheduler={"type": "hyperband"}), "smoke.scheduler.type"),
-        (lambda raw: raw.update(job="robpickr"), "job"),
-        (lambda raw: raw["base"].update(output_dir="/tmp/x"), "base.output_dir"),
-        (lambda raw: raw["search_space"].update({"tracking_uri": {"choice": ["a", "b"]}}), "search_space.tracking_uri"),
-    ],
-)
-def test_a_malformed_spec_is_one_error_naming_the_file_and_field(tmp_path, edit, field):
-    path = _spec_file(tmp_path, edit)
-    with pytest.raises(CryorayInputError) as caught:
-        load_sweep_spec(path)
-    assert caught.value.path == str(path)
-    assert any(name == field or name.startswith(f"{field}.") for name in caught.value.field.split(", ")), caught.value
-    assert str(path) in str(caught.value) and field in str(caught.value)
-
-
-@pytest.mark.parametrize(
-    ("edit", "field", "detail"),
-    [
-        # A negative step size is a valid range but not a value the method accepts.
-        (lambda raw: raw["search_space"].update({"method.learning_rate": {"uniform": [-0.1, 0.1]}}),
-         "search_space.method.learning_rate", "method.learning_rate=-0.1"),
-        (lambda raw: raw["search_space"].update({"method.learning_rat": {"choice": [0.01]}}),
-         "search_space.method.learning_rat", "Extra inputs are not permitted"),
-        (lambda raw: raw["search_space"].update({"train.batch_size": {"randint": [0, 64]}}),
-         "search_space.train.batch_size", "train.batch_size=0"),
-        (lambda raw: raw["base"].update(num_workers=0), "base", "a trial needs a Ray Train worker"),
-        (lambda raw: raw["base"]["train"].update(epochs="many"), "base", "train.epochs"),
-    ],
-)
-def test_values_the_method_rejects_fail_before_ray_starts(tmp_path, edit, field, detail):
-    path = _spec_file(tmp_path, edit)
-    with pytest.raises(CryorayInputError) as caught:
-        run_sweep(path, output_dir=tmp_path / "out", tracking_uri=f"sqlite:///{tmp_path / 'm.db'}")
-    assert caught.value.path == str(path) and field in caught.value.field.split(", "), caught.value
-    assert detail in str(caught.value)
-    assert not ray.is_initialized() and not (tmp_path / "out").exists() and not (tmp_path / "m.db").exists()
-
-
-def test_the_cli_exits_2_with_one_line_on_bad_input(tmp_path, capsys):
-    path = _spec_file(tmp_path, lambda raw: raw.update(metric=None))
-    assert _sweep_cli().main([str(path), "--smoke"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(f"cryoray sweep: bad input: {path}: metric")
 
 
 def test_smoke_merges_its_block_over_the_base():
@@ -133,20 +68,11 @@ def test_concurrency_fits_the_cluster_locally_and_warns_on_a_joined_one(capsys):
 
 
 @pytest.mark.ray
-def test_a_smoke_sweep_tracks_every_trial_under_one_parent_run(tmp_path, capsys):
+def test_a_smoke_sweep_tracks_every_trial_under_one_parent_run(tmp_path, run_command):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = tmp_path / "sweep"
-    started = time.monotonic()
-    code = _sweep_cli().main(
-        [str(SPEC), "--smoke", "--output-dir", str(out), "--tracking-uri", uri, "--storage-path", str(tmp_path / "storage")]
-    )
-    wall_time_s = time.monotonic() - started
-    captured = capsys.readouterr()
-    print(f"smoke sweep wall time: {wall_time_s:.0f} s")
-    assert code == 0, captured.err[-3000:]
-    lines = [line for line in captured.out.splitlines() if line.strip()]
-    assert lines[-1].startswith("RESULT "), "the RESULT line must be the last line"
-    result = json.loads(lines[-1].removeprefix("RESULT "))
+    argv = [str(SPEC), "--smoke", "--output-dir", str(out), "--tracking-uri", uri, "--storage-path", str(tmp_path / "storage")]
+    result = run_command(_sweep_cli().main, argv).result
     spec = load_sweep_spec(SPEC)
 
     with (out / "summary.csv").open() as handle:

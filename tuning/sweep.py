@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from cryoray.errors import CryorayInputError
+from cryoray.session import input_error_in
 from cryoray.tune import SweepFailedError, run_sweep
 from ray.tune import TuneError
 
@@ -48,9 +49,12 @@ def main(argv: list[str] | None = None) -> int:
             storage_path=args.storage_path,
             num_samples=args.num_samples,
         )
-    except CryorayInputError as exc:
-        return _fail(f"bad input: {exc}", code=2)
-    except (SweepFailedError, TuneError) as exc:
+    except Exception as exc:
+        bad_input = input_error_in(exc)  # raised before the sweep, or in a trial and wrapped by Ray
+        if bad_input is not None:
+            return _fail(f"bad input: {bad_input}", code=2)
+        if not isinstance(exc, (SweepFailedError, TuneError)):
+            raise
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         return _fail(f"sweep failed: {lines[-1] if lines else type(exc).__name__}")
     print("RESULT " + json.dumps(outcome.result()), flush=True)

@@ -21,16 +21,22 @@ from typing import Any
 import ray
 from ray.train import TrainingFailedError
 
-from cryoray.config import JobConfig, deep_update, read_yaml_config, validate_job_config
+from cryoray.config import deep_update, read_yaml_config, validate_job_config
 from cryoray.data.recipes import REPO_ROOT, resolve_dataset
-from cryoray.errors import CryorayInputError
-from cryoray.session import Terminated, connect_ray, interrupt_signal, interruptible, joins_cluster, print_result
+from cryoray.io.outputs import RESULT_FILE, atomic_write, check_output_dir
+from cryoray.session import (
+    Terminated,
+    check_gpus,
+    connect_ray,
+    input_error_in,
+    interrupt_signal,
+    interruptible,
+    print_result,
+)
 from cryoray.tracking import RunLogger, default_tracking_uri, git_sha, start_run
 from cryoray.train.context import NonFiniteLossError
 from cryoray.train.method import Method
 from cryoray.train.runner import last_registered_checkpoint, run_training
-
-RESULT_FILE = "result.json"
 
 
 def build_parser(method: Method) -> argparse.ArgumentParser:
@@ -38,7 +44,9 @@ def build_parser(method: Method) -> argparse.ArgumentParser:
         prog=f"jobs/{method.name}.py",
         description=f"Train {method.name} on Ray; tracked in MLflow. {(type(method).__doc__ or '').splitlines()[0]}",
     )
-    parser.add_argument("--config", type=Path, help="YAML file (keys of cryoray.config.JobConfig; method settings under 'method:')")
+    parser.add_argument(
+        "--config", type=Path, help="YAML file (keys of cryoray.config.JobConfig; method settings under 'method:')"
+    )
     parser.add_argument("--dataset", help=f"recipe name in datasets/ or a dataset directory (default {method.default_dataset})")
     parser.add_argument("--num-workers", type=int, help="Ray Train workers (0 = train in this process)")
     parser.add_argument("--use-gpu", action="store_true", default=None, help="one GPU per worker")
@@ -46,8 +54,12 @@ def build_parser(method: Method) -> argparse.ArgumentParser:
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///<cwd>/mlflow.db)")
     parser.add_argument("--storage-path", help="Ray Train checkpoint storage (shared storage on multi-node clusters)")
     parser.add_argument("--run-name", help="reuse a previous run name (same output dir) to resume from its checkpoint")
-    parser.add_argument("--smoke", action="store_true", help=f"tiny dataset and budget ({method.smoke_dataset}); < 2 minutes on 2 CPUs")
-    parser.add_argument("--overwrite", action="store_true", default=None, help="replace an output dir that already holds a result")
+    parser.add_argument(
+        "--smoke", action="store_true", help=f"tiny dataset and budget ({method.smoke_dataset}); < 2 minutes on 2 CPUs"
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", default=None, help="replace an output dir that already holds a result"
+    )
     return parser
 
 
@@ -85,11 +97,14 @@ def run_job(method: Method, argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, Terminated) as exc:
         signum = interrupt_signal(exc)
         return _fail(method, _interrupted(method, sys.argv[1:] if argv is None else argv, progress, signum), code=128 + signum)
-    except CryorayInputError as exc:
-        return _fail(method, f"bad input: {exc}", code=2)
     except NonFiniteLossError as exc:
         return _fail(method, f"training stopped: {exc}")
-    except TrainingFailedError as exc:
+    except Exception as exc:
+        bad_input = input_error_in(exc)  # raised on the driver, or in a worker or Ray Data function and wrapped by Ray
+        if bad_input is not None:
+            return _fail(method, f"bad input: {bad_input}", code=2)
+        if not isinstance(exc, TrainingFailedError):
+            raise
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         return _fail(method, f"training failed: {lines[-1] if lines else type(exc).__name__}")
     print_result(result)
@@ -100,9 +115,14 @@ def _interrupted(method: Method, argv: list[str], progress: dict[str, str], sign
     """One sentence: what was interrupted, its last checkpoint, and the command that resumes it."""
     if "run_name" not in progress:
         return f"interrupted by {signum.name} before training started; nothing to resume, rerun the command"
-    last = last_registered_checkpoint(progress["checkpoints"]) or f"none registered in {progress['checkpoints']} (resumes from scratch)"
+    last = (
+        last_registered_checkpoint(progress["checkpoints"])
+        or f"none registered in {progress['checkpoints']} (resumes from scratch)"
+    )
     kept = _without_options(argv, ("--run-name", "--output-dir"))
-    command = shlex.join(["python", f"jobs/{method.name}.py", *kept, "--output-dir", progress["output_dir"], "--run-name", progress["run_name"]])
+    command = shlex.join(
+        ["python", f"jobs/{method.name}.py", *kept, "--output-dir", progress["output_dir"], "--run-name", progress["run_name"]]
+    )
     return f"interrupted by {signum.name} during run {progress['run_name']}; last checkpoint: {last}; resume with: {command}"
 
 
@@ -125,30 +145,15 @@ def _fail(method: Method, sentence: str, code: int = 1) -> int:
     return code
 
 
-def _check_gpus(job: JobConfig, joined_cluster: bool, started_ray: bool) -> None:
-    """On a local Ray, asking for more GPUs than exist would make Ray Train wait forever: refuse it now.
-    (A cluster may autoscale GPU nodes in, so there the request stands.)"""
-    if not job.use_gpu or joined_cluster:
-        return
-    wanted = max(job.num_workers, 1)
-    available = ray.cluster_resources().get("GPU", 0)
-    if available < wanted:
-        if started_ray:
-            ray.shutdown()
-        raise CryorayInputError(None, "--use-gpu", f"{wanted} GPU(s) for {wanted} worker(s) on this machine", f"{available:g}")
-
-
 def _run(method: Method, args: argparse.Namespace, progress: dict[str, str]) -> dict[str, Any]:
     job, method_config = validate_job_config(job_settings(method, args), method.config_schema, args.config)
-    output_dir = Path(job.output_dir)
-    if (output_dir / RESULT_FILE).exists() and not job.overwrite:
-        raise CryorayInputError(output_dir, "--output-dir", "a folder without a finished result (or --overwrite)", f"{RESULT_FILE} exists")
+    output_dir = check_output_dir(job.output_dir, "--output-dir", job.overwrite)
+    if job.use_gpu:
+        check_gpus(max(job.num_workers, 1))
     dataset_dir, manifest = resolve_dataset(job.dataset)
-    if manifest.kind != method.dataset_kind:
-        raise CryorayInputError(dataset_dir, "kind", f"a {method.dataset_kind} dataset for {method.name}", manifest.kind)
+    method.check_dataset(dataset_dir, manifest, method_config)
 
     started_ray = connect_ray()
-    _check_gpus(job, joined_cluster=joins_cluster(), started_ray=started_ray)
     tracking_uri = job.tracking_uri or default_tracking_uri(Path.cwd())
     run_name = job.run_name or f"{method.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     progress.update(run_name=run_name, output_dir=str(output_dir), checkpoints=f"{job.checkpoint_storage.rstrip('/')}/{run_name}")
@@ -187,8 +192,5 @@ def _run(method: Method, args: argparse.Namespace, progress: dict[str, str]) -> 
         "checkpoint": outcome.checkpoint_path,
         "resumed_from_epoch": outcome.resumed_from_epoch,
     }
-    output_dir.mkdir(parents=True, exist_ok=True)
-    tmp = output_dir / f".{RESULT_FILE}.tmp"
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(output_dir / RESULT_FILE)
+    atomic_write(output_dir / RESULT_FILE, lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"))
     return result

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, field_validator
 
 from cryoray.errors import CryorayInputError
 
@@ -31,6 +31,19 @@ class RunnerConfig(BaseModel):
     cpus_per_worker: float = Field(
         default=0.5, gt=0, description="CPUs reserved per Train worker; keep some free for Ray Data read tasks"
     )
+    resources_per_worker: dict[str, PositiveFloat] = Field(
+        default_factory=dict,
+        description="custom Ray resources each Train worker also reserves, e.g. {trainer_slot: 1} on nodes started "
+        "with one slot each places one worker per node (CPU and GPU come from cpus_per_worker and --use-gpu)",
+    )
+
+    @field_validator("resources_per_worker")
+    @classmethod
+    def _custom_resources_only(cls, value: dict[str, float]) -> dict[str, float]:
+        reserved = sorted({"CPU", "GPU"} & set(value))
+        if reserved:
+            raise ValueError(f"{reserved} are set by cpus_per_worker and --use-gpu, not here")
+        return value
 
 
 class JobConfig(BaseModel):

@@ -16,3 +16,7 @@ class CryorayInputError(ValueError):
         where = f"{self.path}: " if self.path else ""
         found = f", got {got}" if got is not None else ""
         super().__init__(f"{where}{field}: expected {expected}{found}")
+
+    def __reduce__(self) -> tuple[type[CryorayInputError], tuple[str | None, str, str, object]]:
+        """Rebuild from the four parts: an error raised in a Ray task or a Ray Data function is pickled to the driver."""
+        return type(self), (self.path, self.field, self.expected, self.got)

@@ -16,6 +16,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import ray
+import ray.data
+import ray.exceptions
+import torch
 
 from cryoray.errors import CryorayInputError
 
@@ -30,7 +33,10 @@ def connect_ray(include_dashboard: bool | None = None) -> bool:
 
     ``address="local"``: a bare ``ray.init()`` would join any ``ray start`` cluster running on the machine
     (someone else's, or a test's). Returns True when this call connected (and so must shut down).
+    Ray Data is set to re-raise a map function's own exception: its default wrapper (``UserCodeException``) drops the
+    original, and with it a ``CryorayInputError`` that ``input_error_in`` would report in one line.
     """
+    ray.data.DataContext.get_current().raise_original_map_exception = True
     if ray.is_initialized():
         return False
     previous = signal.getsignal(signal.SIGTERM)
@@ -43,6 +49,39 @@ def connect_ray(include_dashboard: bool | None = None) -> bool:
         # which raises so that the caller reports and shuts Ray down itself.
         signal.signal(signal.SIGTERM, previous)
     return True
+
+
+def check_gpus(wanted: int, in_this_process: bool = False, source: str | None = None, field: str = "--use-gpu") -> None:
+    """Refuse a GPU request (``field`` of ``source``: the flag, or a sweep spec's key) before Ray starts when this
+    machine has fewer GPUs than asked for: a local Ray would wait forever for them. Work that runs on a joined
+    cluster is not checked (it may autoscale GPU nodes in), work that runs ``in_this_process`` always is."""
+    if joins_cluster() and not in_this_process:
+        return
+    available = torch.cuda.device_count()
+    if available < wanted:
+        where = "in this process" if in_this_process else "on this machine"
+        raise CryorayInputError(source, field, f"{wanted} GPU(s) {where}", available)
+
+
+def input_error_in(exc: BaseException) -> CryorayInputError | None:
+    """The bad-input error behind ``exc``, when Ray wrapped one raised in a task, a Ray Data function or a Train
+    worker (``RayTaskError``, ``TrainingFailedError``, chained exceptions); None for any other failure."""
+    pending, seen = [exc], set()
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, ray.exceptions.RayTaskError):
+            pending.append(current.cause)  # also a CryorayInputError subclass, but its text is the remote traceback
+            continue
+        if isinstance(current, CryorayInputError):
+            return current
+        context = None if current.__suppress_context__ else current.__context__
+        linked = [current.__cause__, context, getattr(current, "controller_failure", None)]
+        linked += list(getattr(current, "worker_failures", {}).values())
+        pending.extend(e for e in linked if isinstance(e, BaseException))
+    return None
 
 
 def print_result(result: dict[str, Any]) -> None:
@@ -78,17 +117,21 @@ def interrupt_signal(exc: BaseException) -> signal.Signals:
 
 def run_tool(name: str, action: Callable[[], dict[str, Any]]) -> int:
     """A job's subcommand (predict, apply, denoise): exit 0 after a last ``RESULT {json}`` line, or 2 with one
-    line on stderr naming the file and field of bad input, the same contract as the training jobs; an
-    interrupt gives one line and 130 (SIGINT) or 143 (SIGTERM)."""
+    line on stderr naming the file and field of bad input (also when raised inside a Ray task or a Ray Data
+    function), the same contract as the training jobs; an interrupt gives one line and 130 (SIGINT) or 143
+    (SIGTERM)."""
     try:
         with interruptible():
             result = action()
-    except CryorayInputError as exc:
-        print(f"{name}: {exc}", file=sys.stderr)
-        return 2
     except (KeyboardInterrupt, Terminated) as exc:
         signum = interrupt_signal(exc)
-        print(f"{name}: interrupted by {signum.name}; outputs of this run may be incomplete, rerun the command", file=sys.stderr)
+        print(f"{name}: interrupted by {signum.name}; the files it created were removed, rerun the command", file=sys.stderr)
         return 128 + signum
+    except Exception as exc:
+        bad_input = input_error_in(exc)
+        if bad_input is None:
+            raise
+        print(f"{name}: {bad_input}", file=sys.stderr)
+        return 2
     print_result(result)
     return 0

@@ -3,9 +3,10 @@
 The driver builds one lazy ``ray.data.Dataset`` over the Parquet shards; ``TorchTrainer`` splits it across
 workers (``get_dataset_shard``), and each epoch re-executes the read with the shard files in a new random
 order, followed by a local shuffle buffer in each worker, so the data are shuffled per epoch without ever
-being materialised. Both shuffles are seeded: the file order by (seed, Ray Data's execution index of the dataset,
-one per epoch), the buffer by the worker's ``epoch_seed``. (``randomize_block_order`` would be an all-to-all barrier that holds the whole dataset in
-the object store before the first batch; benchmarks/RESULTS.md has the numbers.)
+being materialised. (``randomize_block_order`` would be an all-to-all barrier that holds the whole dataset in
+the object store before the first batch; benchmarks/RESULTS.md has the numbers.) Both shuffles are seeded: the
+file order by the run seed and Ray Data's execution index of the dataset (one per epoch), the buffer by the
+worker's ``epoch_seed``.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ cubic patch on it plus a random integer shift, cuts the tomogram and the label m
 the patch is read), applies a random wedge-preserving rotation and normalises the patch. The map is
 re-executed every epoch, so every epoch sees fresh patches; a block's draws are seeded by the run seed, Ray
 Data's execution index of the stream (one per epoch), the sampling mode and the block's first row id, so a
-run with the same seed cuts the same patches whichever task or worker runs a block.
+run with the same seed cuts the same patches whichever task runs a block (a replicated stream also keys them
+by the worker: :func:`draw_per_replica`).
 
 Sampling: ``"particles"`` draws uniformly over the annotated particles (DeepFinder's scheme, paper:
 "random shift"); ``"class_balanced"`` first picks a class uniformly, then a particle of it (the paper's
@@ -67,14 +68,18 @@ def patch_source(dataset_dir: Path, entries: list[TomogramEntry], labels: str, p
     tomograms, label_maps, centres, index, classes = [], [], [], [], []
     for i, entry in enumerate(entries):
         if labels not in entry.labels:
-            raise CryorayInputError(dataset_dir, f"tomograms[{entry.name}].labels", f"a {labels!r} label map", sorted(entry.labels))
+            raise CryorayInputError(
+                dataset_dir, f"tomograms[{entry.name}].labels", f"a {labels!r} label map", sorted(entry.labels)
+            )
         tomograms.append(str((dataset_dir / entry.tomogram).resolve()))
         label_maps.append(str((dataset_dir / entry.labels[labels]).resolve()))
         table: pd.DataFrame = read_coordinates(dataset_dir / getattr(entry, particles))
         centres.append(table[["z_px", "y_px", "x_px"]].to_numpy(np.float64))
         index.append(np.full(len(table), i))
         classes.append(table["class_id"].to_numpy(np.int64))
-    source = PatchSource(tuple(tomograms), tuple(label_maps), np.concatenate(centres), np.concatenate(index), np.concatenate(classes))
+    source = PatchSource(
+        tuple(tomograms), tuple(label_maps), np.concatenate(centres), np.concatenate(index), np.concatenate(classes)
+    )
     if len(source.class_id) == 0:
         raise CryorayInputError(dataset_dir, particles, "at least one particle to centre patches on", "an empty list")
     return source
@@ -123,9 +128,10 @@ def draw_per_replica(iterator: ray.data.DataIterator, replica: int) -> ray.data.
 def _block_generator(seed: int, sampling: Sampling, first_id: int) -> np.random.Generator:
     """The generator of one block of a patch stream in the current execution of its dataset.
 
-    Keyed by Ray Data's execution index (the counter its own seeded shuffles use; it advances once per epoch, and
-    a task sees its dataset's value) rather than by global state, which differs between the tasks that run the
-    blocks; the sampling mode keeps a run's train and meta streams independent.
+    Keyed by Ray Data's execution index (``_execution_idx``, the counter its own seeded shuffles and ``random()``
+    expression read; it advances once per epoch, and a task sees its dataset's value) rather than by global state,
+    which differs between the tasks that run the blocks. The replica number keeps the ranks' copies of a replicated
+    stream apart, the sampling mode a run's train and meta streams.
     """
     context = ray.data.DataContext.get_current()
     key = [seed, context._execution_idx, context.get_config(_REPLICA_KEY, 0), get_args(Sampling).index(sampling), first_id]

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 
 from cryoray.config import format_validation_errors
 from cryoray.errors import CryorayInputError
+from cryoray.io.outputs import check_output_dir
 
 RecipeModel = TypeVar("RecipeModel", bound=BaseModel)
 
@@ -39,7 +40,8 @@ def load_yaml_model(path: str | Path, model: type[RecipeModel], what: str) -> Re
 
 
 def prepare_output(out_dir: Path, overwrite: bool) -> None:
-    """Refuse to touch an existing non-empty folder unless asked; never merge into one."""
+    """Refuse a path that is a file, and an existing non-empty folder unless asked; never merge into one."""
+    check_output_dir(out_dir, "output", overwrite=True)  # only its kind: a non-empty folder is checked here
     if out_dir.exists() and any(out_dir.iterdir()):
         if not overwrite:
             expected = "an empty or new folder (pass --overwrite to replace it)"

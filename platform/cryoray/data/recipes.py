@@ -26,9 +26,8 @@ from cryoray.data.tomogram_recipes import build_tomogram_dataset
 from cryoray.errors import CryorayInputError
 from cryoray.io.atomic import atomic_model_to_density
 from cryoray.io.manifest import MANIFEST_NAME, DatasetManifest, read_manifest, write_manifest
-from cryoray.io.mrc import open_stack_mmap, read_mrc, write_mrc
+from cryoray.io.mrc import check_mrc, open_stack_mmap, read_mrc, write_mrc
 from cryoray.io.star import read_particles_star
-from cryoray.io.validate import check_finite
 from cryoray.simulate.particles import simulate_particle_stack
 from cryoray.simulate.phantom import builtin_phantom
 
@@ -203,23 +202,32 @@ def import_relion(
         raise CryorayInputError(star_path, "rlnDefocusU", "the CTF of every particle (rlnDefocusU/V/Angle)", "absent")
     for column, values in (("pixel_size_angstrom", particles["pixel_size_angstrom"]), ("box_px", particles["box_px"])):
         if values.nunique() != 1:
-            raise CryorayInputError(star_path, column, "one value for all particles (import one optics setting at a time)", sorted(values.unique())[:4])
+            raise CryorayInputError(
+                star_path,
+                column,
+                "one value for all particles (import one optics setting at a time)",
+                sorted(values.unique())[:4],
+            )
     voxel = float(particles["pixel_size_angstrom"].iloc[0])
     box = int(particles["box_px"].iloc[0])
+    for path in particles["image_path"].unique():  # every stack whole (truncation, NaN/Inf) before anything is written
+        count, height, width = check_mrc(path, "stack", voxel).shape
+        if (height, width) != (box, box):
+            expected = f"{box} x {box} px images (rlnImageSize of {star_path.name})"
+            raise CryorayInputError(path, "image size", expected, f"{height} x {width}")
+        too_far = particles.loc[particles["image_path"] == path, "image_index"].max()
+        if too_far >= count:
+            raise CryorayInputError(star_path, "rlnImageName", f"indices within the {count} images of {path}", too_far + 1)
+    if ground_truth_map is not None:
+        check_mrc(ground_truth_map, "volume")
     out_dir = Path(out_dir)
     prepare_output(out_dir, overwrite)
     stacks = {path: open_stack_mmap(path, voxel_size_angstrom=voxel) for path in particles["image_path"].unique()}
-    for path, stack in stacks.items():
-        too_far = particles.loc[particles["image_path"] == path, "image_index"].max()
-        if too_far >= len(stack):
-            raise CryorayInputError(star_path, "rlnImageName", f"indices within the {len(stack)} images of {path}", too_far + 1)
     meta = particles.assign(particle_index=np.arange(len(particles)))
     shards = []
     for index, start in enumerate(range(0, len(meta), images_per_shard)):
         chunk = meta.iloc[start : start + images_per_shard]
         images = np.stack([stacks[p].data[i] for p, i in zip(chunk["image_path"], chunk["image_index"])]).astype(np.float32)
-        for stack_path in chunk["image_path"].unique():  # name the stack that holds the bad pixels
-            check_finite(images[(chunk["image_path"] == stack_path).to_numpy()], stack_path, "data")
         shards.append(write_particle_shard(out_dir, index, images, _with_defaults(chunk)))
     ground_truth = {}
     if ground_truth_map is not None:
@@ -236,7 +244,11 @@ def import_relion(
         columns={"image": "particle image (y, x), float32", **PARTICLE_COLUMNS},
         ground_truth=ground_truth,
         # Particles before ab-initio reconstruction have no orientations: their angle columns hold zeros.
-        provenance={"source": "RELION import", "star": str(star_path), "poses": "from the STAR file" if table.has_poses else "absent"},
+        provenance={
+            "source": "RELION import",
+            "star": str(star_path),
+            "poses": "from the STAR file" if table.has_poses else "absent",
+        },
     )
     write_manifest(out_dir, manifest)
     return out_dir
@@ -259,7 +271,10 @@ def resolve_dataset(name_or_path: str) -> tuple[Path, DatasetManifest]:
     recipe = find_recipe(name_or_path)
     if recipe is None:
         raise CryorayInputError(
-            None, "--dataset", f"a dataset directory with {MANIFEST_NAME} or a recipe name ({', '.join(known_recipes())})", name_or_path
+            None,
+            "--dataset",
+            f"a dataset directory with {MANIFEST_NAME} or a recipe name ({', '.join(known_recipes())})",
+            name_or_path,
         )
     target = data_root() / name_or_path
     if not (target / MANIFEST_NAME).is_file():

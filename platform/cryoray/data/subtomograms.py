@@ -68,7 +68,9 @@ def density_std_mask(
     return keep_density & keep_std
 
 
-def sample_cube_centres(mask: np.ndarray, n: int, cube_px: int, rng: np.random.Generator, path: str | Path | None = None) -> np.ndarray:
+def sample_cube_centres(
+    mask: np.ndarray, n: int, cube_px: int, rng: np.random.Generator, path: str | Path | None = None
+) -> np.ndarray:
     """``n`` centres (z, y, x) drawn uniformly among mask voxels whose ``cube_px`` cube lies inside the volume.
 
     The cube of centre ``c`` spans ``c − cube_px//2 … c − cube_px//2 + cube_px − 1`` (as ``cut_patch``). Along an
@@ -131,7 +133,9 @@ def subtomogram_source(
         mask = density_std_mask(read_mrc(path).data, invert_contrast, mask_patch_px, density_percentage, std_percentage)
         centres.append(sample_cube_centres(mask, int(count), cube_px, rng, path))
         index.append(np.full(int(count), i))
-    return SubtomogramSource(tuple(tomograms), tuple(cleans), np.concatenate(centres), np.concatenate(index), cube_px, invert_contrast)
+    return SubtomogramSource(
+        tuple(tomograms), tuple(cleans), np.concatenate(centres), np.concatenate(index), cube_px, invert_contrast
+    )
 
 
 def extract_subtomograms(

@@ -63,7 +63,7 @@ from cryoray.data.recipe_common import load_yaml_model, prepare_output
 from cryoray.data.tomogram_recipes import PARTICLE_LIST_COLUMNS, SPLITS
 from cryoray.errors import CryorayInputError
 from cryoray.io.manifest import DatasetManifest, ShardEntry, SpeciesEntry, TomogramEntry, write_manifest
-from cryoray.io.mrc import read_mrc, read_mrc_shape, write_mrc
+from cryoray.io.mrc import check_mrc, read_mrc, write_mrc
 from cryoray.io.star import read_coordinates, write_coordinates
 from cryoray.physics import sphere_mask
 from cryoray.simulate.tomogram import MAX_CLASS_ID, Species, instance_map, size_group_for_radius
@@ -168,10 +168,9 @@ def _input_file(spec_path: Path | None, relative: str, field: str) -> Path:
 
 
 def _header(path: Path) -> tuple[tuple[int, int, int], float, bool]:
-    """Shape (z, y, x), header voxel size (x, Å; 0 when unset) and whether the data are plain float32 on disk."""
-    shape = read_mrc_shape(path)
-    if min(shape) < MIN_SHAPE_PX:
-        raise CryorayInputError(path, "shape", f"a (z, y, x) volume of at least {MIN_SHAPE_PX} voxels per axis", shape)
+    """Shape (z, y, x), header voxel size (x, Å; 0 when unset) and whether the data are plain float32 on disk, after
+    checking the whole file (truncation, dimensionality, NaN/Inf) before anything is written."""
+    shape = check_mrc(path, "volume", need_voxel_size=False, min_side_px=MIN_SHAPE_PX).shape
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # read_mrc reports header oddities when the data are read
         with mrcfile.open(str(path), mode="r", permissive=True, header_only=True) as mrc:
@@ -266,18 +265,14 @@ def _ball_species(species: ImportSpecies, voxel_size_angstrom: float, spec_path:
 
 
 def _place_tomogram(item: _Planned, target: Path, voxel_size_angstrom: float) -> bool:
-    """Hard-link the tomogram when it already is the stored format, else write it as float32; True when linked.
-
-    Reads it whole either way, to refuse NaN/Inf (the error names the file).
-    """
-    data = read_mrc(item.tomogram_path, voxel_size_angstrom=voxel_size_angstrom).data
+    """Hard-link the tomogram when it already is the stored format, else write it as float32; True when linked."""
     if item.uncompressed_float32 and np.float32(item.header_voxel_angstrom) == np.float32(voxel_size_angstrom):
         try:
             os.link(item.tomogram_path, target)
             return True
         except OSError:  # another file system, or linking not permitted: copy
             pass
-    write_mrc(target, data, voxel_size_angstrom)
+    write_mrc(target, read_mrc(item.tomogram_path, voxel_size_angstrom=voxel_size_angstrom).data, voxel_size_angstrom)
     return False
 
 
@@ -285,8 +280,8 @@ def import_tomograms(spec: str | Path | TomogramImportSpec, out_dir: str | Path,
     """Turn real tomograms and their picks into a tomograms dataset in `out_dir` (manifest written last).
 
     `spec` is a spec file or a `TomogramImportSpec` (whose relative paths are then relative to the working
-    directory). All headers and picks are checked before `out_dir` is touched (the voxel values, read for the
-    NaN/Inf check, only while writing); an existing non-empty `out_dir` is replaced only with `overwrite=True`.
+    directory). Every input (whole tomograms included: truncation, NaN/Inf) and the picks are checked before
+    `out_dir` is touched; an existing non-empty `out_dir` is replaced only with `overwrite=True`.
     """
     spec_path: Path | None = None
     if not isinstance(spec, TomogramImportSpec):
@@ -346,8 +341,11 @@ def import_tomograms(spec: str | Path | TomogramImportSpec, out_dir: str | Path,
         },
         species=[
             SpeciesEntry(
-                class_id=s.class_id, name=s.name, radius_px=s.radius_angstrom / voxel,
-                size_group=size_group_for_radius(s.radius_angstrom), source=f"imported picks, radius {s.radius_angstrom} Å",
+                class_id=s.class_id,
+                name=s.name,
+                radius_px=s.radius_angstrom / voxel,
+                size_group=size_group_for_radius(s.radius_angstrom),
+                source=f"imported picks, radius {s.radius_angstrom} Å",
             )
             for s in spec.species
         ],

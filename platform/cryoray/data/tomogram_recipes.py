@@ -203,11 +203,19 @@ def recipe_species(recipe: TomogramRecipe, recipe_path: Path) -> list[Species]:
         }
         if "map" in files:
             built = species_from_map(
-                files["map"], class_id, voxel, entry.name, entry.file_voxel_size_angstrom,
-                files.get("mask"), entry.file_voxel_size_angstrom, entry.threshold_fraction,
+                files["map"],
+                class_id,
+                voxel,
+                entry.name,
+                entry.file_voxel_size_angstrom,
+                files.get("mask"),
+                entry.file_voxel_size_angstrom,
+                entry.threshold_fraction,
             )
         elif "pdb" in files:
-            built = species_from_atomic_model(files["pdb"], class_id, voxel, entry.name, threshold_fraction=entry.threshold_fraction)
+            built = species_from_atomic_model(
+                files["pdb"], class_id, voxel, entry.name, threshold_fraction=entry.threshold_fraction
+            )
         else:
             built = species_from_mask(files["mask"], class_id, voxel, entry.name, entry.file_voxel_size_angstrom)
         species.append(built)
@@ -236,19 +244,30 @@ def build_tomogram_dataset(recipe_path: str | Path, out_dir: str | Path, overwri
         stem = f"species/{kind.class_id:02d}_{kind.name}"
         write_mrc(out_dir / f"{stem}_density.mrc", kind.density, voxel)
         write_mrc(out_dir / f"{stem}_mask.mrc", kind.mask.astype(np.int8), voxel, dtype=np.int8)
-        ground_truth |= {f"species_{kind.class_id}_density": f"{stem}_density.mrc", f"species_{kind.class_id}_mask": f"{stem}_mask.mrc"}
+        ground_truth |= {
+            f"species_{kind.class_id}_density": f"{stem}_density.mrc",
+            f"species_{kind.class_id}_mask": f"{stem}_mask.mrc",
+        }
     noise = recipe.annotation_noise
     entries, shards = [], []
     for index, (split, name) in enumerate(_tomogram_plan(recipe)):
         simulated = simulate_tomogram(
-            species, shape, recipe.particles_per_species, seed=[recipe.seed, index],
-            tilt_range_deg=recipe.tilt_range_deg, tilt_step_deg=recipe.tilt_step_deg, snr_linear=recipe.snr_linear,
-            ctf=recipe.ctf, slab_thickness_px=recipe.slab_thickness_px,
+            species,
+            shape,
+            recipe.particles_per_species,
+            seed=[recipe.seed, index],
+            tilt_range_deg=recipe.tilt_range_deg,
+            tilt_step_deg=recipe.tilt_step_deg,
+            snr_linear=recipe.snr_linear,
+            ctf=recipe.ctf,
+            slab_thickness_px=recipe.slab_thickness_px,
         )
         truth = simulated.particles.assign(tomo_name=name)
         annotations = truth
         if split in noise.splits and (noise.missing_fraction > 0 or noise.jitter_px > 0):
-            annotations = annotation_noise(truth, noise.missing_fraction, noise.jitter_px, np.random.default_rng([recipe.seed, index, 1]))
+            annotations = annotation_noise(
+                truth, noise.missing_fraction, noise.jitter_px, np.random.default_rng([recipe.seed, index, 1])
+            )
         files = {
             "tomogram": f"tomograms/{name}.mrc",
             "clean": f"clean/{name}.mrc",

@@ -67,9 +67,7 @@ def atomic_model_to_density(
     """
     path = Path(path)
     voxel = check_positive(voxel_size_angstrom, path, "voxel_size_angstrom")
-    resolution = (
-        2.0 * voxel if resolution_angstrom is None else check_positive(resolution_angstrom, path, "resolution_angstrom")
-    )
+    resolution = 2.0 * voxel if resolution_angstrom is None else check_positive(resolution_angstrom, path, "resolution_angstrom")
     model = _load_model(path)
     com = model.calculate_center_of_mass()
     offsets = _atom_positions(model) - np.array([com.x, com.y, com.z])

@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from cryoray.errors import CryorayInputError
+from cryoray.io.outputs import atomic_write
 from cryoray.io.validate import check_can_write
 
 
@@ -141,14 +142,10 @@ def write_orthoslices_with_picks(
         ax.set_ylabel(row.replace("_px", " (px)"))
         ax.set_xlim(-0.5, image.shape[1] - 0.5)
         ax.set_ylim(-0.5, image.shape[0] - 0.5)
-    handles = [
-        Line2D([], [], ls="", marker="o", color=colours[cls], label=names.get(cls, str(cls))) for cls in classes
-    ]
+    handles = [Line2D([], [], ls="", marker="o", color=colours[cls], label=names.get(cls, str(cls))) for cls in classes]
     if truth is not None:
         handles.append(Line2D([], [], ls="", marker="o", color="grey", label="pick"))
         handles.append(Line2D([], [], ls="", marker="s", mfc="none", color="grey", label="ground truth"))
     if handles:
         axes[-1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, fontsize=8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", bbox_inches="tight")
-    return path
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", bbox_inches="tight"))

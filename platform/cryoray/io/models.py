@@ -11,9 +11,8 @@ Every write goes to a temporary name first and is renamed when complete, so no r
 from __future__ import annotations
 
 import json
-import os
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from safetensors.torch import save_file
 
 from cryoray import __version__
 from cryoray.errors import CryorayInputError
+from cryoray.io.outputs import atomic_write
 
 MODEL_FILE = "model.safetensors"
 MODEL_SCHEMA_VERSION = 1
@@ -50,23 +50,7 @@ class Model:
         return self.metadata["config"]
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Write through a temporary file in the same folder, then rename: the file is complete or absent."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def write_model_file(
-    path: Path, method: str, modules: Mapping[str, torch.nn.Module], metadata: Mapping[str, Any]
-) -> Path:
+def write_model_file(path: Path, method: str, modules: Mapping[str, torch.nn.Module], metadata: Mapping[str, Any]) -> Path:
     """Save ``modules``' weights and JSON-serialisable ``metadata`` (which must include ``config``) as one file."""
     if "config" not in metadata:
         raise ValueError("model metadata needs the method's 'config'")
@@ -77,7 +61,7 @@ def write_model_file(
         for key, value in module.state_dict().items()
     }
     text = json.dumps(header, allow_nan=False)
-    return _atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata={METADATA_KEY: text}))
+    return atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata={METADATA_KEY: text}))
 
 
 def resolve_model_reference(reference: str) -> Path:
@@ -106,7 +90,9 @@ def read_model(reference: str, method: str, required: tuple[str, ...] = ()) -> M
     else:
         path = path / MODEL_FILE if path.is_dir() else path
         if not path.is_file():
-            raise CryorayInputError(path, "--model", f"a {method} {MODEL_FILE} or the output folder of a training run", "no such file")
+            raise CryorayInputError(
+                path, "--model", f"a {method} {MODEL_FILE} or the output folder of a training run", "no such file"
+            )
         model = _read_model_file(path)
     found = model.metadata.get("method")
     if found != method:
@@ -124,7 +110,9 @@ def _read_model_file(path: Path) -> Model:
             header = (handle.metadata() or {}).get(METADATA_KEY)
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 - safe_open has no __iter__
     except (SafetensorError, OSError, ValueError) as exc:
-        raise CryorayInputError(path, "--model", expected, f"unreadable ({str(exc).splitlines()[0] or type(exc).__name__})") from None
+        raise CryorayInputError(
+            path, "--model", expected, f"unreadable ({str(exc).splitlines()[0] or type(exc).__name__})"
+        ) from None
     if header is None:
         raise CryorayInputError(path, METADATA_KEY, expected, "a safetensors file without cryoray metadata")
     try:
@@ -175,7 +163,7 @@ def write_checkpoint(
         "schedulers": {name: sch.state_dict() for name, sch in schedulers.items()},
         "extra": extra,
     }
-    return _atomic_write(Path(directory) / CHECKPOINT_FILE, lambda tmp: torch.save(payload, tmp))
+    return atomic_write(Path(directory) / CHECKPOINT_FILE, lambda tmp: torch.save(payload, tmp))
 
 
 def read_checkpoint(directory: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -196,7 +184,7 @@ def write_sharded_checkpoint(directory: Path, rank: int, world_size: int, epoch:
         "epoch": epoch,
         "states": states,
     }
-    return _atomic_write(Path(directory) / sharded_file(rank, world_size), lambda tmp: torch.save(payload, tmp))
+    return atomic_write(Path(directory) / sharded_file(rank, world_size), lambda tmp: torch.save(payload, tmp))
 
 
 def sharded_checkpoint_files(directory: Path, rank: int, world_size: int) -> list[Path]:

@@ -15,15 +15,21 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import mrcfile
+import mrcfile.dtypes
+import mrcfile.utils
 import numpy as np
 
 from cryoray.errors import CryorayInputError
+from cryoray.io.outputs import atomic_write
 from cryoray.io.validate import check_can_write, check_finite, check_positive
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _HARMLESS_HEADER_WARNINGS = ("Map ID string not found", "Unrecognised machine stamp")
+# What a command needs from an input MRC: a (z, y, x) volume (tomogram, subtomogram, map) or an (n, y, x) image stack.
+MrcKind = Literal["volume", "stack"]
 
 
 @dataclass(frozen=True)
@@ -47,13 +53,22 @@ class MrcStack:
         return int(self.data.shape[0])
 
 
+def _check_is_file(path: Path) -> None:
+    if not path.is_file():
+        raise CryorayInputError(path, "file", "an existing MRC file", "a directory" if path.is_dir() else "no such file")
+
+
+def _is_gzip(path: Path) -> bool:
+    with path.open("rb") as handle:
+        return handle.read(2) == _GZIP_MAGIC
+
+
 def _open_permissive(path: Path, opener, **kwargs):
     """Open leniently (files lacking the MAP id are common); fail only when mrcfile cannot find the data.
 
     Other header oddities are passed on as warnings that name the file.
     """
-    if not path.is_file():
-        raise CryorayInputError(path, "file", "an existing MRC file", "no such file")
+    _check_is_file(path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -87,9 +102,7 @@ def _header_voxel_size(mrc, path: Path, given: float | None, is_stack: bool) -> 
     axes = (voxel.x, voxel.y) if is_stack else (voxel.x, voxel.y, voxel.z)
     sizes = tuple(_shortest_float(v) for v in axes)
     if any(s <= 0 or not np.isfinite(s) for s in sizes):
-        raise CryorayInputError(
-            path, "voxel size", "a voxel size in the header, or pass voxel_size_angstrom", f"{sizes} (unset)"
-        )
+        raise CryorayInputError(path, "voxel size", "a voxel size in the header, or pass voxel_size_angstrom", f"{sizes} (unset)")
     if not np.allclose(sizes, sizes[0], rtol=1e-3):
         warnings.warn(f"{path}: voxel size differs between axes {sizes} Å; using x = {sizes[0]} Å", stacklevel=3)
     return sizes[0]
@@ -112,27 +125,101 @@ def read_mrc(path: str | Path, voxel_size_angstrom: float | None = None) -> MrcD
 def open_stack_mmap(path: str | Path, voxel_size_angstrom: float | None = None) -> MrcStack:
     """Memory-map an uncompressed image stack so large datasets stream without being loaded.
 
-    Values are not scanned here (that would read the whole file): check each batch with
-    `cryoray.io.validate.check_finite` where it is read. A single 2D image maps as (1, y, x).
+    Values are not scanned here: check the file once on the driver with `check_mrc` before the images are
+    read. A single 2D image maps as (1, y, x).
     """
     path = Path(path)
-    if path.is_file():
-        with path.open("rb") as handle:
-            if handle.read(2) == _GZIP_MAGIC:
-                raise CryorayInputError(
-                    path, "compression", "an uncompressed file for memory mapping (gunzip it)", "gzip"
-                )
+    if path.is_file() and _is_gzip(path):
+        raise CryorayInputError(path, "compression", "an uncompressed file for memory mapping (gunzip it)", "gzip")
     with _open_permissive(path, mrcfile.mmap) as mrc:
         voxel = _header_voxel_size(mrc, path, voxel_size_angstrom, is_stack=True)
         data = mrc.data if mrc.data.ndim == 3 else mrc.data[np.newaxis]
     return MrcStack(data=data, voxel_size_angstrom=voxel, path=path)
 
 
+@dataclass(frozen=True)
+class MrcInfo:
+    """An input MRC as checked on the driver: its shape ((z, y, x) volume, (n, y, x) stack) and voxel size."""
+
+    path: Path
+    shape: tuple[int, int, int]
+    voxel_size_angstrom: float | None  # None when not asked for and unset in the header
+
+
+def check_mrc(
+    path: str | Path,
+    kind: MrcKind,
+    voxel_size_angstrom: float | None = None,
+    need_voxel_size: bool = True,
+    min_side_px: int = 2,
+) -> MrcInfo:
+    """Check an input file on the driver before any work starts, so that a bad one is refused in one line naming it
+    rather than failing later inside a Ray task: a readable header, a data block as long as the header says (a
+    truncated file), the dimensionality ``kind`` needs, a voxel size (``voxel_size_angstrom``, else the header's;
+    with ``need_voxel_size``) and finite values, scanned in slabs of the memory-mapped data (a gzipped file is
+    decompressed) so that a large tomogram is never loaded whole.
+
+    A ``stack`` is a 2D image, an ``.mrcs`` file or an MRC of space group 0 (a volume of space group 1 is refused);
+    a ``volume`` is 3D with at least ``min_side_px`` voxels per side (space group 0 is allowed: many tools write it).
+    """
+    path = Path(path)
+    _check_is_file(path)
+    compressed = _is_gzip(path)
+    if not compressed:
+        _check_sizes(path)
+    with _open_permissive(path, mrcfile.open if compressed else mrcfile.mmap) as mrc:
+        data = mrc.data
+        stack = data.ndim == 2 or _is_stack(mrc, path)
+        if kind == "volume" and (data.ndim != 3 or min(data.shape) < min_side_px):
+            expected = f"a 3D volume (z, y, x) of at least {min_side_px} voxels per side"
+            raise CryorayInputError(path, "shape", expected, f"{'a 2D image ' if data.ndim == 2 else ''}{data.shape}")
+        if kind == "stack" and not stack:
+            expected = "an image stack (n, y, x): a .mrcs file or an MRC of space group 0"
+            raise CryorayInputError(path, "shape", expected, f"a volume {data.shape} (space group {int(mrc.header.ispg)})")
+        voxel = None
+        if need_voxel_size or voxel_size_angstrom is not None:
+            voxel = _header_voxel_size(mrc, path, voxel_size_angstrom, is_stack=stack)
+        check_finite(data, path, "data")
+        shape = (1, *data.shape) if data.ndim == 2 else data.shape
+    return MrcInfo(path=path, shape=(int(shape[0]), int(shape[1]), int(shape[2])), voxel_size_angstrom=voxel)
+
+
+def _check_sizes(path: Path) -> None:
+    """Check the sizes an uncompressed file's header promises against the file, from its first 1024 bytes only, before
+    mrcfile reads it: a truncated file is named as one, and a foreign file (its "header" promising gigabytes of
+    extended header) is refused without mrcfile allocating them."""
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        raw = handle.read(mrcfile.dtypes.HEADER_DTYPE.itemsize)
+    if len(raw) < mrcfile.dtypes.HEADER_DTYPE.itemsize:
+        raise CryorayInputError(path, "header", "an MRC file (a 1024-byte header)", f"a file of {size} bytes")
+    header = np.frombuffer(raw, dtype=mrcfile.dtypes.HEADER_DTYPE)[0]
+    try:
+        order = mrcfile.utils.byte_order_from_machine_stamp(header["machst"])
+    except ValueError:  # an unset stamp is common; the file is then read as little-endian, as mrcfile does
+        order = "<"
+    header = np.frombuffer(raw, dtype=mrcfile.dtypes.HEADER_DTYPE.newbyteorder(order))[0]
+    try:
+        itemsize = mrcfile.utils.dtype_from_mode(header["mode"]).itemsize
+    except ValueError:
+        raise CryorayInputError(path, "mode", "an MRC file (data mode 0, 1, 2, 4, 6 or 12)", f"{int(header['mode'])}") from None
+    dims = [int(header[axis]) for axis in ("nx", "ny", "nz")]
+    extended = int(header["nsymbt"])
+    if min(dims) < 1 or extended < 0:
+        raise CryorayInputError(
+            path, "header", "positive nx, ny, nz and a non-negative extended header size (nsymbt)", (*dims, extended)
+        )
+    expected = int(np.prod(dims, dtype=np.int64)) * itemsize
+    found = size - mrcfile.dtypes.HEADER_DTYPE.itemsize - extended
+    if found < expected:
+        described = f"{expected} bytes after the header ({' x '.join(map(str, dims))} values of MRC mode {int(header['mode'])})"
+        raise CryorayInputError(path, "data block", described, f"{max(found, 0)} bytes (a truncated file)")
+
+
 def read_mrc_shape(path: str | Path) -> tuple[int, int, int]:
     """The array shape from the header alone, without reading the data (e.g. a stack's box size)."""
     path = Path(path)
-    if not path.is_file():
-        raise CryorayInputError(path, "file", "an existing MRC file", "no such file")
+    _check_is_file(path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -156,7 +243,8 @@ def write_mrc(
 ) -> Path:
     """Write a float32 map, or an image stack when the name ends in .mrcs, with the voxel size in the header.
 
-    A name ending in .gz is gzip-compressed. An existing file is kept unless `overwrite=True`.
+    A name ending in .gz is gzip-compressed. An existing file is kept unless `overwrite=True`; the file is written
+    under a temporary name and renamed when complete.
     `dtype` int8 (MRC mode 0) or int16 (mode 1) stores label maps compactly; their values must be
     whole numbers within the type's range (MRC has no 32-bit integer mode).
     """
@@ -181,9 +269,12 @@ def write_mrc(
         data = data.astype(stored)
     stack = path.name.endswith((".mrcs", ".mrcs.gz"))
     compression = "gzip" if path.suffix == ".gz" else None
-    with mrcfile.new(str(path), compression=compression, overwrite=True) as mrc:
-        mrc.set_data(np.ascontiguousarray(data))
-        if stack and data.ndim == 3:
-            mrc.set_image_stack()
-        mrc.voxel_size = voxel
-    return path
+
+    def write(tmp: Path) -> None:
+        with mrcfile.new(str(tmp), compression=compression, overwrite=True) as mrc:
+            mrc.set_data(np.ascontiguousarray(data))
+            if stack and data.ndim == 3:
+                mrc.set_image_stack()
+            mrc.voxel_size = voxel
+
+    return atomic_write(path, write)

@@ -30,6 +30,7 @@ import starfile
 
 from cryoray.errors import CryorayInputError
 from cryoray.io.mrc import read_mrc_shape
+from cryoray.io.outputs import atomic_write
 from cryoray.io.validate import check_can_write
 from cryoray.physics.ctf import validate_ctf_parameters
 
@@ -64,9 +65,23 @@ COORDINATE_NAMES = {
     "rlnTomoName": "tomo_name",
 }
 PARTICLE_COLUMNS = (
-    "image_index", "image_path", "optics_group", "rot_deg", "tilt_deg", "psi_deg", "shift_x_angstrom",
-    "shift_y_angstrom", "defocus_u_angstrom", "defocus_v_angstrom", "defocus_angle_deg", "phase_shift_deg",
-    "voltage_kv", "cs_mm", "amplitude_contrast", "pixel_size_angstrom", "box_px",
+    "image_index",
+    "image_path",
+    "optics_group",
+    "rot_deg",
+    "tilt_deg",
+    "psi_deg",
+    "shift_x_angstrom",
+    "shift_y_angstrom",
+    "defocus_u_angstrom",
+    "defocus_v_angstrom",
+    "defocus_angle_deg",
+    "phase_shift_deg",
+    "voltage_kv",
+    "cs_mm",
+    "amplitude_contrast",
+    "pixel_size_angstrom",
+    "box_px",
 )
 _ANGLES = ("rot_deg", "tilt_deg", "psi_deg")
 _DEFOCUS = ("defocus_u_angstrom", "defocus_v_angstrom", "defocus_angle_deg")
@@ -158,7 +173,9 @@ def _pixel_sizes(df: pd.DataFrame, path: Path, block: str) -> np.ndarray:
         sizes = _numbers(df, "rlnDetectorPixelSize", path, block) * 1e4 / _numbers(df, "rlnMagnification", path, block)
     else:
         raise CryorayInputError(
-            path, "rlnImagePixelSize", f"a column in data_{block} (or rlnDetectorPixelSize and rlnMagnification)",
+            path,
+            "rlnImagePixelSize",
+            f"a column in data_{block} (or rlnDetectorPixelSize and rlnMagnification)",
             "no pixel size",
         )
     if (sizes <= 0).any():
@@ -227,8 +244,13 @@ def _relion30_optics(raw: pd.DataFrame, path: Path, block: str) -> tuple[pd.Data
     optics.insert(0, "optics_group", np.arange(1, len(optics) + 1, dtype=np.int64))
     optics.insert(1, "optics_group_name", "opticsGroup" + optics["optics_group"].astype(str))
     groups = settings.merge(optics, on=keys, how="left")["optics_group"].to_numpy()
-    particles = raw.drop(columns=[r for r in ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast",
-                                              "rlnImagePixelSize", "rlnOpticsGroup") if r in raw])
+    particles = raw.drop(
+        columns=[
+            r
+            for r in ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast", "rlnImagePixelSize", "rlnOpticsGroup")
+            if r in raw
+        ]
+    )
     particles = particles.assign(rlnOpticsGroup=groups)
     return particles, optics
 
@@ -242,7 +264,9 @@ def _pick_blocks(blocks: dict[str, pd.DataFrame], path: Path) -> tuple[pd.DataFr
     with_images = [name for name, df in blocks.items() if "rlnImageName" in df]
     if len(with_images) != 1:
         raise CryorayInputError(
-            path, "rlnImageName", "exactly one data block with an rlnImageName column (a particle STAR file)",
+            path,
+            "rlnImageName",
+            "exactly one data block with an rlnImageName column (a particle STAR file)",
             f"{len(with_images)} such blocks",
         )
     return blocks[with_images[0]], None, with_images[0] or "_"
@@ -367,8 +391,7 @@ def write_particles_star(path: str | Path, table: ParticleTable | pd.DataFrame, 
             out[rln] = particles[name].astype(np.float64)
     extras = [c for c in particles.columns if c.startswith("rln") and c not in out]
     out = pd.concat([out, particles[extras]], axis=1)
-    starfile.write({"optics": optics, "particles": out}, path)
-    return path
+    return atomic_write(path, lambda tmp: starfile.write({"optics": optics, "particles": out}, tmp))
 
 
 def _coordinate_block(blocks: dict[str, pd.DataFrame], path: Path) -> pd.DataFrame:
@@ -430,7 +453,6 @@ def write_coordinates(path: str | Path, picks: pd.DataFrame, overwrite: bool = F
         if column != "tomo_name":
             _numbers(out, column, path, "picks")
     if path.suffix == ".csv":
-        out.to_csv(path, index=False)
-    else:
-        starfile.write({"particles": out.rename(columns={v: k for k, v in COORDINATE_NAMES.items()})}, path)
-    return path
+        return atomic_write(path, lambda tmp: out.to_csv(tmp, index=False))
+    named = out.rename(columns={v: k for k, v in COORDINATE_NAMES.items()})
+    return atomic_write(path, lambda tmp: starfile.write({"particles": named}, tmp))

@@ -8,13 +8,28 @@ import numpy as np
 
 from cryoray.errors import CryorayInputError
 
+CHUNK_VALUES = 1 << 24  # values scanned per pass (64 MB of float32): memory stays bounded on a memory-mapped file
+
 
 def check_finite(array: np.ndarray, path: str | Path | None, field: str = "data") -> None:
-    """Refuse NaN/Inf values: training on them silently produces garbage."""
-    finite = np.isfinite(array)
-    if not finite.all():
-        bad = int(finite.size - np.count_nonzero(finite))
-        first = tuple(int(i) for i in np.argwhere(~finite)[0])
+    """Refuse NaN/Inf values: training on them silently produces garbage.
+
+    Scans in slabs along the first axis, so a memory-mapped tomogram or stack is checked without being loaded whole.
+    """
+    data = np.asarray(array)  # a view: a memory map stays on disk
+    if data.dtype.kind not in "fc":
+        return  # integer and boolean data hold no NaN/Inf
+    data = data.reshape(1) if data.ndim == 0 else data
+    slab = max(1, CHUNK_VALUES // max(1, data[0].size))
+    bad, first = 0, None
+    for start in range(0, len(data), slab):
+        finite = np.isfinite(data[start : start + slab])
+        if not finite.all():
+            bad += int(finite.size - np.count_nonzero(finite))
+            if first is None:
+                index = np.argwhere(~finite)[0]
+                first = (start + int(index[0]), *(int(i) for i in index[1:]))
+    if bad:
         raise CryorayInputError(path, field, "finite values only", f"{bad} NaN/Inf values, the first at index {first}")
 
 

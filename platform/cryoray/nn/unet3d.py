@@ -84,7 +84,9 @@ class UNet3D(nn.Module):
         for width, out in zip(widths, outputs):
             self.down.append(_DownBlock(previous, width, out))
             previous = out
-        self.bottleneck = nn.Sequential(*_conv_bn_relu(previous, bottleneck_channels), *_conv_bn_relu(bottleneck_channels, bottleneck_channels))
+        self.bottleneck = nn.Sequential(
+            *_conv_bn_relu(previous, bottleneck_channels), *_conv_bn_relu(bottleneck_channels, bottleneck_channels)
+        )
         self.up = nn.ModuleList()
         previous = bottleneck_channels
         for width in reversed(widths):
@@ -101,9 +103,7 @@ class UNet3D(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         multiple = self.min_patch_multiple_px
         if x.ndim != 5 or any(size % multiple for size in x.shape[-3:]):
-            raise ValueError(
-                f"UNet3D: expected input (B, C, D, H, W) with D, H, W multiples of {multiple}, got {tuple(x.shape)}"
-            )
+            raise ValueError(f"UNet3D: expected input (B, C, D, H, W) with D, H, W multiples of {multiple}, got {tuple(x.shape)}")
         skips = []
         for block in self.down:
             x, skip = block(x)

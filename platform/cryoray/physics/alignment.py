@@ -49,9 +49,7 @@ def mirror_volume(volume: torch.Tensor) -> torch.Tensor:
     return torch.roll(mirrored, 1, dims=-3) if volume.shape[-3] % 2 == 0 else mirrored
 
 
-def rotate_volume(
-    volume: torch.Tensor, rotation: torch.Tensor, shift_px: torch.Tensor | None = None
-) -> torch.Tensor:
+def rotate_volume(volume: torch.Tensor, rotation: torch.Tensor, shift_px: torch.Tensor | None = None) -> torch.Tensor:
     """``V(Rᵀ (r − t))`` by trilinear interpolation, zero outside the box; batched over (B, 3, 3) rotations.
 
     ``volume`` (D, D, D); ``rotation`` (3, 3) or (B, 3, 3); ``shift_px`` (3,) or (B, 3). Differentiable in
@@ -163,7 +161,9 @@ def align_maps(
         candidates.append((score, flipped, rotations[index], shift * (refine_box / coarse_box)))
     _, flipped, rotation, shift = max(candidates, key=lambda item: item[0])
     hand = mirror_volume(moving) if flipped else moving
-    rotation, shift = _refine(_fourier_crop(hand, refine_box), _fourier_crop(reference, refine_box), rotation, shift, refine_steps)
+    rotation, shift = _refine(
+        _fourier_crop(hand, refine_box), _fourier_crop(reference, refine_box), rotation, shift, refine_steps
+    )
     shift = shift * (box / refine_box)
     with torch.no_grad():
         aligned = rotate_volume(hand, rotation, shift)

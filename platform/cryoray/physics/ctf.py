@@ -186,7 +186,5 @@ def apply_ctf(images: torch.Tensor, ctf: torch.Tensor) -> torch.Tensor:
     if images.is_complex():
         raise ValueError("apply_ctf: expected real images, got a complex tensor")
     if images.ndim < 2 or ctf.ndim < 2 or tuple(images.shape[-2:]) != tuple(ctf.shape[-2:]):
-        raise ValueError(
-            f"apply_ctf: images {tuple(images.shape)} and ctf {tuple(ctf.shape)} must share the last two dims"
-        )
+        raise ValueError(f"apply_ctf: images {tuple(images.shape)} and ctf {tuple(ctf.shape)} must share the last two dims")
     return ifft2_centered(fft2_centered(images) * ctf).real

@@ -162,9 +162,7 @@ def hopf_children(indices: torch.Tensor, level: int) -> torch.Tensor:
     s1_next = s1_next.reshape(*indices.shape, 16)
     parent = _quaternions_at(s2, s1, level)
     candidates = _quaternions_at(s2_next, s1_next, level + 1)
-    dist = torch.minimum(
-        ((candidates - parent[..., None, :]) ** 2).sum(-1), ((candidates + parent[..., None, :]) ** 2).sum(-1)
-    )
+    dist = torch.minimum(((candidates - parent[..., None, :]) ** 2).sum(-1), ((candidates + parent[..., None, :]) ** 2).sum(-1))
     nearest = torch.argsort(dist, dim=-1, stable=True)[..., :8]
     return torch.gather(s2_next * n_psi_next + s1_next, -1, nearest)
 

@@ -106,7 +106,8 @@ def fsc_resolution_angstrom(
     curve = torch.as_tensor(fsc, dtype=torch.float64).detach().cpu()
     if freq.ndim != 1 or curve.shape != freq.shape or freq.numel() < 2:
         raise ValueError(
-            f"fsc_resolution_angstrom: expected 1D frequency and fsc of equal length >= 2, got {tuple(freq.shape)} and {tuple(curve.shape)}"
+            "fsc_resolution_angstrom: expected 1D frequency and fsc of equal length >= 2, "
+            f"got {tuple(freq.shape)} and {tuple(curve.shape)}"
         )
     if not pixel_size_angstrom > 0:
         raise ValueError(f"fsc_resolution_angstrom: pixel_size_angstrom must be > 0, got {pixel_size_angstrom}")
@@ -206,9 +207,7 @@ def _procrustes(P_sum: torch.Tensor) -> torch.Tensor:
     return U @ D @ Vh
 
 
-def rotation_error_after_alignment(
-    R_pred: torch.Tensor, R_gt: torch.Tensor, n_references: int = 100, flip: bool = True
-) -> dict:
+def rotation_error_after_alignment(R_pred: torch.Tensor, R_gt: torch.Tensor, n_references: int = 100, flip: bool = True) -> dict:
     """Pose error after the best global alignment (and hand flip), as in cryoAI/cryoSPIN.
 
     A map reconstructed in another frame has poses ``R_pred·A`` for a global rotation ``A``; a map
@@ -222,7 +221,8 @@ def rotation_error_after_alignment(
     """
     if R_pred.shape != R_gt.shape or R_pred.ndim != 3 or tuple(R_pred.shape[-2:]) != (3, 3) or R_pred.shape[0] < 1:
         raise ValueError(
-            f"rotation_error_after_alignment: expected two (N, 3, 3) stacks of equal N >= 1, got {tuple(R_pred.shape)} and {tuple(R_gt.shape)}"
+            "rotation_error_after_alignment: expected two (N, 3, 3) stacks of equal N >= 1, "
+            f"got {tuple(R_pred.shape)} and {tuple(R_gt.shape)}"
         )
     if n_references < 1:
         raise ValueError(f"rotation_error_after_alignment: n_references must be >= 1, got {n_references}")

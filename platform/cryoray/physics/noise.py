@@ -45,9 +45,7 @@ def add_gaussian_noise(
     if (snr_linear is None) == (snr_db is None):
         raise ValueError("add_gaussian_noise: give exactly one of snr_linear and snr_db")
     if sample_ndim < 1 or images.ndim < sample_ndim:
-        raise ValueError(
-            f"add_gaussian_noise: sample_ndim={sample_ndim} does not fit images of shape {tuple(images.shape)}"
-        )
+        raise ValueError(f"add_gaussian_noise: sample_ndim={sample_ndim} does not fit images of shape {tuple(images.shape)}")
     if images.is_complex() or not images.is_floating_point():
         raise ValueError(f"add_gaussian_noise: expected real floating-point images, got {images.dtype}")
     if snr_db is not None:

@@ -44,9 +44,7 @@ def _check_rotations(rotations: torch.Tensor, volume: torch.Tensor, name: str) -
     if rot.ndim != 3 or tuple(rot.shape[-2:]) != (3, 3):
         raise ValueError(f"{name}: expected rotations of shape (B, 3, 3) or (3, 3), got shape {tuple(rotations.shape)}")
     if volume.ndim == 4 and volume.shape[0] != rot.shape[0]:
-        raise ValueError(
-            f"{name}: a batch of {volume.shape[0]} volumes needs as many rotations, got {rot.shape[0]}"
-        )
+        raise ValueError(f"{name}: a batch of {volume.shape[0]} volumes needs as many rotations, got {rot.shape[0]}")
     return rot, single
 
 

@@ -87,9 +87,7 @@ def matrix_to_quaternion(R: torch.Tensor) -> torch.Tensor:
     m00, m10, m20 = m[0].unbind(-1)
     m01, m11, m21 = m[1].unbind(-1)
     m02, m12, m22 = m[2].unbind(-1)
-    four_sq = torch.stack(
-        (1 + m00 + m11 + m22, 1 + m00 - m11 - m22, 1 - m00 + m11 - m22, 1 - m00 - m11 + m22), dim=-1
-    )
+    four_sq = torch.stack((1 + m00 + m11 + m22, 1 + m00 - m11 - m22, 1 - m00 + m11 - m22, 1 - m00 - m11 + m22), dim=-1)
     s = torch.sqrt(four_sq.clamp_min(1e-12))  # s = 2|w|, 2|x|, 2|y|, 2|z|
     candidates = torch.stack(
         (
@@ -109,9 +107,7 @@ def matrix_to_quaternion(R: torch.Tensor) -> torch.Tensor:
 def _hat(omega: torch.Tensor) -> torch.Tensor:
     x, y, z = omega.unbind(-1)
     zero = torch.zeros_like(x)
-    return torch.stack(
-        (torch.stack((zero, -z, y), -1), torch.stack((z, zero, -x), -1), torch.stack((-y, x, zero), -1)), dim=-2
-    )
+    return torch.stack((torch.stack((zero, -z, y), -1), torch.stack((z, zero, -x), -1), torch.stack((-y, x, zero), -1)), dim=-2)
 
 
 def axis_angle_to_matrix(omega: torch.Tensor) -> torch.Tensor:
@@ -231,4 +227,3 @@ def quaternion_distance(q1: torch.Tensor, q2: torch.Tensor) -> torch.Tensor:
     _check_last(q1, 4, "quaternion_distance", "quaternions")
     _check_last(q2, 4, "quaternion_distance", "quaternions")
     return torch.minimum(torch.linalg.vector_norm(q1 - q2, dim=-1), torch.linalg.vector_norm(q1 + q2, dim=-1))
-

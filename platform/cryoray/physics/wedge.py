@@ -48,9 +48,7 @@ def missing_wedge_mask(
     if isinstance(box, bool) or not isinstance(box, int) or box < 1:
         raise ValueError(f"missing_wedge_mask: box must be a positive integer, got {box!r}")
     if not -90.0 <= tilt_min_deg < tilt_max_deg <= 90.0:
-        raise ValueError(
-            f"missing_wedge_mask: need -90 <= tilt_min_deg < tilt_max_deg <= 90, got {tilt_min_deg}, {tilt_max_deg}"
-        )
+        raise ValueError(f"missing_wedge_mask: need -90 <= tilt_min_deg < tilt_max_deg <= 90, got {tilt_min_deg}, {tilt_max_deg}")
     k = frequency_grid(box, 3, dtype=torch.float64, device=device)
     if tilt_axis == "y":
         along, across = k[..., 0], k[..., 2]
@@ -64,7 +62,6 @@ def missing_wedge_mask(
     measured = (angle >= tilt_min_deg - tolerance) & (angle <= tilt_max_deg + tolerance)
     on_axis = (along == 0) & (across == 0)
     return (measured | on_axis).to(dtype)
-
 
 
 def missing_wedge_region(
@@ -106,9 +103,7 @@ def tilt_series_mask(
     if len(shape_zyx) != 3 or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in shape_zyx):
         raise ValueError(f"tilt_series_mask: shape_zyx must be three positive integers, got {shape_zyx!r}")
     if not -90.0 <= tilt_min_deg < tilt_max_deg <= 90.0:
-        raise ValueError(
-            f"tilt_series_mask: need -90 <= tilt_min_deg < tilt_max_deg <= 90, got {tilt_min_deg}, {tilt_max_deg}"
-        )
+        raise ValueError(f"tilt_series_mask: need -90 <= tilt_min_deg < tilt_max_deg <= 90, got {tilt_min_deg}, {tilt_max_deg}")
     if tilt_step_deg is not None and not tilt_step_deg > 0:
         raise ValueError(f"tilt_series_mask: tilt_step_deg must be > 0 or None, got {tilt_step_deg}")
     if not plane_thickness_px > 0:

@@ -83,7 +83,9 @@ def cluster_picks(
                 f"{max_class_voxels}; a segmentation this large is not a set of particles (or raise the limit)"
             )
         if probabilities is not None and not 0 <= class_id < probabilities.shape[0]:
-            raise ValueError(f"cluster_picks: class {class_id} has no channel in probabilities of {probabilities.shape[0]} classes")
+            raise ValueError(
+                f"cluster_picks: class {class_id} has no channel in probabilities of {probabilities.shape[0]} classes"
+            )
         zyx = np.stack(np.unravel_index(voxels, labels.shape), axis=1)
         cluster = DBSCAN(eps=eps_px, min_samples=min_voxels, algorithm="kd_tree").fit_predict(zyx.astype(np.float64))
         kept = cluster >= 0

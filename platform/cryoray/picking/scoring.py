@@ -35,9 +35,7 @@ def _mean(values: list[float]) -> float:
     return float(np.mean(values)) if values else math.nan
 
 
-def _rule_result(
-    raw: dict, truth_classes: list[int], class_names: Mapping[int, str], size_groups: Mapping[int, str]
-) -> dict:
+def _rule_result(raw: dict, truth_classes: list[int], class_names: Mapping[int, str], size_groups: Mapping[int, str]) -> dict:
     per_class = {
         int(cls): {"name": class_names.get(int(cls), str(cls)), "size_group": size_groups.get(int(cls))} | scores
         for cls, scores in raw["per_class"].items()

@@ -139,18 +139,20 @@ def simulate_particle_stack(
     angles = _pose_angles(poses, int(n_images), generator)
     n = len(angles)
     shifts_px = np.stack([_uniform(generator, n, -max_shift_px, max_shift_px) for _ in range(2)], axis=1)
-    table = pd.DataFrame({
-        "image_index": np.arange(n, dtype=np.int64),
-        "image_path": STACK_NAME,
-        "optics_group": np.ones(n, dtype=np.int64),
-        "rot_deg": angles[:, 0],
-        "tilt_deg": angles[:, 1],
-        "psi_deg": angles[:, 2],
-        "shift_x_angstrom": shifts_px[:, 0] * voxel,
-        "shift_y_angstrom": shifts_px[:, 1] * voxel,
-        "pixel_size_angstrom": voxel,
-        "box_px": box,
-    })
+    table = pd.DataFrame(
+        {
+            "image_index": np.arange(n, dtype=np.int64),
+            "image_path": STACK_NAME,
+            "optics_group": np.ones(n, dtype=np.int64),
+            "rot_deg": angles[:, 0],
+            "tilt_deg": angles[:, 1],
+            "psi_deg": angles[:, 2],
+            "shift_x_angstrom": shifts_px[:, 0] * voxel,
+            "shift_y_angstrom": shifts_px[:, 1] * voxel,
+            "pixel_size_angstrom": voxel,
+            "box_px": box,
+        }
+    )
     if ctf:
         mean = _uniform(generator, n, *defocus_mean_range_angstrom)
         astigmatism = _uniform(generator, n, *astigmatism_range_angstrom)
@@ -168,9 +170,7 @@ def simulate_particle_stack(
         rows = table.iloc[start : start + int(batch_size)]
         angles_deg = (torch.tensor(rows[c].to_numpy()) for c in ("rot_deg", "tilt_deg", "psi_deg"))
         origin = torch.as_tensor(shifts_px[start : start + len(rows)] * voxel, dtype=torch.float32)
-        ctf_parameters = (
-            {c: torch.tensor(rows[c].to_numpy(), dtype=torch.float32) for c in CTF_PARAMETERS} if ctf else None
-        )
+        ctf_parameters = {c: torch.tensor(rows[c].to_numpy(), dtype=torch.float32) for c in CTF_PARAMETERS} if ctf else None
         rotations = euler_relion_to_matrix(*angles_deg).to(torch.float32)
         batch = form_particle_images(density, rotations, voxel, origin, ctf_parameters)
         clean[start : start + len(rows)] = batch
@@ -178,9 +178,7 @@ def simulate_particle_stack(
     if snr_linear is None and snr_db is None:
         noisy, noise_std = clean.clone(), 0.0
     else:
-        noisy, noise_std = add_gaussian_noise(
-            clean, snr_linear=snr_linear, snr_db=snr_db, generator=generator, sample_ndim=3
-        )
+        noisy, noise_std = add_gaussian_noise(clean, snr_linear=snr_linear, snr_db=snr_db, generator=generator, sample_ndim=3)
     snr = float(snr_db_to_linear(snr_db)) if snr_db is not None else snr_linear
     return SimulatedStack(
         images=noisy.numpy(),

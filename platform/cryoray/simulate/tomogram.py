@@ -124,7 +124,11 @@ class Species:
 
     def __post_init__(self) -> None:
         where = f"species {self.name!r}"
-        if isinstance(self.class_id, bool) or not isinstance(self.class_id, (int, np.integer)) or not 1 <= self.class_id <= MAX_CLASS_ID:
+        if (
+            isinstance(self.class_id, bool)
+            or not isinstance(self.class_id, (int, np.integer))
+            or not 1 <= self.class_id <= MAX_CLASS_ID
+        ):
             raise CryorayInputError(None, f"{where}: class_id", f"an integer in [1, {MAX_CLASS_ID}]", self.class_id)
         density = np.ascontiguousarray(self.density, dtype=np.float32)
         mask = np.ascontiguousarray(self.mask, dtype=bool)
@@ -140,7 +144,9 @@ class Species:
         distance = np.linalg.norm(_box_offsets(box)[mask.ravel()], axis=1).max()
         if distance > box // 2 - 1:
             raise CryorayInputError(
-                None, f"{where}: mask", f"a mask inside the sphere inscribed in the {box}³ box (so rotations keep it)",
+                None,
+                f"{where}: mask",
+                f"a mask inside the sphere inscribed in the {box}³ box (so rotations keep it)",
                 f"a voxel {distance:.1f} px from the centre",
             )
         radius = float((3.0 * mask.sum() / (4.0 * math.pi)) ** (1.0 / 3.0))
@@ -232,9 +238,7 @@ def _crop_centred(volume: np.ndarray, centre_zyx: np.ndarray, box: int) -> np.nd
     return out
 
 
-def _read_at_voxel_size(
-    path: Path, target_voxel_angstrom: float, file_voxel_angstrom: float | None, order: int
-) -> np.ndarray:
+def _read_at_voxel_size(path: Path, target_voxel_angstrom: float, file_voxel_angstrom: float | None, order: int) -> np.ndarray:
     """A map or mask resampled (scipy.ndimage.zoom, `order`) from its voxel size to the target one."""
     mrc = read_mrc(path, voxel_size_angstrom=file_voxel_angstrom)
     if mrc.data.ndim != 3:
@@ -296,9 +300,7 @@ def species_from_atomic_model(
     path = Path(path)
     name = name or path.name.split(".")[0]
     density = atomic_model_to_density(path, voxel_size_angstrom, resolution_angstrom=resolution_angstrom)
-    return species_from_density(
-        class_id, name, density, voxel_size_angstrom, None, threshold_fraction, f"atomic model {path}"
-    )
+    return species_from_density(class_id, name, density, voxel_size_angstrom, None, threshold_fraction, f"atomic model {path}")
 
 
 def species_from_mask(
@@ -348,7 +350,9 @@ def _helix(radius: float, pitch: float, turns: float, spacing: float = 0.7) -> n
 
 def _ring(radius: float, z: float = 0.0, spacing: float = 0.7, start_deg: float = 0.0, end_deg: float = 360.0) -> np.ndarray:
     span = math.radians(end_deg - start_deg)
-    t = math.radians(start_deg) + np.linspace(0.0, span, max(int(abs(span) * radius / spacing), 3), endpoint=end_deg - start_deg < 360)
+    t = math.radians(start_deg) + np.linspace(
+        0.0, span, max(int(abs(span) * radius / spacing), 3), endpoint=end_deg - start_deg < 360
+    )
     return np.stack((radius * np.cos(t), radius * np.sin(t), np.full_like(t, z)), axis=1)
 
 
@@ -367,8 +371,12 @@ def _builtin_blobs() -> dict[str, list[tuple[float, float, float, float, float]]
         "medium_ring": _along(_ring(5.5, start_deg=0.0, end_deg=290.0), 1.6) + [(4.4, -1.6, 2.8, 2.0, 4.0)],
         # large: six blobs of different sizes at non-coplanar positions (as the built-in phantom)
         "large_cluster": [
-            (0.0, 0.0, 0.0, 3.2, 1.0), (6.5, 1.0, -0.6, 2.4, 0.9), (-1.8, 5.6, 1.0, 2.2, 0.85),
-            (0.6, -1.4, 5.8, 2.0, 0.9), (-6.4, -2.0, -1.2, 1.8, 0.8), (3.2, 4.2, 3.0, 1.6, 0.8),
+            (0.0, 0.0, 0.0, 3.2, 1.0),
+            (6.5, 1.0, -0.6, 2.4, 0.9),
+            (-1.8, 5.6, 1.0, 2.2, 0.85),
+            (0.6, -1.4, 5.8, 2.0, 0.9),
+            (-6.4, -2.0, -1.2, 1.8, 0.8),
+            (3.2, 4.2, 3.0, 1.6, 0.8),
         ],
         # large: a barrel (stacked rings) capped on one end, with a side arm
         "large_barrel": _along(np.concatenate([_ring(6.0, z) for z in np.arange(-8.0, 8.1, 1.0)]), 1.5, 0.2)
@@ -549,7 +557,9 @@ def _place(
                 break
         if not placed:
             raise CryorayInputError(
-                None, "counts", f"particles that fit without overlapping in {list(shape_zyx)} (fewer or a larger volume)",
+                None,
+                "counts",
+                f"particles that fit without overlapping in {list(shape_zyx)} (fewer or a larger volume)",
                 f"no room for particle {i + 1} of {len(radii_px)} after {max_attempts} tries",
             )
     return centres
@@ -587,8 +597,14 @@ def simulate_tomogram(
     if slab_thickness_px is None:
         z_limits = (0, shape[0] - 1)
     else:
-        if isinstance(slab_thickness_px, bool) or int(slab_thickness_px) != slab_thickness_px or not 1 <= slab_thickness_px <= shape[0]:
-            raise CryorayInputError(None, "slab_thickness_px", f"a whole number in [1, {shape[0]}] (the z size)", slab_thickness_px)
+        if (
+            isinstance(slab_thickness_px, bool)
+            or int(slab_thickness_px) != slab_thickness_px
+            or not 1 <= slab_thickness_px <= shape[0]
+        ):
+            raise CryorayInputError(
+                None, "slab_thickness_px", f"a whole number in [1, {shape[0]}] (the z size)", slab_thickness_px
+            )
         start = (shape[0] - int(slab_thickness_px)) // 2
         z_limits = (start, start + int(slab_thickness_px) - 1)
     voxel = next(iter(by_class.values())).voxel_size_angstrom
@@ -602,15 +618,17 @@ def simulate_tomogram(
     class_ids, radii = class_ids[order], radii[order]
     centres = _place(radii, shape, z_limits, rng, int(max_attempts_per_particle))
     rot, tilt, psi = (a.numpy() for a in matrix_to_euler_relion(random_rotations(len(class_ids), generator, torch.float64)))
-    particles = pd.DataFrame({
-        "x_px": centres[:, 2].astype(np.float64),
-        "y_px": centres[:, 1].astype(np.float64),
-        "z_px": centres[:, 0].astype(np.float64),
-        "class_id": class_ids,
-        "rot_deg": rot,
-        "tilt_deg": tilt,
-        "psi_deg": psi,
-    })
+    particles = pd.DataFrame(
+        {
+            "x_px": centres[:, 2].astype(np.float64),
+            "y_px": centres[:, 1].astype(np.float64),
+            "z_px": centres[:, 0].astype(np.float64),
+            "class_id": class_ids,
+            "rot_deg": rot,
+            "tilt_deg": tilt,
+            "psi_deg": psi,
+        }
+    )
 
     clean = np.zeros(shape, dtype=np.float32)
     rotations = _rotation_matrices(rot, tilt, psi)  # from the stored angles: the table is the truth
@@ -627,9 +645,7 @@ def simulate_tomogram(
     if snr_linear is None:
         noisy, noise_std = noiseless, 0.0
     else:
-        white, _ = add_gaussian_noise(
-            noiseless, snr_linear=snr_linear * measured_fraction, generator=generator, sample_ndim=3
-        )
+        white, _ = add_gaussian_noise(noiseless, snr_linear=snr_linear * measured_fraction, generator=generator, sample_ndim=3)
         noisy = _fourier_filter(white, mask)
         noise_std = float((noisy - noiseless).std())
     return SimulatedTomogram(

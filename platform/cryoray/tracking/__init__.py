@@ -57,9 +57,7 @@ def flatten_params(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
 def git_sha(repo_dir: str | Path = ".") -> str:
     """The commit of the code that ran, or 'unknown' outside a git checkout."""
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=repo_dir, capture_output=True, text=True, timeout=5, check=True
-        )
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_dir, capture_output=True, text=True, timeout=5, check=True)
         return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"

@@ -81,17 +81,32 @@ def server_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]
         "MLFLOW_FLASK_SERVER_SECRET_KEY": _secret_key(args.state_dir),
     }
     command = [
-        sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth",
-        "--backend-store-uri", args.backend_store_uri, "--artifacts-destination", args.artifacts_destination,
-        "--host", args.host, "--port", str(args.port),
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--app-name",
+        "basic-auth",
+        "--backend-store-uri",
+        args.backend_store_uri,
+        "--artifacts-destination",
+        args.artifacts_destination,
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
     ]
     return command, env
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cryoray.tracking.server", description=__doc__.splitlines()[0])
-    parser.add_argument("--credentials", type=Path, default=Path("~/.mlflow/credentials").expanduser(),
-                        help="MLflow credentials file (0600) whose user becomes the server's admin")
+    parser.add_argument(
+        "--credentials",
+        type=Path,
+        default=Path("~/.mlflow/credentials").expanduser(),
+        help="MLflow credentials file (0600) whose user becomes the server's admin",
+    )
     parser.add_argument("--state-dir", type=Path, required=True, help="folder for the users database and the CSRF key")
     parser.add_argument("--backend-store-uri", required=True, help="e.g. sqlite:////home/ray/mlflow.db")
     parser.add_argument("--artifacts-destination", required=True, help="e.g. s3://bucket/mlflow or a local folder")

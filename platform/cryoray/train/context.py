@@ -89,8 +89,7 @@ class TrainContext:
         if flag.item() > 0:
             where = f"loss term {bad[0]!r}" if bad else "a loss term on another worker"
             raise NonFiniteLossError(
-                f"{where} is not finite at step {self.global_step} (epoch {self.epoch}); "
-                "stopped before the optimizer step"
+                f"{where} is not finite at step {self.global_step} (epoch {self.epoch}); stopped before the optimizer step"
             )
 
     def step(

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar, ove
 import torch
 from pydantic import BaseModel
 
+from cryoray.errors import CryorayInputError
 from cryoray.io.manifest import DatasetKind, DatasetManifest
 from cryoray.train.context import TrainContext
 
@@ -95,6 +96,13 @@ class Method(ABC, Generic[ConfigT]):
     # Multi-head or partly frozen models leave parameters unused on some steps; DDP must know.
     find_unused_parameters: ClassVar[bool] = False
 
+    def check_dataset(self, dataset_dir: Path, manifest: DatasetManifest, config: ConfigT) -> None:
+        """Driver side, before Ray starts: refuse a dataset this method cannot train on with a ``CryorayInputError``
+        (raised later, from ``datasets`` or a worker, it would surface only after Ray and MLflow started). The base
+        checks the kind; a method with more needs (columns, sizes) extends it and calls ``super()``."""
+        if manifest.kind != self.dataset_kind:
+            raise CryorayInputError(dataset_dir, "kind", f"a {self.dataset_kind} dataset for {self.name}", manifest.kind)
+
     @abstractmethod
     def datasets(
         self, dataset_dir: Path, manifest: DatasetManifest, config: ConfigT, seed: int = 0
@@ -127,14 +135,18 @@ class Method(ABC, Generic[ConfigT]):
         )
 
     @abstractmethod
-    def train_step(self, state: TrainState, batch: dict[str, torch.Tensor], config: ConfigT, ctx: TrainContext) -> dict[str, float]:
+    def train_step(
+        self, state: TrainState, batch: dict[str, torch.Tensor], config: ConfigT, ctx: TrainContext
+    ) -> dict[str, float]:
         """One step on one batch; optimise through ``ctx.step`` so non-finite losses are caught."""
 
     @abstractmethod
     def evaluate(self, state: TrainState, config: ConfigT, ctx: TrainContext) -> dict[str, float]:
         """Epoch-end metrics (called on every rank; may use collectives; ``ctx.epoch_is_due`` for a cadence)."""
 
-    def test(self, state: TrainState, config: ConfigT, ctx: TrainContext, output_dir: Path) -> tuple[dict[str, float], dict[str, str]]:
+    def test(
+        self, state: TrainState, config: ConfigT, ctx: TrainContext, output_dir: Path
+    ) -> tuple[dict[str, float], dict[str, str]]:
         """After training, on every rank: the final held-out metrics and the files that show them (rank 0
         writes). It computes its own scores (no other hook runs before it at the end); the metrics join the
         run's final metrics (``RESULT``) and MLflow. A method without a held-out split keeps this default."""

@@ -67,7 +67,7 @@ def run_training(
     every epoch report to Tune.
     """
     datasets = method.datasets(dataset_dir, manifest, method_config, seed=job.train.seed)
-    resources: dict[str, float] = {"CPU": job.train.cpus_per_worker}
+    resources: dict[str, float] = {**job.train.resources_per_worker, "CPU": job.train.cpus_per_worker}
     if job.use_gpu:
         resources["GPU"] = 1
     trainer = TorchTrainer(
@@ -82,9 +82,7 @@ def run_training(
             "manifest": manifest.model_dump(),
             "tracking": tracking,
         },
-        scaling_config=ScalingConfig(
-            num_workers=job.num_workers, use_gpu=job.use_gpu, resources_per_worker=resources
-        ),
+        scaling_config=ScalingConfig(num_workers=job.num_workers, use_gpu=job.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
             name=run_name,
             storage_path=job.checkpoint_storage,
@@ -290,9 +288,7 @@ def _train_one_epoch(
         if ctx.runner.max_steps_per_epoch is not None and steps >= ctx.runner.max_steps_per_epoch:
             break
     keys = sorted(sums)
-    means = ctx.all_reduce_mean(
-        torch.tensor([sums[k] / max(steps, 1) for k in keys], dtype=torch.float64, device=ctx.device)
-    )
+    means = ctx.all_reduce_mean(torch.tensor([sums[k] / max(steps, 1) for k in keys], dtype=torch.float64, device=ctx.device))
     metrics = {f"train_{k}": float(v) for k, v in zip(keys, means)}
     for module in state.modules.values():
         module.eval()

@@ -11,10 +11,12 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
+from cryoray.config import JobConfig
 from cryoray.data.recipes import REPO_ROOT, resolve_dataset
 from cryoray.errors import CryorayInputError
+from cryoray.io.outputs import check_output_dir
 from cryoray.methods import load_method
-from cryoray.session import connect_ray, joins_cluster
+from cryoray.session import check_gpus, connect_ray, joins_cluster
 from cryoray.tracking import RunLogger, default_tracking_uri, git_sha, start_run
 from cryoray.train.method import Method
 from cryoray.tune.resources import trial_concurrency, trial_driver_resources
@@ -49,13 +51,18 @@ def run_sweep(
     method = load_method(spec.job)
     plan = plan_sweep(spec, spec_path, method, smoke, num_samples)
     edge_jobs = check_search_space(plan, method)
-    for dataset in dict.fromkeys(job.dataset for job in edge_jobs):
-        _check_dataset(dataset, method, plan.spec_path)
-
     sweep_name = f"{Path(spec_path).stem}{'-smoke' if smoke else ''}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    out = Path(output_dir or Path("outputs") / "sweeps" / sweep_name).expanduser().resolve()
-    if (out / BEST_FILE).exists():
-        raise CryorayInputError(out, "--output-dir", "a folder without a finished sweep", f"{BEST_FILE} exists")
+    out = check_output_dir(
+        output_dir or Path("outputs") / "sweeps" / sweep_name,
+        "--output-dir",
+        overwrite=False,
+        own_files=(BEST_FILE,),
+        overwrite_flag=False,
+    )
+    gpus_per_trial = max(job.num_workers if job.use_gpu else 0 for job in edge_jobs)
+    if gpus_per_trial:
+        check_gpus(gpus_per_trial, source=plan.spec_path, field="use_gpu")
+    _check_datasets(edge_jobs, method, plan.spec_path)
     storage_root = storage_path or plan.base.get("storage_path")
     sweep_storage = f"{storage_root.rstrip('/')}/{sweep_name}" if storage_root else str(out)
     if "://" not in sweep_storage:
@@ -133,14 +140,18 @@ def run_sweep(
             ray.shutdown()
 
 
-def _check_dataset(name: str, method: Method, spec_path: str) -> None:
-    """Build a recipe once before the trials start (not in every trial at once) and check its kind."""
-    try:
-        dataset_dir, manifest = resolve_dataset(name)
-    except CryorayInputError as exc:
-        raise CryorayInputError(spec_path, "base.dataset", exc.expected, exc.got) from None
-    if manifest.kind != method.dataset_kind:
-        raise CryorayInputError(dataset_dir, "kind", f"a {method.dataset_kind} dataset for {method.name}", manifest.kind)
+def _check_datasets(edge_jobs: list[JobConfig], method: Method, spec_path: str) -> None:
+    """Build each recipe once before the trials start (not in every trial at once) and let the method check it with
+    every edge of the search space, before Ray starts."""
+    resolved = {}
+    for job in edge_jobs:
+        if job.dataset not in resolved:
+            try:
+                resolved[job.dataset] = resolve_dataset(job.dataset)
+            except CryorayInputError as exc:
+                raise CryorayInputError(spec_path, "base.dataset", exc.expected, exc.got) from None
+        dataset_dir, manifest = resolved[job.dataset]
+        method.check_dataset(dataset_dir, manifest, method.config_schema.model_validate(job.method))
 
 
 def _tuner(plan: SweepPlan, setup: TrialSetup, sweep_storage: str, concurrency: int, max_epochs: int) -> tune.Tuner:

@@ -43,7 +43,8 @@ def trial_concurrency(
     if not joined_cluster and (cpus_per_trial > cpus or gpus_per_trial > gpus):
         # Ray would wait forever for resources a local machine will never have.
         raise CryorayInputError(
-            spec_path, "num_workers, train.cpus_per_worker, use_gpu",
+            spec_path,
+            "num_workers, train.cpus_per_worker, use_gpu",
             f"a trial that fits this machine ({cpus:g} CPUs, {gpus:g} GPUs)",
             f"{cpus_per_trial:g} CPUs and {gpus_per_trial} GPUs per trial",
         )

@@ -155,13 +155,29 @@ def write_summary(out: Path, plan: SweepPlan, trials: list[TrialSummary]) -> Pat
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(
-            ["trial_id", "child_run_id", *plan.spec.search_space, f"final_{metric}", f"best_{metric}",
-             "epochs_run", "status", "wall_time_s"]
+            [
+                "trial_id",
+                "child_run_id",
+                *plan.spec.search_space,
+                f"final_{metric}",
+                f"best_{metric}",
+                "epochs_run",
+                "status",
+                "wall_time_s",
+            ]
         )
         for trial in trials:
             writer.writerow(
-                [trial.trial_id, trial.child_run_id or "", *trial.params.values(), trial.final_metric,
-                 trial.best_metric, trial.epochs_run, trial.status, f"{trial.wall_time_s:.1f}"]
+                [
+                    trial.trial_id,
+                    trial.child_run_id or "",
+                    *trial.params.values(),
+                    trial.final_metric,
+                    trial.best_metric,
+                    trial.epochs_run,
+                    trial.status,
+                    f"{trial.wall_time_s:.1f}",
+                ]
             )
     return path
 

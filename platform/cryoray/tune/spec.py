@@ -136,9 +136,7 @@ def load_sweep_spec(path: str | Path) -> SweepSpec:
     if spec.job not in METHODS:
         raise CryorayInputError(path, "job", f"a registered method ({', '.join(sorted(METHODS))})", spec.job)
     problems = [f"base.{key}: set per trial by the sweep driver" for key in TRIAL_OWNED_KEYS if key in spec.base]
-    problems += [
-        f"smoke.base.{key}: set per trial by the sweep driver" for key in TRIAL_OWNED_KEYS if key in spec.smoke.base
-    ]
+    problems += [f"smoke.base.{key}: set per trial by the sweep driver" for key in TRIAL_OWNED_KEYS if key in spec.smoke.base]
     problems += [
         f"search_space.{key}: a sweep-wide or per-trial setting cannot be searched"
         for key in spec.search_space

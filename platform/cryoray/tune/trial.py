@@ -51,9 +51,7 @@ def run_trial(sampled: dict[str, Any], setup: TrialSetup) -> None:
     handle = _child_run(setup, trial_id, context.get_trial_name(), job, method_config.model_dump(), manifest.name)
     logger = RunLogger(handle)
     try:
-        run_training(
-            method, job, method_config, dataset_dir, manifest, run_name, handle, callbacks=[TuneReportCallback()]
-        )
+        run_training(method, job, method_config, dataset_dir, manifest, run_name, handle, callbacks=[TuneReportCallback()])
     except BaseException:
         logger.finish(succeeded=False)
         raise

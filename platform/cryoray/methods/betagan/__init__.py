@@ -78,9 +78,7 @@ class BetaGANConfig(BaseModel):
         [16, 32, 64], min_length=1, description="generator width per level (stride 2 between levels)"
     )
     residual_blocks: int = Field(2, ge=0, description="conv blocks per level (residual for resnet)")
-    discriminator_channels: list[PositiveInt] = Field(
-        [16, 32, 64], min_length=1, description="D width per stride-2 conv"
-    )
+    discriminator_channels: list[PositiveInt] = Field([16, 32, 64], min_length=1, description="D width per stride-2 conv")
     generator_lr: float = Field(5e-4, gt=0, description="Adam step of G")
     discriminator_lr: float = Field(2e-4, gt=0, description="Adam step of D")
     adam_beta1: float = Field(0.5, ge=0, lt=1)
@@ -171,9 +169,8 @@ class BetaGAN(Method[BetaGANConfig]):
             )
         return val_start, test_start
 
-    def datasets(
-        self, dataset_dir: Path, manifest: DatasetManifest, config: BetaGANConfig, seed: int = 0
-    ) -> dict[str, ray.data.Dataset]:
+    def check_dataset(self, dataset_dir: Path, manifest: DatasetManifest, config: BetaGANConfig) -> None:
+        super().check_dataset(dataset_dir, manifest, config)
         if CLEAN_COLUMN not in manifest.columns:
             raise CryorayInputError(
                 dataset_dir,
@@ -196,12 +193,15 @@ class BetaGAN(Method[BetaGANConfig]):
                 "the bm3d package installed for 'bm3d' (pip install bm3d)",
                 "not installed",
             )
+        self.split_bounds(manifest, config)
+
+    def datasets(
+        self, dataset_dir: Path, manifest: DatasetManifest, config: BetaGANConfig, seed: int = 0
+    ) -> dict[str, ray.data.Dataset]:
         val_start, _ = self.split_bounds(manifest, config)
         train = particle_dataset(dataset_dir, manifest, extra_image_columns=(CLEAN_COLUMN,), seed=seed)
         return {
-            "train": train.filter(expr=f"particle_index < {val_start}").select_columns(
-                ["image", CLEAN_COLUMN, "particle_index"]
-            )
+            "train": train.filter(expr=f"particle_index < {val_start}").select_columns(["image", CLEAN_COLUMN, "particle_index"])
         }
 
     # ----- worker side -----------------------------------------------------------------------------------------------
@@ -219,9 +219,7 @@ class BetaGAN(Method[BetaGANConfig]):
         if config.adversarial:
             discriminator = Discriminator(list(config.discriminator_channels)).to(ctx.device)
             modules["discriminator"] = discriminator
-            optimizers["discriminator"] = torch.optim.Adam(
-                discriminator.parameters(), lr=config.discriminator_lr, betas=betas
-            )
+            optimizers["discriminator"] = torch.optim.Adam(discriminator.parameters(), lr=config.discriminator_lr, betas=betas)
         return TrainState(modules=modules, optimizers=optimizers)
 
     def train_batches(self, state: TrainState, config: BetaGANConfig, ctx: TrainContext):
@@ -281,11 +279,7 @@ class BetaGAN(Method[BetaGANConfig]):
         outputs = discriminator(torch.cat(inputs))
         logits_real, logits_fake = outputs[:batch], outputs[batch : 2 * batch]
         if config.loss == "alpha_beta":
-            terms = {
-                "discriminator": losses.beta_discriminator_loss(
-                    logits_real, logits_fake, *config.alpha_beta, config.delta
-                )
-            }
+            terms = {"discriminator": losses.beta_discriminator_loss(logits_real, logits_fake, *config.alpha_beta, config.delta)}
         elif config.loss == "js":
             terms = {"discriminator": losses.js_discriminator_loss(logits_real, logits_fake)}
         else:
@@ -337,9 +331,7 @@ class BetaGAN(Method[BetaGANConfig]):
         table.to_csv(csv_path, index=False)
         summary_path = output_dir / "test_metrics_summary.csv"
         summary.to_csv(summary_path, index=False)
-        grid = write_image_grid(
-            output_dir / "denoising_grid.png", {"clean": clean, **estimates}, columns=config.grid_images
-        )
+        grid = write_image_grid(output_dir / "denoising_grid.png", {"clean": clean, **estimates}, columns=config.grid_images)
         voxel = ctx.manifest.voxel_size_angstrom
         stack_path = write_mrc(output_dir / "denoised_test.mrcs", denoised, voxel, overwrite=True)
         star_path = write_particles_star(
@@ -368,9 +360,7 @@ class BetaGAN(Method[BetaGANConfig]):
         }
         return metrics, {k: str(Path(v).resolve()) for k, v in files.items()}
 
-    def write_artifacts(
-        self, state: TrainState, config: BetaGANConfig, ctx: TrainContext, output_dir: Path
-    ) -> dict[str, str]:
+    def write_artifacts(self, state: TrainState, config: BetaGANConfig, ctx: TrainContext, output_dir: Path) -> dict[str, str]:
         if not ctx.is_rank_zero:
             return {}
         path = write_model_file(

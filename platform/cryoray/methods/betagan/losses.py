@@ -58,9 +58,9 @@ def beta_generator_loss(logits_fake: torch.Tensor, alpha: float, beta: float, de
 
 def js_discriminator_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
     """JS-GAN: −[log D(x) + log(1 − D(G(y)))] from logits (numerically stable)."""
-    return F.binary_cross_entropy_with_logits(
-        logits_real, torch.ones_like(logits_real)
-    ) + F.binary_cross_entropy_with_logits(logits_fake, torch.zeros_like(logits_fake))
+    return F.binary_cross_entropy_with_logits(logits_real, torch.ones_like(logits_real)) + F.binary_cross_entropy_with_logits(
+        logits_fake, torch.zeros_like(logits_fake)
+    )
 
 
 def js_generator_loss(logits_fake: torch.Tensor) -> torch.Tensor:

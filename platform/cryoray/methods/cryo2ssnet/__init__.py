@@ -111,14 +111,20 @@ class Cryo2SSNet(Method[Cryo2SSNetConfig]):
         },
     }
 
-    def datasets(
-        self, dataset_dir: Path, manifest: DatasetManifest, config: Cryo2SSNetConfig, seed: int = 0
-    ) -> dict[str, ray.data.Dataset]:
+    def check_dataset(self, dataset_dir: Path, manifest: DatasetManifest, config: Cryo2SSNetConfig) -> None:
+        super().check_dataset(dataset_dir, manifest, config)
         if config.snr_linear is None and manifest.provenance.get("source") == "RELION import":
             # Real data: the unbiased loss needs the SNR and no recipe records it.
             raise CryorayInputError(
-                dataset_dir / "manifest.json", "method.snr_linear", "the images' linear SNR (estimate it; over-estimating is safe)", "not set"
+                dataset_dir / "manifest.json",
+                "method.snr_linear",
+                "the images' linear SNR (estimate it; over-estimating is safe)",
+                "not set",
             )
+
+    def datasets(
+        self, dataset_dir: Path, manifest: DatasetManifest, config: Cryo2SSNetConfig, seed: int = 0
+    ) -> dict[str, ray.data.Dataset]:
         first_shard = ray.data.read_parquet(shard_paths(dataset_dir, manifest)[0]).limit(config.eval_images)
         return {
             "train": particle_dataset(dataset_dir, manifest, seed=seed),
@@ -177,9 +183,7 @@ class Cryo2SSNet(Method[Cryo2SSNetConfig]):
             ctx.datasets["train"], ctx.runner.batch_size, ctx.device, ctx.runner.shuffle_buffer_images, ctx.epoch_seed
         )
 
-    def search_cost(
-        self, state: TrainState, images: torch.Tensor, ctf: torch.Tensor | None, denoised: bool
-    ) -> PoseCost:
+    def search_cost(self, state: TrainState, images: torch.Tensor, ctf: torch.Tensor | None, denoised: bool) -> PoseCost:
         """ℓ₂ between the (denoised) observed images and (denoised) projections of the current map."""
         decoder = state.unwrapped("decoder", HartleyDecoder)
         denoiser = state.unwrapped("denoiser", MLPDenoiser) if denoised else None
@@ -196,8 +200,13 @@ class Cryo2SSNet(Method[Cryo2SSNetConfig]):
         return cost
 
     def search(
-        self, state: TrainState, config: Cryo2SSNetConfig, images: torch.Tensor, ctf: torch.Tensor | None,
-        initial: torch.Tensor, denoised: bool,
+        self,
+        state: TrainState,
+        config: Cryo2SSNetConfig,
+        images: torch.Tensor,
+        ctf: torch.Tensor | None,
+        initial: torch.Tensor,
+        denoised: bool,
     ) -> torch.Tensor:
         """DHBS: beam search from the encoder's poses, then the GD enhancement (map and denoiser fixed)."""
         cost = self.search_cost(state, images, ctf, denoised)
@@ -222,7 +231,9 @@ class Cryo2SSNet(Method[Cryo2SSNetConfig]):
             searched = self.search(state, config, images, ctf, encoded.detach(), denoised)
             data = unbiased_l2(images, state.modules["decoder"](searched, ctf), snr).mean()
             bs = quaternion_distance_squared(encoded, searched).mean()
-            total = ctx.step(state.optimizers["model"], {"data_unbiased_l2": data, "beam_search": bs}, {"beam_search": config.bs_weight})
+            total = ctx.step(
+                state.optimizers["model"], {"data_unbiased_l2": data, "beam_search": bs}, {"beam_search": config.bs_weight}
+            )
             return {"loss": total.item(), "data_unbiased_l2": data.item(), "beam_search_loss": bs.item(), "stage": 1.0}
         data = unbiased_l2(images, state.modules["decoder"](encoded, ctf), snr).mean()
         total = ctx.step(state.optimizers["model"], {"data_unbiased_l2": data})
@@ -246,7 +257,11 @@ class Cryo2SSNet(Method[Cryo2SSNetConfig]):
         _, predicted, true = self._encode(state, ctx, "eval")
         density = state.unwrapped("decoder", HartleyDecoder).density.detach().cpu()
         evaluation = evaluate_reconstruction(
-            density, ctx.manifest.ground_truth_map(ctx.dataset_dir), ctx.manifest.voxel_size_angstrom, predicted, true if ctx.manifest.has_poses else None,
+            density,
+            ctx.manifest.ground_truth_map(ctx.dataset_dir),
+            ctx.manifest.voxel_size_angstrom,
+            predicted,
+            true if ctx.manifest.has_poses else None,
             search_level=config.alignment_search_level,
         )
         return evaluation.metrics
@@ -260,7 +275,11 @@ class Cryo2SSNet(Method[Cryo2SSNetConfig]):
         indices, predicted, true = self._encode(state, ctx, "all")
         density = state.unwrapped("decoder", HartleyDecoder).density.detach().cpu()
         evaluation = evaluate_reconstruction(
-            density, ctx.manifest.ground_truth_map(ctx.dataset_dir), ctx.manifest.voxel_size_angstrom, predicted, true if ctx.manifest.has_poses else None,
+            density,
+            ctx.manifest.ground_truth_map(ctx.dataset_dir),
+            ctx.manifest.voxel_size_angstrom,
+            predicted,
+            true if ctx.manifest.has_poses else None,
             search_level=config.alignment_search_level,
         )
         artifacts = write_reconstruction_artifacts(output_dir, density, ctx.manifest, evaluation, indices, predicted)
@@ -268,4 +287,3 @@ class Cryo2SSNet(Method[Cryo2SSNetConfig]):
 
     def write_artifacts(self, state: TrainState, config: Cryo2SSNetConfig, ctx: TrainContext, output_dir: Path) -> dict[str, str]:
         return write_pose_model(output_dir, self.name, state, config, ctx) if ctx.is_rank_zero else {}
-

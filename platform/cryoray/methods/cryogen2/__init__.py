@@ -87,8 +87,12 @@ class CryoGEN2Config(BaseModel):
     """Hyperparameters of CryoGEN-II (paper values where the CPU budget allows; paper: jobs/configs/cryogen2-paper.yaml)."""
 
     model_config = ConfigDict(extra="forbid")
-    adversarial: Adversarial = Field("barycenter", description="barycenter (the GAN, see the module doc) | off (masked loss only)")
-    cube_px: int = Field(24, ge=16, description="subtomogram edge in voxels (paper 80/96); a multiple of 2**(levels-1), >= 2**levels")
+    adversarial: Adversarial = Field(
+        "barycenter", description="barycenter (the GAN, see the module doc) | off (masked loss only)"
+    )
+    cube_px: int = Field(
+        24, ge=16, description="subtomogram edge in voxels (paper 80/96); a multiple of 2**(levels-1), >= 2**levels"
+    )
     channels: list[PositiveInt] = Field([8, 16, 16, 32], min_length=2, description="UNet++ widths per level (paper 4 levels)")
     critic_channels: list[PositiveInt] | None = Field(
         [4, 8, 8, 16], min_length=2, description="critic UNet++ widths, same number of levels; None = the generator's"
@@ -103,7 +107,9 @@ class CryoGEN2Config(BaseModel):
     mask_patch_px: int = Field(4, ge=1, description="density/std mask window (IsoNet 4)")
     mask_density_percentage: float = Field(50.0, gt=0, le=100, description="keep the top % by local density (IsoNet 50)")
     mask_std_percentage: float = Field(50.0, gt=0, le=100, description="keep the top % by local std (IsoNet 50)")
-    tilt_range_deg: tuple[float, float] | None = Field(None, description="tilt range of the data; None = the dataset's recipe, else ±60°")
+    tilt_range_deg: tuple[float, float] | None = Field(
+        None, description="tilt range of the data; None = the dataset's recipe, else ±60°"
+    )
     wedge_weight: float = Field(2.0, ge=0, description="weight of the wedge-filling term of the masked loss (DeepDeWedge 2)")
     max_noise: float = Field(0.1, ge=0, description="noise std at σ = 1, in normalised units (σ ~ U(0,1] × this, per step)")
     adversarial_weight: float = Field(0.01, ge=0, description="λ of the adversarial term in epoch 1 (then linear decay)")
@@ -120,7 +126,8 @@ class CryoGEN2Config(BaseModel):
         multiple = 2 ** (len(self.channels) - 1)
         if self.cube_px % multiple or self.cube_px < 2 * multiple:
             raise ValueError(
-                f"cube_px {self.cube_px} must be a multiple of {multiple} and at least {2 * multiple} for {len(self.channels)} levels"
+                f"cube_px {self.cube_px} must be a multiple of {multiple} and at least {2 * multiple} "
+                f"for {len(self.channels)} levels"
                 " (instance norm needs more than one voxel at the coarsest level)"
             )
         if self.critic_channels is not None and len(self.critic_channels) != len(self.channels):
@@ -266,7 +273,6 @@ class CryoGEN2(Method[CryoGEN2Config]):
         },
     }
 
-
     def epoch_items(self, config: CryoGEN2Config, manifest: DatasetManifest) -> int:
         return config.train_subtomograms
 
@@ -284,9 +290,7 @@ class CryoGEN2(Method[CryoGEN2Config]):
 
     @overload
     @staticmethod
-    def _source(
-        dataset_dir: Path, manifest: DatasetManifest, config: CryoGEN2Config, split: str
-    ) -> SubtomogramSource | None: ...
+    def _source(dataset_dir: Path, manifest: DatasetManifest, config: CryoGEN2Config, split: str) -> SubtomogramSource | None: ...
 
     @staticmethod
     def _source(dataset_dir: Path, manifest: DatasetManifest, config: CryoGEN2Config, split: str) -> SubtomogramSource | None:
@@ -300,9 +304,14 @@ class CryoGEN2(Method[CryoGEN2Config]):
             return None
         count = {"train": config.train_subtomograms, "val": config.val_subtomograms, "test": config.test_subtomograms}[split]
         return subtomogram_source(
-            dataset_dir, entries, count, config.cube_px, inverts_contrast(config, manifest),
+            dataset_dir,
+            entries,
+            count,
+            config.cube_px,
+            inverts_contrast(config, manifest),
             seed=config.extraction_seed + {"train": 0, "val": 1, "test": 2}[split],
-            mask_patch_px=config.mask_patch_px, density_percentage=config.mask_density_percentage,
+            mask_patch_px=config.mask_patch_px,
+            density_percentage=config.mask_density_percentage,
             std_percentage=config.mask_std_percentage,
         )
 
@@ -310,24 +319,35 @@ class CryoGEN2(Method[CryoGEN2Config]):
         generator = UNetPlusPlus3d(config.channels).to(ctx.device)
         modules: dict[str, torch.nn.Module] = {"generator": generator}
         betas = config.adam_betas
-        optimizers: dict[str, torch.optim.Optimizer] = {"generator": torch.optim.Adam(generator.parameters(), lr=config.learning_rate, betas=betas)}
+        optimizers: dict[str, torch.optim.Optimizer] = {
+            "generator": torch.optim.Adam(generator.parameters(), lr=config.learning_rate, betas=betas)
+        }
         if config.adversarial != "off":
             critic = UNetPlusPlus3d(config.critic_channels or config.channels, rescale_output=False).to(ctx.device)
             modules["critic"] = critic
-            optimizers["critic"] = torch.optim.Adam(critic.parameters(), lr=config.critic_learning_rate or config.learning_rate, betas=betas)
+            optimizers["critic"] = torch.optim.Adam(
+                critic.parameters(), lr=config.critic_learning_rate or config.learning_rate, betas=betas
+            )
         schedule = warmup_linear_decay(ctx.total_steps, config.warmup_fraction)
         schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler] = {
             name: torch.optim.lr_scheduler.LambdaLR(opt, schedule) for name, opt in optimizers.items()
         }
-        extra = {"invert_contrast": inverts_contrast(config, manifest), "voxel_size_angstrom": manifest.voxel_size_angstrom,
-                 "tilt_range_deg": tilt_range(config, manifest)}
+        extra = {
+            "invert_contrast": inverts_contrast(config, manifest),
+            "voxel_size_angstrom": manifest.voxel_size_angstrom,
+            "tilt_range_deg": tilt_range(config, manifest),
+        }
         # runtime: the evaluation splits' fixed cubes by split, extracted on first use by this worker.
         return TrainState(modules=modules, optimizers=optimizers, schedulers=schedulers, extra=extra, runtime={})
 
-    def train_step(self, state: TrainState, batch: dict[str, torch.Tensor], config: CryoGEN2Config, ctx: TrainContext) -> dict[str, float]:
+    def train_step(
+        self, state: TrainState, batch: dict[str, torch.Tensor], config: CryoGEN2Config, ctx: TrainContext
+    ) -> dict[str, float]:
         subtomograms = batch["subtomogram"]
         geometry = wedge_geometry(config.cube_px, tuple(state.extra["tilt_range_deg"]), str(ctx.device))
-        sample = training_sample(subtomograms, geometry["rotations"], geometry["rotated_masks"], geometry["input_mask"], config.max_noise)
+        sample = training_sample(
+            subtomograms, geometry["rotations"], geometry["rotated_masks"], geometry["input_mask"], config.max_noise
+        )
         output = state.modules["generator"](sample["input"])
         losses = masked_reconstruction_terms(output, sample["target"], sample["target_mask"], geometry["input_mask"])
         weights = {"masked_wedge": config.wedge_weight}
@@ -350,7 +370,13 @@ class CryoGEN2(Method[CryoGEN2Config]):
             metrics["critic"] = float(critic_loss.detach())
             metrics["critic_real_prob"] = float(torch.sigmoid(logits[: len(real)]).mean().detach())
         metrics["learning_rate"] = state.optimizers["generator"].param_groups[0]["lr"]
-        metrics.update({"loss": float(total), **{k: float(v.detach()) for k, v in losses.items()}, "noise_sigma": float(sample["sigma"].mean())})
+        metrics.update(
+            {
+                "loss": float(total),
+                **{k: float(v.detach()) for k, v in losses.items()},
+                "noise_sigma": float(sample["sigma"].mean()),
+            }
+        )
         return metrics
 
     def _evaluation_set(self, state: TrainState, ctx: TrainContext, config: CryoGEN2Config, split: str) -> dict[str, Any] | None:
@@ -358,15 +384,21 @@ class CryoGEN2(Method[CryoGEN2Config]):
         if split not in state.runtime:
             source = self._source(ctx.dataset_dir, ctx.manifest, config, split)
             cubes = None if source is None else extract_subtomograms({"id": np.arange(len(source))}, source, with_clean=True)
-            state.runtime[split] = None if cubes is None else {"source": source, **{k: torch.from_numpy(v) for k, v in cubes.items()}}
+            state.runtime[split] = (
+                None if cubes is None else {"source": source, **{k: torch.from_numpy(v) for k, v in cubes.items()}}
+            )
         return state.runtime[split]
 
-    def _scores(self, state: TrainState, config: CryoGEN2Config, ctx: TrainContext, split: str, prefix: str) -> tuple[dict[str, float], dict[str, Any]]:
+    def _scores(
+        self, state: TrainState, config: CryoGEN2Config, ctx: TrainContext, split: str, prefix: str
+    ) -> tuple[dict[str, float], dict[str, Any]]:
         cubes = self._evaluation_set(state, ctx, config, split)
         if cubes is None:
             return {}, {}
         geometry = wedge_geometry(config.cube_px, tuple(state.extra["tilt_range_deg"]), "cpu")
-        output = restore_batch(state.unwrapped("generator"), cubes["subtomogram"].to(ctx.device), config.inference_batch_size).cpu()
+        output = restore_batch(
+            state.unwrapped("generator"), cubes["subtomogram"].to(ctx.device), config.inference_batch_size
+        ).cpu()
         restored = reconstruction_metrics(output, cubes["clean"], geometry["wedge_region"])
         baseline = reconstruction_metrics(cubes["subtomogram"], cubes["clean"], geometry["wedge_region"])
         scores = {f"{prefix}{k}": v for k, v in restored["scores"].items()}
@@ -376,7 +408,9 @@ class CryoGEN2(Method[CryoGEN2Config]):
     def evaluate(self, state: TrainState, config: CryoGEN2Config, ctx: TrainContext) -> dict[str, float]:
         return ctx.broadcast_from_rank_zero(self._scores(state, config, ctx, "val", "val_")[0] if ctx.is_rank_zero else None)
 
-    def test(self, state: TrainState, config: CryoGEN2Config, ctx: TrainContext, output_dir: Path) -> tuple[dict[str, float], dict[str, str]]:
+    def test(
+        self, state: TrainState, config: CryoGEN2Config, ctx: TrainContext, output_dir: Path
+    ) -> tuple[dict[str, float], dict[str, str]]:
         """On rank 0: held-out metrics, FSC curves, subtomogram and whole-tomogram reconstructions, slice figures."""
         if not ctx.is_rank_zero:
             return {}, {}
@@ -385,33 +419,55 @@ class CryoGEN2(Method[CryoGEN2Config]):
         artifacts: dict[str, str] = {}
         if detail:
             restored, baseline = detail["restored"]["curves"], detail["baseline"]["curves"]
-            curves = {f"{who}_{kind}": c[kind].numpy() for who, c in (("input", baseline), ("output", restored)) for kind in ("fsc", "fsc_wedge")}
+            curves = {
+                f"{who}_{kind}": c[kind].numpy()
+                for who, c in (("input", baseline), ("output", restored))
+                for kind in ("fsc", "fsc_wedge")
+            }
             artifacts |= write_fsc_curves(
-                output_dir, restored["frequency"].numpy(), curves, voxel, stem="fsc_test", ylabel="FSC against ground truth",
+                output_dir,
+                restored["frequency"].numpy(),
+                curves,
+                voxel,
+                stem="fsc_test",
+                ylabel="FSC against ground truth",
                 dashed=[name for name in curves if name.startswith("input")],
             )
             folder = output_dir / "subtomograms"
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(min(2, len(detail["output"]))):
-                triple = {"input": detail["cubes"]["subtomogram"][i], "output": detail["output"][i], "ground truth": detail["cubes"]["clean"][i]}
+                triple = {
+                    "input": detail["cubes"]["subtomogram"][i],
+                    "output": detail["output"][i],
+                    "ground truth": detail["cubes"]["clean"][i],
+                }
                 for name, volume in triple.items():
                     path = write_mrc(folder / f"test_{i:03d}_{name.replace(' ', '_')}.mrc", volume.numpy(), voxel, overwrite=True)
                     artifacts[f"subtomogram_{i}_{name.replace(' ', '_')}"] = str(path)
-                png = write_central_slices(folder / f"test_{i:03d}_slices.png", {k: v.numpy() for k, v in triple.items()}, overwrite=True)
+                png = write_central_slices(
+                    folder / f"test_{i:03d}_slices.png", {k: v.numpy() for k, v in triple.items()}, overwrite=True
+                )
                 artifacts[f"subtomogram_{i}_slices"] = str(png)
         if config.restore_test_tomograms:
             artifacts |= self._restore_tomograms(state, config, ctx, output_dir)
         return scores, artifacts
 
-    def _restore_tomograms(self, state: TrainState, config: CryoGEN2Config, ctx: TrainContext, output_dir: Path) -> dict[str, str]:
+    def _restore_tomograms(
+        self, state: TrainState, config: CryoGEN2Config, ctx: TrainContext, output_dir: Path
+    ) -> dict[str, str]:
         folder = output_dir / "tomograms"
         folder.mkdir(parents=True, exist_ok=True)
         artifacts = {}
         for entry in (t for t in ctx.manifest.tomograms if t.split == "test"):
             tomogram = read_mrc(ctx.dataset_dir / entry.tomogram)
             restored = restore_volume(
-                state.unwrapped("generator"), tomogram.data, state.extra["invert_contrast"], config.cube_px,
-                config.inference_overlap_px, config.inference_batch_size, ctx.device,
+                state.unwrapped("generator"),
+                tomogram.data,
+                state.extra["invert_contrast"],
+                config.cube_px,
+                config.inference_overlap_px,
+                config.inference_batch_size,
+                ctx.device,
             )
             path = write_mrc(folder / f"{entry.name}_cryogen2.mrc", restored, tomogram.voxel_size_angstrom, overwrite=True)
             artifacts[f"tomogram_{entry.name}"] = str(path)

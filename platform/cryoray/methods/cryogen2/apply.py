@@ -5,6 +5,8 @@ trained so, normalised to its 5th–95th percentiles (as the training cubes were
 the training cube size, restored tile by tile (batched) and stitched with weights that fall linearly to the
 tile borders inside the overlaps, so no seam shows; a side shorter than a tile is reflect-padded. The result is
 mapped back to the input's units and contrast and written as ``<name>_cryogen2.mrc`` with the input's voxel size.
+Every input is checked before any work; an output folder that holds another run's ``result.json`` or these files is
+used only with ``--overwrite``; a run that fails leaves none of the files it created.
 
 The generator normalises every tile internally and maps its output back to the tile's scale, so tiles that
 differ in contrast still stitch consistently. Runs in this process (one device); the model is either the
@@ -25,12 +27,14 @@ import torch
 from cryoray.data.subtomograms import DATA_PERCENTILES
 from cryoray.errors import CryorayInputError
 from cryoray.io.models import Model, read_model
-from cryoray.io.mrc import read_mrc, read_mrc_shape, write_mrc
-from cryoray.io.validate import check_can_write
+from cryoray.io.mrc import check_mrc, read_mrc, write_mrc
+from cryoray.io.outputs import atomic_write, check_output_dir, removed_on_failure
+from cryoray.io.validate import check_positive
 from cryoray.nn.unetpp import UNetPlusPlus3d
-from cryoray.session import run_tool
+from cryoray.session import check_gpus, run_tool
 
 METHOD_NAME = "cryogen2"
+APPLY_RESULT = "apply_result.json"
 
 
 def tile_starts(size: int, tile_px: int, overlap_px: int) -> list[int]:
@@ -67,8 +71,12 @@ def restore_tiled(
     weights = _blend_weights(tile_px, overlap_px)
     total = np.zeros(shape, dtype=np.float64)
     norm = np.zeros(shape, dtype=np.float64)
-    corners = [(z, y, x) for z in tile_starts(shape[0], tile_px, overlap_px)
-               for y in tile_starts(shape[1], tile_px, overlap_px) for x in tile_starts(shape[2], tile_px, overlap_px)]
+    corners = [
+        (z, y, x)
+        for z in tile_starts(shape[0], tile_px, overlap_px)
+        for y in tile_starts(shape[1], tile_px, overlap_px)
+        for x in tile_starts(shape[2], tile_px, overlap_px)
+    ]
     generator.eval()
     for first in range(0, len(corners), batch_size):
         chunk = corners[first : first + batch_size]
@@ -113,11 +121,17 @@ def build_generator(model: Model) -> UNetPlusPlus3d:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jobs/cryogen2.py apply", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="model.safetensors, a training output folder, a checkpoint folder, or runs:/<id>/outputs/model.safetensors")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="model.safetensors, a training output folder, a checkpoint folder, or runs:/<id>/outputs/model.safetensors",
+    )
     parser.add_argument("--inputs", nargs="+", required=True, help=".mrc subtomograms or tomograms (any size)")
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--voxel-size-angstrom", type=float, help="use instead of the MRC header's voxel size")
-    parser.add_argument("--tile-px", type=int, help="tile edge (default: the training cube); a multiple of the net's 2**(levels-1)")
+    parser.add_argument(
+        "--tile-px", type=int, help="tile edge (default: the training cube); a multiple of the net's 2**(levels-1)"
+    )
     parser.add_argument("--overlap-px", type=int, help="tile overlap (default: the model's inference_overlap_px)")
     parser.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
     parser.add_argument("--use-gpu", action="store_true", help="run on the first CUDA device")
@@ -126,6 +140,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _apply(args: argparse.Namespace) -> dict[str, Any]:
+    """Check every input (model, volumes, flags, output folder) before restoring anything."""
+    if args.voxel_size_angstrom is not None:
+        check_positive(args.voxel_size_angstrom, None, "--voxel-size-angstrom")
+    if args.use_gpu:
+        check_gpus(1, in_this_process=True)
     model = load_model(args.model)
     generator = build_generator(model)
     config = model.config
@@ -138,28 +157,50 @@ def _apply(args: argparse.Namespace) -> dict[str, Any]:
         raise CryorayInputError(None, "--overlap-px", f"a whole number in [0, {tile})", overlap)
     if args.batch_size < 1:
         raise CryorayInputError(None, "--batch-size", "a positive whole number", args.batch_size)
-    inputs = [Path(p).resolve() for p in args.inputs]
-    output_dir = Path(args.output_dir).resolve()
-    outputs = []
-    for path in inputs:  # every problem with the inputs before any work starts
-        shape = read_mrc_shape(path)
-        if len(shape) != 3 or min(shape) < 2:
-            raise CryorayInputError(path, "shape", "a 3D volume (subtomogram or tomogram), at least 2 voxels per side", shape)
-        outputs.append(check_can_write(output_dir / f"{path.name.split('.')[0]}_cryogen2.mrc", args.overwrite))
-    if len({o.name for o in outputs}) != len(outputs):
-        raise CryorayInputError(None, "--inputs", "files with distinct names (outputs are named after them)", [p.name for p in inputs])
-    device = torch.device("cuda" if args.use_gpu and torch.cuda.is_available() else "cpu")
+    inputs = [check_mrc(Path(p).resolve(), "volume", args.voxel_size_angstrom).path for p in args.inputs]
+    outputs = [f"{path.name.split('.')[0]}_cryogen2.mrc" for path in inputs]
+    if len(set(outputs)) != len(outputs):
+        raise CryorayInputError(
+            None, "--inputs", "files with distinct names (outputs are named after them)", [p.name for p in inputs]
+        )
+    output_dir = check_output_dir(args.output_dir, "--output-dir", args.overwrite, [*outputs, APPLY_RESULT])
+    with removed_on_failure(output_dir, [*outputs, APPLY_RESULT]):
+        return _restore_all(args, model, generator, dict(zip(inputs, outputs)), output_dir, tile, overlap)
+
+
+def _restore_all(
+    args: argparse.Namespace,
+    model: Model,
+    generator: UNetPlusPlus3d,
+    outputs: dict[Path, str],
+    output_dir: Path,
+    tile: int,
+    overlap: int,
+) -> dict[str, Any]:
+    """Restore each (checked) input volume into its output file in ``output_dir``, then write ``apply_result.json``."""
+    device = torch.device("cuda" if args.use_gpu else "cpu")
     generator.to(device)
-    output_dir.mkdir(parents=True, exist_ok=True)
     written = {}
-    for path, out in zip(inputs, outputs):
+    for path, name in outputs.items():
+        out = output_dir / name
         mrc = read_mrc(path, args.voxel_size_angstrom)
-        restored = restore_volume(generator, mrc.data, bool(model.metadata["invert_contrast"]), tile, overlap, args.batch_size, device)
-        write_mrc(out, restored, mrc.voxel_size_angstrom, overwrite=args.overwrite)
-        written[path.name] = {"output": str(out), "shape_zyx": list(mrc.data.shape), "voxel_size_angstrom": mrc.voxel_size_angstrom}
-    result = {"outputs": written, "tile_px": tile, "overlap_px": overlap, "device": str(device),
-              "training_voxel_size_angstrom": model.metadata.get("voxel_size_angstrom")}
-    (output_dir / "apply_result.json").write_text(json.dumps(result, indent=2) + "\n")
+        restored = restore_volume(
+            generator, mrc.data, bool(model.metadata["invert_contrast"]), tile, overlap, args.batch_size, device
+        )
+        write_mrc(out, restored, mrc.voxel_size_angstrom, overwrite=True)
+        written[path.name] = {
+            "output": str(out),
+            "shape_zyx": list(mrc.data.shape),
+            "voxel_size_angstrom": mrc.voxel_size_angstrom,
+        }
+    result = {
+        "outputs": written,
+        "tile_px": tile,
+        "overlap_px": overlap,
+        "device": str(device),
+        "training_voxel_size_angstrom": model.metadata.get("voxel_size_angstrom"),
+    }
+    atomic_write(output_dir / APPLY_RESULT, lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"))
     return result
 
 

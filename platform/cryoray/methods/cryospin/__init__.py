@@ -162,16 +162,17 @@ class CryoSPIN(Method[CryoSpinConfig]):
         },
     }
 
+    def check_dataset(self, dataset_dir: Path, manifest: DatasetManifest, config: CryoSpinConfig) -> None:
+        super().check_dataset(dataset_dir, manifest, config)
+        missing = [c for c in ("image", "particle_index", "rot_deg", "defocus_u_angstrom") if c not in manifest.columns]
+        if missing:
+            expected = "a particles dataset with image, pose and CTF columns"
+            raise CryorayInputError(dataset_dir / "manifest.json", "columns", expected, f"missing {missing}")
+
     def datasets(
         self, dataset_dir: Path, manifest: DatasetManifest, config: BaseModel, seed: int = 0
     ) -> dict[str, ray.data.Dataset]:
         # No Ray dataset: each worker reads its own fixed rows (the per-image table needs a fixed assignment).
-        missing = [c for c in ("image", "particle_index", "rot_deg", "defocus_u_angstrom") if c not in manifest.columns]
-        if manifest.kind != "particles" or missing:
-            raise CryorayInputError(
-                dataset_dir, "manifest.json", "a particles dataset with image, pose and CTF columns",
-                f"kind {manifest.kind!r}, missing columns {missing}",
-            )
         return {}
 
     # ---- worker side ----
@@ -244,7 +245,11 @@ class CryoSPIN(Method[CryoSpinConfig]):
     def _forward_terms(
         self, batch: dict[str, torch.Tensor], config: CryoSpinConfig, ctx: TrainContext
     ) -> tuple[torch.Tensor | None, torch.Tensor]:
-        ctf = batch_ctf(batch, ctx.manifest.box_px, ctx.manifest.voxel_size_angstrom) if config.apply_ctf and ctx.manifest.has_ctf else None
+        ctf = (
+            batch_ctf(batch, ctx.manifest.box_px, ctx.manifest.voxel_size_angstrom)
+            if config.apply_ctf and ctx.manifest.has_ctf
+            else None
+        )
         return ctf, observed_fourier(batch["image"])
 
     def head_losses(
@@ -296,9 +301,7 @@ class CryoSPIN(Method[CryoSpinConfig]):
             pose_loss = per_image_loss(predicted, observed, runtime.mask, config.loss, config.noise_variance).sum()
             ctx.check_finite({"pose": pose_loss})
             grads = torch.autograd.grad(pose_loss, [omega] + ([shifts] if shifts is not None else []))
-            table.adam_step(
-                rows, grads[0], grads[1] if shifts is not None else None, config.pose_lr, config.pose_adam_betas
-            )
+            table.adam_step(rows, grads[0], grads[1] if shifts is not None else None, config.pose_lr, config.pose_adam_betas)
         if config.fold_poses_after_batch:
             table.fold(rows)
         rotations = table.rotations(rows).detach()
@@ -368,7 +371,11 @@ class CryoSPIN(Method[CryoSpinConfig]):
             reference = ctx.manifest.ground_truth_map(ctx.dataset_dir) if with_map else None
             density = state.unwrapped("decoder", HartleyVolume).density().cpu()
             evaluation = evaluate_reconstruction(
-                density, reference, ctx.manifest.voxel_size_angstrom, predicted, true if ctx.manifest.has_poses else None,
+                density,
+                reference,
+                ctx.manifest.voxel_size_angstrom,
+                predicted,
+                true if ctx.manifest.has_poses else None,
                 search_level=config.align_search_level,
             )
             metrics.update(evaluation.metrics)
@@ -378,9 +385,7 @@ class CryoSPIN(Method[CryoSpinConfig]):
                 metrics.update({f"head_{j}_win_fraction": f for j, f in enumerate(fractions)})
         return ctx.broadcast_from_rank_zero(metrics)
 
-    def write_artifacts(
-        self, state: TrainState, config: CryoSpinConfig, ctx: TrainContext, output_dir: Path
-    ) -> dict[str, str]:
+    def write_artifacts(self, state: TrainState, config: CryoSpinConfig, ctx: TrainContext, output_dir: Path) -> dict[str, str]:
         """The model file: encoder (with its heads) and Hartley volume."""
         return write_pose_model(output_dir, self.name, state, config, ctx) if ctx.is_rank_zero else {}
 
@@ -416,13 +421,21 @@ class CryoSPIN(Method[CryoSpinConfig]):
         return ctx.broadcast_from_rank_zero(metrics), artifacts
 
     def _final_scores(
-        self, state: TrainState, config: CryoSpinConfig, ctx: TrainContext, output_dir: Path,
-        gathered: dict[str, torch.Tensor], gathered_shifts: torch.Tensor | None,
+        self,
+        state: TrainState,
+        config: CryoSpinConfig,
+        ctx: TrainContext,
+        output_dir: Path,
+        gathered: dict[str, torch.Tensor],
+        gathered_shifts: torch.Tensor | None,
     ) -> tuple[dict[str, float], dict[str, str]]:
         density = state.unwrapped("decoder", HartleyVolume).density().cpu()
         evaluation = evaluate_reconstruction(
-            density, ctx.manifest.ground_truth_map(ctx.dataset_dir), ctx.manifest.voxel_size_angstrom,
-            gathered["rotation"], gathered["true"] if ctx.manifest.has_poses else None,
+            density,
+            ctx.manifest.ground_truth_map(ctx.dataset_dir),
+            ctx.manifest.voxel_size_angstrom,
+            gathered["rotation"],
+            gathered["true"] if ctx.manifest.has_poses else None,
             search_level=config.align_search_level,
         )
         voxel = ctx.manifest.voxel_size_angstrom

@@ -71,11 +71,16 @@ class KnownPoseReconstruction(Method[ReconstructConfig]):
     smoke_dataset = "particles-smoke"
     smoke_preset = {"num_workers": 2, "train": {"epochs": 3, "batch_size": 64}}
 
+    def check_dataset(self, dataset_dir: Path, manifest: DatasetManifest, config: ReconstructConfig) -> None:
+        super().check_dataset(dataset_dir, manifest, config)
+        if not manifest.has_poses:
+            raise CryorayInputError(
+                dataset_dir / "manifest.json", "poses", "particles with known orientations", "imported without them"
+            )
+
     def datasets(
         self, dataset_dir: Path, manifest: DatasetManifest, config: BaseModel, seed: int = 0
     ) -> dict[str, ray.data.Dataset]:
-        if not manifest.has_poses:
-            raise CryorayInputError(dataset_dir / "manifest.json", "poses", "particles with known orientations", "imported without them")
         return {"train": particle_dataset(dataset_dir, manifest, seed=seed)}
 
     def setup(self, config: ReconstructConfig, manifest: DatasetManifest, ctx: TrainContext) -> TrainState:

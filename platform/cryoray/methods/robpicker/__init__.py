@@ -39,7 +39,9 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 from torch.func import functional_call
 
 from cryoray.data.patches import draw_per_replica, patch_dataset, patch_source, split_entries
-from cryoray.io.manifest import DatasetManifest
+from cryoray.data.tomogram_recipes import SPLITS
+from cryoray.errors import CryorayInputError
+from cryoray.io.manifest import MANIFEST_NAME, DatasetManifest
 from cryoray.io.models import MODEL_FILE, write_model_file
 from cryoray.methods.robpicker.inference import PickingSettings, evaluate_split, write_split_outputs
 from cryoray.methods.robpicker.networks import (
@@ -165,13 +167,22 @@ class RobPicker(Method[RobPickerConfig]):
         },
     }
 
+    def check_dataset(self, dataset_dir: Path, manifest: DatasetManifest, config: RobPickerConfig) -> None:
+        super().check_dataset(dataset_dir, manifest, config)
+        missing = [split for split in SPLITS if not any(t.split == split for t in manifest.tomograms)]
+        if missing:  # train is trained on, val picked every epoch, test scored at the end
+            expected = "at least one train, one val and one test tomogram"
+            raise CryorayInputError(dataset_dir / MANIFEST_NAME, "tomograms", expected, f"no {' or '.join(missing)}")
+
     def datasets(
         self, dataset_dir: Path, manifest: DatasetManifest, config: RobPickerConfig, seed: int = 0
     ) -> dict[str, ray.data.Dataset]:
         shift = config.patch_px // 4 if config.max_shift_px is None else config.max_shift_px
         train = patch_source(dataset_dir, split_entries(manifest, "train"), config.train_labels, "annotations")
         streams = {
-            "train": patch_dataset(train, config.train_patches_per_epoch, config.patch_px, shift, "particles", augment=True, seed=seed)
+            "train": patch_dataset(
+                train, config.train_patches_per_epoch, config.patch_px, shift, "particles", augment=True, seed=seed
+            )
         }
         if config.uses_meta:
             val = patch_source(dataset_dir, split_entries(manifest, "val"), config.val_labels, "particles")
@@ -266,7 +277,11 @@ class RobPicker(Method[RobPickerConfig]):
         for param, grad in zip(meta_params, result.grads):
             param.grad = grad.detach()
         optimizer.step()
-        return {"meta_val_dice": result.upper_loss, "hypergradient_norm": float(norm), "fd_epsilon_scaled": result.perturbation_scale}
+        return {
+            "meta_val_dice": result.upper_loss,
+            "hypergradient_norm": float(norm),
+            "fd_epsilon_scaled": result.perturbation_scale,
+        }
 
     def train_step(
         self, state: TrainState, batch: dict[str, torch.Tensor], config: RobPickerConfig, ctx: TrainContext
@@ -287,7 +302,11 @@ class RobPicker(Method[RobPickerConfig]):
         if not ctx.epoch_is_due(config.eval_every_epochs):
             return {}
         segmenter = state.unwrapped("segmenter")
-        scores = evaluate_split(segmenter, ctx.dataset_dir, ctx.manifest, "val", config.picking(), ctx.device, "val_") if ctx.is_rank_zero else None
+        scores = (
+            evaluate_split(segmenter, ctx.dataset_dir, ctx.manifest, "val", config.picking(), ctx.device, "val_")
+            if ctx.is_rank_zero
+            else None
+        )
         return ctx.broadcast_from_rank_zero(scores)
 
     def test(

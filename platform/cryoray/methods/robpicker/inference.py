@@ -119,7 +119,12 @@ def headline_metrics(result: dict, prefix: str) -> dict[str, float]:
 
 
 def _split_results(
-    segmenter: torch.nn.Module, dataset_dir: Path, manifest: DatasetManifest, split: str, settings: PickingSettings, device: torch.device
+    segmenter: torch.nn.Module,
+    dataset_dir: Path,
+    manifest: DatasetManifest,
+    split: str,
+    settings: PickingSettings,
+    device: torch.device,
 ) -> tuple[dict, list[tuple[str, np.ndarray, pd.DataFrame, pd.DataFrame, np.ndarray, np.ndarray]]]:
     names = {s.class_id: s.name for s in manifest.species}
     groups = {s.class_id: s.size_group for s in manifest.species}
@@ -169,10 +174,14 @@ def write_split_outputs(
             path = write_coordinates(output_dir / f"picks_{name}.{suffix}", picks, overwrite=True)
             artifacts[f"picks_{name}_{suffix}"] = str(path)
         artifacts[f"class_map_{name}"] = str(
-            write_mrc(output_dir / f"class_map_{name}.mrc", class_map.astype(np.float32), manifest.voxel_size_angstrom, overwrite=True)
+            write_mrc(
+                output_dir / f"class_map_{name}.mrc", class_map.astype(np.float32), manifest.voxel_size_angstrom, overwrite=True
+            )
         )
         artifacts[f"orthoslices_{name}"] = str(
-            write_orthoslices_with_picks(output_dir / f"orthoslices_{name}.png", tomogram, picks, truth, class_names=names, overwrite=True)
+            write_orthoslices_with_picks(
+                output_dir / f"orthoslices_{name}.png", tomogram, picks, truth, class_names=names, overwrite=True
+            )
         )
     table = output_dir / f"scores_{split}.csv"
     scores_table(result).to_csv(table, index=False)

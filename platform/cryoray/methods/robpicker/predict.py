@@ -6,6 +6,8 @@ inference (linear interpolation), and its picks are mapped back to its own voxel
 a given particle list (distance rule; the hit-box rule needs instance maps only simulations have) is
 optional. Output: ``picks_<tomogram>.star/.csv`` per tomogram, ``picks.star`` with all of them
 (``rlnTomoName``), an orthoslice PNG per tomogram, ``result.json``, and a last line ``RESULT {json}``.
+Every input is checked on the driver before Ray starts; an output folder that holds another run's ``result.json``
+or these files is used only with ``--overwrite``; a run that fails leaves none of the files it created.
 """
 
 from __future__ import annotations
@@ -23,14 +25,16 @@ from scipy import ndimage
 from cryoray.errors import CryorayInputError
 from cryoray.io.figures import write_orthoslices_with_picks
 from cryoray.io.models import Model, read_model
-from cryoray.io.mrc import read_mrc, read_mrc_shape
+from cryoray.io.mrc import check_mrc, read_mrc
+from cryoray.io.outputs import RESULT_FILE, atomic_write, check_output_dir, removed_on_failure
 from cryoray.io.star import read_coordinates, write_coordinates
-from cryoray.io.validate import check_can_write
+from cryoray.io.validate import check_positive
 from cryoray.methods.robpicker.inference import PickingSettings, pick_tomogram, score_tomograms
 from cryoray.nn.unet3d import UNet3D
-from cryoray.session import connect_ray, run_tool
+from cryoray.session import check_gpus, connect_ray, run_tool
 
 RESAMPLE_TOLERANCE = 0.02
+ALL_PICKS = "picks.star"
 
 
 def load_model(reference: str) -> Model:
@@ -57,7 +61,19 @@ def picking_settings(config: dict[str, Any]) -> PickingSettings:
     )
 
 
-def pick_file(model: Model, tomogram_path: str, voxel_size_angstrom: float | None, output_dir: str, use_gpu: bool) -> dict[str, Any]:
+def tomogram_name(path: str | Path) -> str:
+    """The name a tomogram's picks and figure are written under: its file name without extensions."""
+    return Path(path).name.split(".")[0]
+
+
+def tomogram_outputs(name: str) -> tuple[str, str, str]:
+    """The files one tomogram's picks go to: ``.star`` and ``.csv`` picks, and the orthoslice figure."""
+    return f"picks_{name}.star", f"picks_{name}.csv", f"orthoslices_{name}.png"
+
+
+def pick_file(
+    model: Model, tomogram_path: str, voxel_size_angstrom: float | None, output_dir: str, use_gpu: bool
+) -> dict[str, Any]:
     """Pick one tomogram file; returns its picks (in its own voxel grid) and where they were written."""
     device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
     mrc = read_mrc(tomogram_path, voxel_size_angstrom)
@@ -68,18 +84,27 @@ def pick_file(model: Model, tomogram_path: str, voxel_size_angstrom: float | Non
     picks, _ = pick_tomogram(build_segmenter(model).to(device), volume, picking_settings(model.config), device)
     if resampled:
         picks[["x_px", "y_px", "z_px"]] = picks[["x_px", "y_px", "z_px"]] / scale
-    name = Path(tomogram_path).name.split(".")[0]
+    name = tomogram_name(tomogram_path)
     picks.insert(0, "tomo_name", name)
     out = Path(output_dir)
     names = {s["class_id"]: s["name"] for s in model.metadata["species"]}
-    files = [str(write_coordinates(out / f"picks_{name}.{suffix}", picks, overwrite=True)) for suffix in ("star", "csv")]
-    files.append(str(write_orthoslices_with_picks(out / f"orthoslices_{name}.png", tomogram, picks, class_names=names, overwrite=True)))
-    return {"name": name, "picks": picks, "files": files, "shape_zyx": list(tomogram.shape), "resampled_by": scale if resampled else 1.0}
+    star, csv, figure = tomogram_outputs(name)  # the driver checked that they may be written
+    files = [str(write_coordinates(out / table, picks, overwrite=True)) for table in (star, csv)]
+    files.append(str(write_orthoslices_with_picks(out / figure, tomogram, picks, class_names=names, overwrite=True)))
+    return {
+        "name": name,
+        "picks": picks,
+        "files": files,
+        "shape_zyx": list(tomogram.shape),
+        "resampled_by": scale if resampled else 1.0,
+    }
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jobs/robpicker.py predict", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="model.safetensors, a training output folder, or runs:/<run id>/outputs/model.safetensors")
+    parser.add_argument(
+        "--model", required=True, help="model.safetensors, a training output folder, or runs:/<run id>/outputs/model.safetensors"
+    )
     parser.add_argument("--tomograms", nargs="+", required=True, help=".mrc tomograms to pick (any size)")
     parser.add_argument("--voxel-size-angstrom", type=float, help="use instead of the MRC header's voxel size")
     parser.add_argument("--truth", nargs="+", help="particle lists (.star/.csv), one per tomogram, to score the picks against")
@@ -91,18 +116,31 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _predict(args: argparse.Namespace) -> dict[str, Any]:
+    """Check every input on the driver (model, tomograms, truth, flags, output folder), then pick on Ray."""
+    for flag, value in (("--voxel-size-angstrom", args.voxel_size_angstrom), ("--tolerance-px", args.tolerance_px)):
+        if value is not None:
+            check_positive(value, None, flag)
+    if args.use_gpu:
+        check_gpus(1)
     model = load_model(args.model)
-    tomograms = [str(Path(t).resolve()) for t in args.tomograms]
-    for tomogram in tomograms:  # fail on the driver, naming the file, before any task starts
-        if len(read_mrc_shape(tomogram)) != 3:
-            raise CryorayInputError(tomogram, "shape", "a 3D tomogram", read_mrc_shape(tomogram))
+    tomograms = [str(check_mrc(Path(t).resolve(), "volume", args.voxel_size_angstrom).path) for t in args.tomograms]
+    names = [tomogram_name(t) for t in tomograms]
+    if len(set(names)) != len(names):
+        raise CryorayInputError(None, "--tomograms", "files with distinct names (outputs are named after them)", names)
     if args.truth and len(args.truth) != len(tomograms):
         raise CryorayInputError(None, "--truth", f"one particle list per tomogram ({len(tomograms)})", len(args.truth))
     truths = [read_coordinates(t) for t in args.truth] if args.truth else None
-    output_dir = Path(args.output_dir).resolve()
-    check_can_write(output_dir / "picks.star", args.overwrite)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    planned = [ALL_PICKS, *(file for name in names for file in tomogram_outputs(name))]
+    output_dir = check_output_dir(args.output_dir, "--output-dir", args.overwrite, planned)
+    with removed_on_failure(output_dir, [*planned, RESULT_FILE]):
+        return _pick_all(args, model, tomograms, truths, output_dir)
 
+
+def _pick_all(
+    args: argparse.Namespace, model: Model, tomograms: list[str], truths: list[pd.DataFrame] | None, output_dir: Path
+) -> dict[str, Any]:
+    """One Ray task per (checked) tomogram; then ``picks.star``, the scores and ``result.json``."""
+    output_dir.mkdir(parents=True, exist_ok=True)
     started = connect_ray()
     try:
         task = ray.remote(num_cpus=1, num_gpus=1 if args.use_gpu else 0)(pick_file)
@@ -112,13 +150,15 @@ def _predict(args: argparse.Namespace) -> dict[str, Any]:
         if started:
             ray.shutdown()
     all_picks = pd.concat([d["picks"] for d in done], ignore_index=True)
-    write_coordinates(output_dir / "picks.star", all_picks, overwrite=True)
+    write_coordinates(output_dir / ALL_PICKS, all_picks, overwrite=True)
     names = {s["class_id"]: s["name"] for s in model.metadata["species"]}
     counts = {names.get(int(c), str(c)): int(n) for c, n in all_picks["class_id"].value_counts().sort_index().items()}
     result: dict[str, Any] = {
-        "tomograms": {d["name"]: {"picks": len(d["picks"]), "shape_zyx": d["shape_zyx"], "resampled_by": d["resampled_by"]} for d in done},
+        "tomograms": {
+            d["name"]: {"picks": len(d["picks"]), "shape_zyx": d["shape_zyx"], "resampled_by": d["resampled_by"]} for d in done
+        },
         "picks_per_class": counts,
-        "picks": str(output_dir / "picks.star"),
+        "picks": str(output_dir / ALL_PICKS),
         "files": [f for d in done for f in d["files"]],
     }
     if truths is not None:
@@ -127,7 +167,7 @@ def _predict(args: argparse.Namespace) -> dict[str, Any]:
         scores = score_tomograms([(d["picks"], t, None) for d, t in zip(done, truths)], tolerance, names, groups)["distance"]
         result["f1_macro"] = scores["macro"]["f1"]
         result["f1"] = {entry["name"]: entry["f1"] for entry in scores["per_class"].values()}
-    (output_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write(output_dir / RESULT_FILE, lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"))
     return result
 
 
