@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from local_ray import free_ports, processes_under
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.ray
@@ -27,17 +27,6 @@ DASHBOARD_PORT = 8267
 def _ray(*args: str, env: dict, timeout: int = 300) -> subprocess.CompletedProcess:
     ray_cli = Path(sys.executable).with_name("ray")
     return subprocess.run([str(ray_cli), *args], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
-
-
-def _free_ports(count: int) -> list[int]:
-    """Ports nobody listens on now, so this head's agents never collide with another Ray on the machine."""
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
 
 
 def _submit(*args: str, env: dict, timeout: int) -> subprocess.CompletedProcess:
@@ -56,14 +45,13 @@ def stop_head(temp_dir: Path) -> None:
 
     ``ray stop --force`` would kill every Ray on the machine, a developer's runs and benchmarks included.
     """
-    roots = [p for p in psutil.process_iter(["cmdline"]) if any(str(temp_dir) in part for part in p.info["cmdline"] or [])]
-    processes = {p.pid: p for root in roots for p in [root, *root.children(recursive=True)]}
-    for process in processes.values():
+    processes = processes_under(temp_dir)
+    for process in processes:
         try:
             process.terminate()
         except psutil.NoSuchProcess:
             pass
-    _, alive = psutil.wait_procs(list(processes.values()), timeout=30)
+    _, alive = psutil.wait_procs(processes, timeout=30)
     for process in alive:
         process.kill()
     shutil.rmtree(temp_dir, ignore_errors=True)
@@ -81,7 +69,7 @@ def test_ray_job_submit_runs_a_job_on_a_running_cluster(tmp_path):
     }
     env.pop("RAY_ADDRESS", None)
     temp_dir = Path(tempfile.mkdtemp(prefix="cr", dir="/tmp"))  # short: Ray's socket paths live under it
-    agent_http, agent_grpc, runtime_env_agent, metrics = _free_ports(4)
+    agent_http, agent_grpc, runtime_env_agent, metrics = free_ports(4)
     start = _ray(
         "start",
         "--head",

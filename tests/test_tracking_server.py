@@ -4,7 +4,6 @@ credentials file started it; cryoray's own tracking logs to it with that file's 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ import pytest
 import requests
 from cryoray.errors import CryorayInputError
 from cryoray.tracking.server import read_credentials
+from local_ray import free_ports
 
 SEARCH = "/api/2.0/mlflow/experiments/search?max_results=1"
 
@@ -22,12 +22,6 @@ def _credentials(path: Path, password: str = "correct-horse-battery-staple", mod
     path.write_text(f"[mlflow]\nmlflow_tracking_username = cryo\nmlflow_tracking_password = {password}\n")
     path.chmod(mode)
     return path
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_credentials_must_be_private_complete_and_strong(tmp_path):
@@ -45,7 +39,7 @@ def test_credentials_must_be_private_complete_and_strong(tmp_path):
 
 def test_the_server_refuses_anonymous_requests_and_serves_its_user(tmp_path):
     credentials = _credentials(tmp_path / "credentials")
-    port = _free_port()
+    port = free_ports(1)[0]
     url = f"http://127.0.0.1:{port}"
     log = (tmp_path / "server.log").open("w")  # a file, not a pipe: a full pipe would stall the server
     server = subprocess.Popen(

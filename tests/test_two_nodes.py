@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,7 @@ from typing import Any
 import psutil
 import pytest
 import yaml
+from local_ray import free_ports, processes_under
 from mlflow.tracking import MlflowClient
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -32,17 +32,6 @@ RUN_NAME = "two-nodes"
 SLOT = {"trainer_slot": 1}  # each node has one, each Train worker takes one: one worker per node
 
 
-def _free_ports(count: int) -> list[int]:
-    """Ports nobody listens on now, so these nodes never collide with each other or another Ray on the machine."""
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
-
-
 @dataclass
 class RayNode:
     """A node this test started with ``ray start``; its processes are the ones whose command line names its temp dir."""
@@ -50,9 +39,7 @@ class RayNode:
     temp_dir: Path
 
     def processes(self) -> list[psutil.Process]:
-        mine = str(self.temp_dir)
-        roots = [p for p in psutil.process_iter(["cmdline"]) if any(mine in part for part in p.info["cmdline"] or [])]
-        return list({p.pid: p for root in roots for p in [root, *root.children(recursive=True)]}.values())
+        return processes_under(self.temp_dir)
 
     def kill(self) -> None:
         """SIGKILL every process of this node (as a machine that dies), never another Ray's."""
@@ -70,7 +57,7 @@ def _start_node(env: dict[str, str], nodes: list[RayNode], gcs_port: int, head: 
     no dashboard, its GCS on ``gcs_port``) or a node of 1 CPU joining it."""
     node = RayNode(Path(tempfile.mkdtemp(prefix="cr", dir="/tmp")))
     nodes.append(node)
-    manager, objects, runtime_env, agent_http, agent_grpc, metrics = _free_ports(6)
+    manager, objects, runtime_env, agent_http, agent_grpc, metrics = free_ports(6)
     args = [
         f"--temp-dir={node.temp_dir}",
         "--node-ip-address=127.0.0.1",
@@ -115,7 +102,7 @@ def test_a_killed_node_is_replaced_and_the_job_resumes_from_its_last_checkpoint(
     nodes: list[RayNode] = []
     job: subprocess.Popen | None = None
     try:
-        port = _free_ports(1)[0]
+        port = free_ports(1)[0]
         _start_node(env, nodes, port, head=True)
         second = _start_node(env, nodes, port)
         with stdout.open("w") as out_file, stderr.open("w") as err_file:
