@@ -18,6 +18,7 @@ from typing import Annotated, Literal
 
 import numpy as np
 import pandas as pd
+import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cryoray.data.recipe_common import load_yaml_model, prepare_output, read_recipe_yaml
@@ -28,6 +29,8 @@ from cryoray.io.atomic import atomic_model_to_density
 from cryoray.io.manifest import MANIFEST_NAME, DatasetManifest, read_manifest, write_manifest
 from cryoray.io.mrc import check_mrc, open_stack_mmap, read_mrc, write_mrc
 from cryoray.io.star import read_particles_star
+from cryoray.physics.alignment import rotate_volume
+from cryoray.physics.symmetry import SYMMETRY_PATTERN, symmetry_rotations
 from cryoray.simulate.particles import simulate_particle_stack
 from cryoray.simulate.phantom import builtin_phantom
 
@@ -79,6 +82,12 @@ class ParticleRecipe(BaseModel):
     ctf: bool = True
     max_shift_px: float = Field(0.0, ge=0)
     keep_clean_images: bool = Field(False, description="store the noiseless images too (denoiser training)")
+    symmetry: str = Field(
+        "C1",
+        pattern=SYMMETRY_PATTERN,
+        description="point group of the particle (C1, Cn, Dn, T, O, I): the source map is averaged over the group, "
+        "and poses are scored modulo it",
+    )
 
     @model_validator(mode="after")
     def _one_snr(self) -> ParticleRecipe:
@@ -149,6 +158,9 @@ def build_particle_dataset(recipe_path: str | Path, out_dir: str | Path, overwri
     out_dir = Path(out_dir)
     prepare_output(out_dir, overwrite)
     volume, voxel, provenance = _source_volume(recipe, recipe_path)
+    if recipe.symmetry != "C1":
+        group = symmetry_rotations(recipe.symmetry, dtype=torch.float64)
+        volume = rotate_volume(torch.from_numpy(np.asarray(volume, dtype=np.float64)), group).mean(0).float().numpy()
     write_mrc(out_dir / GROUND_TRUTH_MAP, volume, voxel, overwrite=True)
     shards = []
     for index, start in enumerate(range(0, recipe.n_images, recipe.images_per_shard)):

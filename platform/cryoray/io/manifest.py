@@ -88,6 +88,11 @@ class DatasetManifest(BaseModel):
         """False for particles imported without orientations (their angle columns then hold zeros)."""
         return self.provenance.get("poses") != "absent"
 
+    @property
+    def symmetry(self) -> str:
+        """The particle's point group as its recipe declares it (C1 when none is declared)."""
+        return str(self.provenance.get("symmetry", "C1"))
+
     def ground_truth_map(self, dataset_dir: str | Path) -> np.ndarray | None:
         """The dataset's ground-truth map (simulated, or supplied at import) as float32, or None without one."""
         relative = self.ground_truth.get("map")

@@ -29,6 +29,7 @@ from cryoray.physics import (
     rotation_error_after_alignment,
 )
 from cryoray.physics.alignment import align_maps
+from cryoray.physics.symmetry import symmetry_rotations
 from cryoray.train.context import TrainContext
 from cryoray.train.method import TrainState
 
@@ -52,10 +53,13 @@ def evaluate_reconstruction(
     true_rotations: torch.Tensor | None = None,
     *,
     search_level: int = 2,
+    symmetry: str = "C1",
 ) -> ReconstructionEvaluation:
     """Align ``density`` to ``reference`` (rotation, shift, hand), then FSC resolutions and pose errors.
 
     Without a reference (real data) only the pose error is reported, and only when true poses are given.
+    For a particle of point group ``symmetry`` the pose error is taken modulo the group; the map alignment
+    needs nothing more (any of the group's equivalent alignments gives the same FSC).
     """
     metrics: dict[str, float] = {}
     evaluation = ReconstructionEvaluation(metrics=metrics)
@@ -69,7 +73,10 @@ def evaluate_reconstruction(
         metrics["hand_flipped"] = float(alignment.flipped)
         evaluation.aligned_map, evaluation.frequency, evaluation.fsc = alignment.aligned, frequency, fsc
     if predicted_rotations is not None and true_rotations is not None:
-        errors = rotation_error_after_alignment(predicted_rotations.detach().cpu(), true_rotations.detach().cpu())
+        group = None if symmetry == "C1" else symmetry_rotations(symmetry)
+        errors = rotation_error_after_alignment(
+            predicted_rotations.detach().cpu(), true_rotations.detach().cpu(), symmetry=group
+        )
         metrics["pose_error_mean_deg"] = errors["mean_deg"]
         metrics["pose_error_median_deg"] = errors["median_deg"]
         evaluation.pose_errors_deg = errors["errors_deg"]

@@ -73,6 +73,7 @@ from .normalize import STD_FLOOR, standardize
 from .projection import (
     project_fourier_slice,
     project_real_space,
+    sample_central_slices,
     shift_images,
     shift_images_fourier,
     slice_volume_fourier,
@@ -156,6 +157,7 @@ __all__ = [
     "random_rotations",
     "rotate_volume_90",
     "rotation_error_after_alignment",
+    "sample_central_slices",
     "s2s2_to_matrix",
     "shift_images",
     "shift_images_fourier",

@@ -207,15 +207,22 @@ def _procrustes(P_sum: torch.Tensor) -> torch.Tensor:
     return U @ D @ Vh
 
 
-def rotation_error_after_alignment(R_pred: torch.Tensor, R_gt: torch.Tensor, n_references: int = 100, flip: bool = True) -> dict:
-    """Pose error after the best global alignment (and hand flip), as in cryoAI/cryoSPIN.
+def rotation_error_after_alignment(
+    R_pred: torch.Tensor,
+    R_gt: torch.Tensor,
+    n_references: int = 100,
+    flip: bool = True,
+    symmetry: torch.Tensor | None = None,
+) -> dict:
+    """Pose error after the best global alignment (and hand flip), as in cryoAI/cryoSPIN, modulo a point group.
 
     A map reconstructed in another frame has poses ``R_pred·A`` for a global rotation ``A``; a map
-    of the other hand has ``F R F`` with ``F = diag(1, 1, -1)``. Candidate alignments per hand are
-    ``A_i = C_iᵀ G_i`` for ``n_references`` images spread over the set (cryoAI's reference
-    alignment) plus the least-squares (Procrustes) rotation over all images; the candidate with
-    the smallest median squared Frobenius error wins and is refined by Procrustes over the images
-    with at most median error. Returns ``mean_deg`` and ``median_deg`` (floats), ``errors_deg``
+    of the other hand has ``F R F`` with ``F = diag(1, 1, -1)``. With ``symmetry`` (|G|, 3, 3) (see
+    ``physics.symmetry``) a true pose R stands for every R·g, and each image's error is the smallest over
+    them. Candidate alignments per hand are ``A_i = C_iᵀ G_i g`` for ``n_references`` images spread over the
+    set (cryoAI's reference alignment) plus the least-squares (Procrustes) rotation over all images; the
+    candidate with the smallest median squared Frobenius error wins and is refined by Procrustes over the
+    images with at most median error. Returns ``mean_deg`` and ``median_deg`` (floats), ``errors_deg``
     (N,), ``aligned`` (N, 3, 3) (the aligned, possibly hand-flipped predictions), ``alignment``
     (3, 3) and ``flipped`` (bool).
     """
@@ -227,28 +234,34 @@ def rotation_error_after_alignment(R_pred: torch.Tensor, R_gt: torch.Tensor, n_r
     if n_references < 1:
         raise ValueError(f"rotation_error_after_alignment: n_references must be >= 1, got {n_references}")
     R_pred = R_pred.detach()
-    R_gt = R_gt.detach().to(R_pred.dtype)
+    group = torch.eye(3)[None] if symmetry is None else symmetry
+    equivalent = R_gt.detach().to(R_pred.dtype)[:, None] @ group.to(R_pred)  # (N, G, 3, 3) poses equal to the truth
     n = R_pred.shape[0]
     refs = torch.linspace(0, n - 1, min(n_references, n), device=R_pred.device).round().long().unique()
     flip_matrix = torch.diag(torch.tensor([1.0, 1.0, -1.0], dtype=R_pred.dtype, device=R_pred.device))
     hands = [(False, R_pred)] + ([(True, flip_matrix @ R_pred @ flip_matrix)] if flip else [])
 
+    def squared_errors(A: torch.Tensor, P: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(K, N) smallest |C A − G g|² = 6 − 2 tr(Aᵀ P_g) over the group, and the (K, N) g that attains it."""
+        return (6 - 2 * torch.einsum("kab,ngab->kng", A, P)).min(dim=-1)
+
     best: tuple[float, bool, torch.Tensor, torch.Tensor] | None = None  # (score, flipped, C, A)
     for flipped, C in hands:
-        P = C.transpose(-1, -2) @ R_gt  # per image, |C A - G|² = 6 - 2 tr(Aᵀ P)
-        candidates = torch.cat((P[refs], _procrustes(P.sum(0))[None]), dim=0)
-        sq_err = 6 - 2 * torch.einsum("kab,nab->kn", candidates, P)
+        P = C.transpose(-1, -2)[:, None] @ equivalent  # (N, G, 3, 3)
+        candidates = torch.cat((P[refs].reshape(-1, 3, 3), _procrustes(P[:, 0].sum(0))[None]), dim=0)
+        sq_err, _ = squared_errors(candidates, P)
         k = int(sq_err.median(dim=1).values.argmin())
         inliers = sq_err[k] <= sq_err[k].median()
-        refined = _procrustes(P[inliers].sum(0))
-        options = [(candidates[k], sq_err[k].median()), (refined, (6 - 2 * torch.einsum("ab,nab->n", refined, P)).median())]
+        nearest = squared_errors(candidates[k : k + 1], P)[1][0]
+        refined = _procrustes(P[torch.arange(n), nearest][inliers].sum(0))
+        options = [(candidates[k], sq_err[k].median()), (refined, squared_errors(refined[None], P)[0][0].median())]
         A, score = min(options, key=lambda item: float(item[1]))
         if best is None or float(score) < best[0]:
             best = (float(score), flipped, C, A)
     assert best is not None  # hands always holds the unflipped poses
     _, flipped, C, A = best
     aligned = C @ A
-    errors = geodesic_distance_deg(aligned, R_gt)
+    errors = geodesic_distance_deg(aligned[:, None].expand_as(equivalent), equivalent).min(dim=1).values
     return {
         "mean_deg": float(errors.mean()),
         "median_deg": float(errors.median()),

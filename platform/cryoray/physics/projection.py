@@ -25,6 +25,7 @@ from .fourier import centered_grid, fft2_centered, fft3_centered, frequency_grid
 
 __all__ = [
     "slice_volume_fourier",
+    "sample_central_slices",
     "project_fourier_slice",
     "project_real_space",
     "shift_images_fourier",
@@ -71,16 +72,29 @@ def slice_volume_fourier(volume_ft: torch.Tensor, rotations: torch.Tensor) -> to
     differentiable with respect to both inputs.
     """
     box = _check_cube(volume_ft, "slice_volume_fourier")
-    rot, single = _check_rotations(rotations, volume_ft, "slice_volume_fourier")
     real_dtype = volume_ft.real.dtype if volume_ft.is_complex() else volume_ft.dtype
-    plane = centered_grid(box, 2, dtype=real_dtype, device=volume_ft.device)
-    plane = torch.cat((plane, torch.zeros_like(plane[..., :1])), dim=-1)  # (D, D, 3) lab (kx, ky, 0)
-    points = torch.einsum("bji,yxj->byxi", rot.to(real_dtype), plane)  # Rᵀ k for every pixel
+    plane = centered_grid(box, 2, dtype=real_dtype, device=volume_ft.device)  # (D, D, 2) lab (kx, ky)
+    return sample_central_slices(volume_ft, rotations, plane)
+
+
+def sample_central_slices(volume_ft: torch.Tensor, rotations: torch.Tensor, plane_px: torch.Tensor) -> torch.Tensor:
+    """``V̂(Rᵀ (kx, ky, 0)ᵀ)`` at chosen lab-plane frequencies ``plane_px`` (…P, 2), in Fourier pixels.
+
+    The one slicing routine: :func:`slice_volume_fourier` passes the whole plane; a pose search passes the
+    few hundred pixels of its band-limited disc, so rendering a template costs P samples, not D².
+    ``volume_ft``: (D, D, D) or (B, D, D, D); ``rotations``: (B, 3, 3) or (3, 3). Returns (B, …P) (or (…P)).
+    """
+    _check_cube(volume_ft, "sample_central_slices")
+    rot, single = _check_rotations(rotations, volume_ft, "sample_central_slices")
+    real_dtype = volume_ft.real.dtype if volume_ft.is_complex() else volume_ft.dtype
+    plane = torch.cat((plane_px, torch.zeros_like(plane_px[..., :1])), dim=-1).to(real_dtype)  # lab (kx, ky, 0)
+    points = torch.einsum("bji,...j->b...i", rot.to(real_dtype), plane).reshape(rot.shape[0], 1, 1, -1, 3)  # Rᵀ k
     channels = _as_channels(volume_ft)
-    if volume_ft.ndim == 3:
-        sampled = _sample(channels, points[None])[0].movedim(0, -1)  # (B, D, D, C)
+    if volume_ft.ndim == 3:  # one volume: all rotations' points in one grid_sample
+        sampled = _sample(channels, points.reshape(1, 1, 1, -1, 3))[0, :, 0, 0].movedim(0, -1)
     else:
-        sampled = _sample(channels, points[:, None])[:, :, 0].movedim(1, -1)
+        sampled = _sample(channels, points)[:, :, 0, 0].movedim(1, -1)
+    sampled = sampled.reshape(rot.shape[0], *plane_px.shape[:-1], channels.shape[1])
     out = torch.view_as_complex(sampled.contiguous()) if volume_ft.is_complex() else sampled[..., 0]
     return out[0] if single else out
 

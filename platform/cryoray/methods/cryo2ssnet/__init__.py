@@ -38,15 +38,18 @@ from cryoray.methods.cryo2ssnet.networks import (
     MLPDenoiser,
     PoseEncoder,
 )
-from cryoray.methods.cryo2ssnet.search import (
-    PoseCost,
-    beam_search,
-    quaternion_distance_squared,
-    refine_poses,
-    unbiased_l2,
-)
+from cryoray.methods.cryo2ssnet.search import quaternion_distance_squared, refine_poses, unbiased_l2
 from cryoray.methods.single_particle import evaluate_reconstruction, write_pose_model, write_reconstruction_artifacts
-from cryoray.physics import snr_db_to_linear, standardize
+from cryoray.physics import ht2_centered, snr_db_to_linear, standardize
+from cryoray.physics.pose_search import (
+    FourierDisc,
+    PoseSearch,
+    annealed_temperature,
+    band_limit_px,
+    disc_costs,
+    search_poses,
+    soft_assignment,
+)
 from cryoray.train.context import TrainContext
 from cryoray.train.method import Method, TrainState
 
@@ -69,6 +72,33 @@ class Cryo2SSNetConfig(BaseModel):
     use_search: bool = Field(True, description="False: end to end from the start (ablation 'no DHBS')")
     search_width: int = Field(4, ge=1, le=72, description="beam width c")
     search_depth: int = Field(5, ge=1, le=7, description="beam depth i; the final grid spacing is 60°/2**i")
+    search_start: Literal["encoder", "global"] = Field(
+        "global",
+        description="encoder: the paper's beam from the 72 base-grid points nearest the encoder's pose; global: "
+        "the best of every rotation of Hopf level global_search_level (the standard ab-initio step; default)",
+    )
+    global_search_level: int = Field(2, ge=0, le=3, description="Hopf level of the global start (4608 rotations at 2)")
+    search_band_start: float = Field(
+        0.4, gt=0, le=1, description="search band limit at the start of stage 1, as a fraction of Nyquist"
+    )
+    search_band_ramp_fraction: float = Field(
+        0.5, ge=0, le=1, description="share of stage 1 over which the band limit grows linearly to Nyquist"
+    )
+    soft_assignment_fraction: float = Field(
+        0.6,
+        ge=0,
+        le=1,
+        description="share of stage 1 whose map learns from the soft_assignment_candidates best poses of the global "
+        "grid, weighted by softmax(−cost/T), T annealed; then the hard DHBS. 0: the paper's hard search throughout",
+    )
+    soft_assignment_candidates: int = Field(16, ge=1, le=4608, description="poses kept per image by soft assignment")
+    temperature_start: float = Field(0.05, gt=0, description="soft-assignment T at the start (cost 1 − correlation)")
+    temperature_end: float = Field(0.002, gt=0, description="soft-assignment T at the end (geometric annealing)")
+    stage1_loss_band: bool = Field(
+        True,
+        description="stage 1's data term over the search's band only (the unbiased loss is affine in the "
+        "correlation of standardised images, so this is that loss, band-limited); False: the full image",
+    )
     gd_steps: int = Field(20, ge=0, description="GD enhancement steps on each searched pose (0: ablation)")
     gd_lr: float = Field(0.05, gt=0)
     gd_optimizer: Literal["sgd", "adam"] = Field("sgd", description="the paper's vanilla GD, or Adam")
@@ -178,41 +208,73 @@ class Cryo2SSNet(Method[Cryo2SSNetConfig]):
             return "stage2", False
         return "stage1", has_denoiser and progress < config.denoiser_active_fraction * stage1_steps
 
+    @staticmethod
+    def stage1_progress(config: Cryo2SSNetConfig, has_denoiser: bool, step: int, total_steps: int) -> float:
+        """How far through stage 1 global ``step`` is, in [0, 1]."""
+        pretrain = config.denoiser_pretrain_steps if has_denoiser else 0
+        stage1_steps = config.stage1_fraction * (total_steps - pretrain)
+        return min(1.0, max(0.0, (step - pretrain) / stage1_steps)) if stage1_steps > 0 else 1.0
+
     def train_batches(self, state: TrainState, config: Cryo2SSNetConfig, ctx: TrainContext):
         return iter_particle_batches(
             ctx.datasets["train"], ctx.runner.batch_size, ctx.device, ctx.runner.shuffle_buffer_images, ctx.epoch_seed
         )
 
-    def search_cost(self, state: TrainState, images: torch.Tensor, ctf: torch.Tensor | None, denoised: bool) -> PoseCost:
-        """ℓ₂ between the (denoised) observed images and (denoised) projections of the current map."""
-        decoder = state.unwrapped("decoder", HartleyDecoder)
-        denoiser = state.unwrapped("denoiser", MLPDenoiser) if denoised else None
+    @staticmethod
+    def correlation_to_unbiased_l2(cost: torch.Tensor, snr_linear: float | None) -> torch.Tensor:
+        """ℓ₂^{γ,c} of standardised images from their correlation ρ = 1 − ``cost``: γ² + 1 − c − 2γρ."""
+        gamma2, c = (1.0, 0.0) if snr_linear is None else (1.0 + 1.0 / snr_linear, 1.0 / snr_linear)
+        return gamma2 + 1.0 - c - 2.0 * gamma2**0.5 * (1.0 - cost)
+
+    def pose_problem(
+        self, state: TrainState, images: torch.Tensor, ctf: torch.Tensor | None, denoised: bool, band_px: float
+    ) -> PoseSearch:
+        """The images against the current map over the disc below ``band_px``; the cost is the ℓ2 between
+        standardised images. The denoised search compares the denoised image with the (noiseless) projection
+        of the map: denoising every candidate projection too, as the paper does, would cost an MLP pass per
+        candidate and cannot be written as a matrix product."""
         with torch.no_grad():
-            hartley = decoder.hartley_volume()
-            target = denoiser(images) if denoiser is not None else images
+            target = state.unwrapped("denoiser", MLPDenoiser)(images) if denoised else images
+            disc = FourierDisc.build(images.shape[-1], band_px, dtype=images.dtype, device=images.device)
+            hartley = state.unwrapped("decoder", HartleyDecoder).hartley_volume()
+            return PoseSearch(hartley, disc, disc.take(ht2_centered(target)), None if ctf is None else disc.take(ctf), "correlation")
 
-        def cost(rotations: torch.Tensor) -> torch.Tensor:
-            rendered = HartleyDecoder.render(hartley, rotations, None if ctf is None else ctf[:, None])
-            if denoiser is not None:
-                rendered = denoiser(rendered)
-            return ((rendered - target[:, None]) ** 2).mean(dim=(-2, -1))
+    def search(self, problem: PoseSearch, config: Cryo2SSNetConfig, initial: torch.Tensor) -> torch.Tensor:
+        """DHBS: beam search (from the encoder's poses, or global), then the GD enhancement (map fixed)."""
+        global_start = config.search_start == "global"
+        with torch.no_grad():
+            searched, _ = search_poses(
+                problem,
+                width=config.search_width,
+                final_level=max(config.search_depth, config.global_search_level if global_start else 0),
+                start_level=config.global_search_level if global_start else 0,
+                initial=None if global_start else initial,
+            )
+        return refine_poses(problem.cost, searched, config.gd_steps, config.gd_lr, config.gd_optimizer)
 
-        return cost
-
-    def search(
+    def stage1_poses(
         self,
         state: TrainState,
         config: Cryo2SSNetConfig,
         images: torch.Tensor,
         ctf: torch.Tensor | None,
-        initial: torch.Tensor,
+        encoded: torch.Tensor,
         denoised: bool,
-    ) -> torch.Tensor:
-        """DHBS: beam search from the encoder's poses, then the GD enhancement (map and denoiser fixed)."""
-        cost = self.search_cost(state, images, ctf, denoised)
-        with torch.no_grad():
-            searched, _ = beam_search(cost, initial, config.search_width, config.search_depth)
-        return refine_poses(cost, searched, config.gd_steps, config.gd_lr, config.gd_optimizer)
+        progress: float,
+        band_px: float,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stage 1's poses for the map (B, K, 3, 3) and their weights (B, K): soft assignment first, then DHBS."""
+        problem = self.pose_problem(state, images, ctf, denoised, band_px)
+        if progress < config.soft_assignment_fraction:
+            share = progress / config.soft_assignment_fraction
+            temperature = annealed_temperature(config.temperature_start, config.temperature_end, share)
+            with torch.no_grad():
+                candidates, weights, _ = soft_assignment(
+                    problem, config.global_search_level, config.soft_assignment_candidates, temperature
+                )
+            return candidates, weights
+        searched = self.search(problem, config, encoded.detach())
+        return searched[:, None], torch.ones(len(searched), 1, dtype=images.dtype, device=images.device)
 
     def train_step(
         self, state: TrainState, batch: dict[str, torch.Tensor], config: Cryo2SSNetConfig, ctx: TrainContext
@@ -228,8 +290,18 @@ class Cryo2SSNet(Method[Cryo2SSNetConfig]):
         ctf = decoder.ctf(batch) if ctx.manifest.has_ctf else None
         encoded = state.modules["encoder"](images)
         if phase == "stage1":
-            searched = self.search(state, config, images, ctf, encoded.detach(), denoised)
-            data = unbiased_l2(images, state.modules["decoder"](searched, ctf), snr).mean()
+            progress = self.stage1_progress(config, "denoiser" in state.modules, ctx.global_step, ctx.total_steps)
+            band_px = band_limit_px(images.shape[-1], config.search_band_start, config.search_band_ramp_fraction, progress)
+            poses, weights = self.stage1_poses(state, config, images, ctf, encoded, denoised, progress, band_px)
+            searched = poses[:, 0]  # the best pose: the encoder's target
+            if config.stage1_loss_band:
+                disc = FourierDisc.build(images.shape[-1], band_px, dtype=images.dtype, device=images.device)
+                templates = state.modules["decoder"](poses.reshape(-1, 3, 3), None, disc).reshape(*poses.shape[:2], -1)
+                cost = disc_costs(disc.take(ht2_centered(images)), None if ctf is None else disc.take(ctf), templates, "correlation")
+                per_pose = self.correlation_to_unbiased_l2(cost, snr)
+            else:
+                per_pose = unbiased_l2(images[:, None], state.modules["decoder"](poses, None if ctf is None else ctf[:, None]), snr)
+            data = (weights * per_pose).sum(1).mean()
             bs = quaternion_distance_squared(encoded, searched).mean()
             total = ctx.step(
                 state.optimizers["model"], {"data_unbiased_l2": data, "beam_search": bs}, {"beam_search": config.bs_weight}
@@ -263,6 +335,7 @@ class Cryo2SSNet(Method[Cryo2SSNetConfig]):
             predicted,
             true if ctx.manifest.has_poses else None,
             search_level=config.alignment_search_level,
+            symmetry=ctx.manifest.symmetry,
         )
         return evaluation.metrics
 
@@ -281,6 +354,7 @@ class Cryo2SSNet(Method[Cryo2SSNetConfig]):
             predicted,
             true if ctx.manifest.has_poses else None,
             search_level=config.alignment_search_level,
+            symmetry=ctx.manifest.symmetry,
         )
         artifacts = write_reconstruction_artifacts(output_dir, density, ctx.manifest, evaluation, indices, predicted)
         return evaluation.metrics, artifacts

@@ -10,11 +10,13 @@ from cryoray.physics import (
     ht3_centered,
     iht2_centered,
     s2s2_to_matrix,
+    sample_central_slices,
     slice_volume_fourier,
     sphere_mask,
     standardize,
 )
 from cryoray.physics.image_formation import CTF_PARAMETERS
+from cryoray.physics.pose_search import FourierDisc
 
 
 class PoseEncoder(nn.Module):
@@ -85,8 +87,13 @@ class HartleyDecoder(nn.Module):
             slices = slices * ctf
         return standardize(iht2_centered(slices), 2)
 
-    def forward(self, rotations: torch.Tensor, ctf: torch.Tensor | None) -> torch.Tensor:
-        return self.render(self.hartley_volume(), rotations, ctf)
+    def forward(self, rotations: torch.Tensor, ctf: torch.Tensor | None, disc: FourierDisc | None = None) -> torch.Tensor:
+        """Standardised images (B, D, D); with ``disc``, the slices' Hartley coefficients on it (B, P) without the
+        CTF (the pose search's templates)."""
+        hartley = self.hartley_volume()
+        if disc is not None:
+            return sample_central_slices(hartley, rotations, disc.plane_px)
+        return self.render(hartley, rotations, ctf)
 
 
 class MLPDenoiser(nn.Module):

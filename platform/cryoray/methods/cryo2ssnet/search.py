@@ -1,27 +1,17 @@
-"""Cryo2SSNet's losses and the denoised heuristic beam search (DHBS, the paper's Algorithm 1).
+"""Cryo2SSNet's losses and the GD enhancement of its denoised heuristic beam search (DHBS, Algorithm 1).
 
-The search refines the encoder's pose on the Hopf grid: start from the ``width`` base-grid (72) points
-nearest to it; at each of ``depth`` levels replace every beam member by its 8 children and keep the
-``width`` best by the ℓ2 between the (denoised) observed image and the (denoised) rendered projection;
-then ``gd_steps`` of gradient descent on the pose. Every candidate of every image of the batch is rendered
-in one batched call; the volume's Hartley transform is computed once per search.
+The beam search itself is the physics package's :func:`~cryoray.physics.pose_search.search_poses`: it scores
+candidates as matrix products over a band-limited Fourier disc (the ℓ2 between standardised images), so
+one search serves Cryo2SSNet and cryoSPIN. Here: the unbiased loss, the encoder's beam-search loss, and
+``gd_steps`` of gradient descent on each searched pose.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
-from cryoray.physics import (
-    axis_angle_to_matrix,
-    hopf_children,
-    hopf_grid_rotations_at,
-    nearest_hopf_neighbours,
-)
-
-# cost(rotations (B, K, 3, 3)) -> (B, K): lower is better; images and map are fixed inside.
-PoseCost = Callable[[torch.Tensor], torch.Tensor]
+from cryoray.physics import axis_angle_to_matrix
+from cryoray.physics.pose_search import PoseCost
 
 
 def unbiased_l2(observed: torch.Tensor, simulated: torch.Tensor, snr_linear: float | None) -> torch.Tensor:
@@ -45,24 +35,6 @@ def quaternion_distance_squared(R1: torch.Tensor, R2: torch.Tensor) -> torch.Ten
     """
     trace = torch.einsum("...ij,...ij->...", R1, R2)
     return 2.0 - torch.sqrt((1.0 + trace).clamp_min(1e-12))
-
-
-def beam_search(cost: PoseCost, initial: torch.Tensor, width: int, depth: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Hopf-grid beam search from ``initial`` (B, 3, 3); returns the best rotations (B, 3, 3) and costs (B,).
-
-    The final beam lies on grid level ``depth`` (spacing ``60°/2**depth``).
-    """
-    if depth < 1:
-        raise ValueError(f"beam_search: depth must be >= 1, got {depth}")
-    beam = nearest_hopf_neighbours(initial, 0, k=width)  # (B, width) base-grid indices
-    for level in range(depth):
-        children = hopf_children(beam, level).reshape(beam.shape[0], -1)  # (B, 8·width) at level + 1
-        scores = cost(hopf_grid_rotations_at(children, level + 1, dtype=initial.dtype, device=initial.device))
-        keep = torch.topk(scores, width, dim=1, largest=False).indices
-        beam, scores = torch.gather(children, 1, keep), torch.gather(scores, 1, keep)
-    best = scores.argmin(dim=1, keepdim=True)
-    index = torch.gather(beam, 1, best)[:, 0]
-    return hopf_grid_rotations_at(index, depth, dtype=initial.dtype, device=initial.device), scores.gather(1, best)[:, 0]
 
 
 def refine_poses(

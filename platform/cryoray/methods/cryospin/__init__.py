@@ -57,7 +57,15 @@ from cryoray.methods.cryospin.networks import (
     render_fourier,
 )
 from cryoray.methods.single_particle import evaluate_reconstruction, write_pose_model, write_reconstruction_artifacts
-from cryoray.physics import euler_relion_to_matrix, slice_volume_fourier
+from cryoray.physics import euler_relion_to_matrix, ht2_centered, slice_volume_fourier
+from cryoray.physics.pose_search import (
+    FourierDisc,
+    PoseSearch,
+    annealed_temperature,
+    band_limit_px,
+    search_poses,
+    soft_assignment,
+)
 from cryoray.train.context import TrainContext
 from cryoray.train.method import Method, TrainState
 
@@ -92,6 +100,22 @@ class CryoSpinConfig(BaseModel):
     apply_ctf: bool = Field(True, description="model each particle's CTF")
     learn_shifts: bool = Field(False, description="also infer in-plane shifts (the paper's synthetic runs: off)")
     max_shift_px: float = Field(4.0, ge=0, description="bound of the encoder's predicted shifts, pixels")
+    pose_proposals: Literal["heads", "heads+search"] = Field(
+        "heads+search",
+        description="heads: the paper (the volume learns from each image's winning head); heads+search (default): "
+        "while auto-encoding the volume learns from a soft assignment over the search_candidates best poses of a "
+        "Hopf grid (weights softmax(−cost/T), T annealed, the band limit marching to Nyquist), the heads keep "
+        "their winner-takes-all loss against that volume, and auto-decoding starts from the better of the best "
+        "head and a global search",
+    )
+    search_level: int = Field(2, ge=0, le=3, description="Hopf level of the global search (4608 rotations at 2)")
+    search_candidates: int = Field(16, ge=1, le=4608, description="poses per image kept by the soft assignment")
+    search_final_level: int = Field(5, ge=0, le=7, description="Hopf level the switch's global search descends to")
+    search_width: int = Field(4, ge=1, le=72, description="beam width of the switch's global search")
+    search_band_start: float = Field(0.4, gt=0, le=1, description="search band at the start, fraction of Nyquist")
+    search_band_ramp_fraction: float = Field(0.5, ge=0, le=1, description="share of auto-encoding to reach Nyquist")
+    temperature_start: float = Field(0.05, gt=0, description="soft-assignment T at the start (cost 1 − correlation)")
+    temperature_end: float = Field(0.002, gt=0, description="soft-assignment T at the switch (geometric annealing)")
     eval_pose_images: int = Field(1000, ge=1, description="images per worker scored for the per-epoch pose error")
     fsc_every_epochs: int = Field(
         1, ge=1, description="align + FSC against ground truth every N epochs (the final scores always have it)"
@@ -277,13 +301,44 @@ class CryoSPIN(Method[CryoSpinConfig]):
             return self._auto_decoding_step(state, batch, config, ctx)
         rotations, shifts = state.modules["encoder"](batch["image"])
         runtime: _WorkerRun = state.runtime
-        per_head = self.head_losses(state.modules["decoder"], rotations, shifts, batch, runtime.mask, config, ctx)
-        best, winner = per_head.min(dim=1)  # winner-takes-all: only the best head's loss is back-propagated
-        total = ctx.step(state.optimizers["model"], {"data": best.mean()})
+        if config.pose_proposals == "heads":
+            per_head = self.head_losses(state.modules["decoder"], rotations, shifts, batch, runtime.mask, config, ctx)
+            best, winner = per_head.min(dim=1)  # winner-takes-all: only the best head's loss is back-propagated
+            total = ctx.step(state.optimizers["model"], {"data": best.mean()})
+            chosen = rotations[torch.arange(len(winner)), winner]
+        else:
+            volume = state.unwrapped("decoder", HartleyVolume).hartley().detach()
+            per_head = self.head_losses(lambda r: slice_volume_fourier(volume, r), rotations, shifts, batch, runtime.mask, config, ctx)
+            best, winner = per_head.min(dim=1)
+            switch_step = (config.switch_epoch if not config.fully_amortized else ctx.runner.epochs) * ctx.steps_per_epoch
+            progress = ctx.global_step / max(switch_step, 1)
+            candidates, weights = self.soft_proposals(volume, batch, config, ctx, progress)
+            per_pose = self.head_losses(state.modules["decoder"], candidates, None, batch, runtime.mask, config, ctx)
+            total = ctx.step(state.optimizers["model"], {"data": best.mean(), "volume_soft": (weights * per_pose).sum(1).mean()})
+            chosen = candidates[:, 0]
         runtime.head_wins += torch.bincount(winner, minlength=config.n_heads).to(runtime.head_wins)
-        chosen = rotations[torch.arange(len(winner)), winner]
         runtime.record(config.eval_pose_images, batch["particle_index"], chosen, batch)
         return {"loss": total.item()}
+
+    def pose_problem(
+        self, volume: torch.Tensor, batch: dict[str, torch.Tensor], config: CryoSpinConfig, ctx: TrainContext, band_px: float
+    ) -> PoseSearch:
+        """The batch's images against ``volume`` (Hartley) over the disc below ``band_px`` (cost: correlation)."""
+        ctf, _ = self._forward_terms(batch, config, ctx)
+        image = batch["image"]
+        disc = FourierDisc.build(image.shape[-1], band_px, dtype=image.dtype, device=image.device)
+        return PoseSearch(volume, disc, disc.take(ht2_centered(image)), None if ctf is None else disc.take(ctf), "correlation")
+
+    @torch.no_grad()
+    def soft_proposals(
+        self, volume: torch.Tensor, batch: dict[str, torch.Tensor], config: CryoSpinConfig, ctx: TrainContext, progress: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The grid poses (B, K, 3, 3) the volume learns from while auto-encoding, best first, and their weights."""
+        band_px = band_limit_px(ctx.manifest.box_px, config.search_band_start, config.search_band_ramp_fraction, progress)
+        temperature = annealed_temperature(config.temperature_start, config.temperature_end, progress)
+        problem = self.pose_problem(volume, batch, config, ctx, band_px)
+        candidates, weights, _ = soft_assignment(problem, config.search_level, config.search_candidates, temperature)
+        return candidates, weights
 
     def _auto_decoding_step(
         self, state: TrainState, batch: dict[str, torch.Tensor], config: CryoSpinConfig, ctx: TrainContext
@@ -316,8 +371,9 @@ class CryoSPIN(Method[CryoSpinConfig]):
     def _best_head_poses(
         self, state: TrainState, config: CryoSpinConfig, ctx: TrainContext
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
-        """One in-order pass over this worker's images: particle_index, best-head rotation (and shift), the
-        winning head, and the true rotation (kept for scoring only)."""
+        """One in-order pass over this worker's images: particle_index, best-head rotation (and shift; with
+        ``heads+search`` the global search's pose where it explains the image better), the winning head, and the
+        true rotation (kept for scoring only)."""
         encoder = state.unwrapped("encoder")
         training = encoder.training
         encoder.eval()
@@ -328,10 +384,20 @@ class CryoSPIN(Method[CryoSpinConfig]):
             per_head = self.head_losses(
                 lambda r: slice_volume_fourier(volume, r), rotations, shifts, batch, state.runtime.mask, config, ctx
             )
-            winner = per_head.argmin(dim=1)
+            head_loss, winner = per_head.min(dim=1)
             pick = torch.arange(len(winner), device=winner.device)
+            chosen = rotations[pick, winner]
+            if config.pose_proposals == "heads+search":
+                problem = self.pose_problem(volume, batch, config, ctx, ctx.manifest.box_px // 2)
+                searched, _ = search_poses(
+                    problem, width=config.search_width, final_level=config.search_final_level, start_level=config.search_level
+                )
+                search_loss = self.head_losses(
+                    lambda r: slice_volume_fourier(volume, r), searched[:, None], None, batch, state.runtime.mask, config, ctx
+                )[:, 0]
+                chosen = torch.where((search_loss < head_loss)[:, None, None], searched, chosen)
             out["index"].append(batch["particle_index"])
-            out["rotation"].append(rotations[pick, winner])
+            out["rotation"].append(chosen)
             out["shift"].append(shifts[pick, winner] if shifts is not None else torch.zeros(len(winner), 2))
             out["winner"].append(winner)
             out["true"].append(euler_relion_to_matrix(batch["rot_deg"], batch["tilt_deg"], batch["psi_deg"]))
@@ -377,6 +443,7 @@ class CryoSPIN(Method[CryoSpinConfig]):
                 predicted,
                 true if ctx.manifest.has_poses else None,
                 search_level=config.align_search_level,
+                symmetry=ctx.manifest.symmetry,
             )
             metrics.update(evaluation.metrics)
             metrics["auto_decoding"] = float(state.extra["switched"])
@@ -437,6 +504,7 @@ class CryoSPIN(Method[CryoSpinConfig]):
             gathered["rotation"],
             gathered["true"] if ctx.manifest.has_poses else None,
             search_level=config.align_search_level,
+            symmetry=ctx.manifest.symmetry,
         )
         voxel = ctx.manifest.voxel_size_angstrom
         artifacts = write_reconstruction_artifacts(

@@ -86,20 +86,27 @@ def _mlp(in_features: int, hidden: list[int], out_features: int) -> nn.Sequentia
 
 
 class HartleyVolume(nn.Module):
-    """An explicit centred Hartley volume ``H = m·exp(e)`` (mantissa and exponent fields, D³ each).
+    """An explicit centred Hartley volume ``H = m·exp(e)`` (mantissa and exponent fields, D³ each), zero beyond
+    Nyquist.
 
     The split gives the coefficients, which span orders of magnitude from the centre of Fourier space to
     its edge, a multiplicative degree of freedom, so Adam's fixed step size suits every frequency.
+    Coefficients outside the ball ``|k| ≤ D/2`` (the cube's corners) are never seen by a central slice's
+    loss disc, so they are held at zero: otherwise their random start stays in the map as a checkerboard.
     ``forward`` returns the central slices at ``rotations`` (through ``forward`` so DDP sees every use).
     """
 
+    support: torch.Tensor  # a buffer: the ball below Nyquist
+
     def __init__(self, box_px: int, mantissa_init_std: float, generator: torch.Generator | None = None) -> None:
         super().__init__()
-        self.mantissa = nn.Parameter(mantissa_init_std * torch.randn(box_px, box_px, box_px, generator=generator))
+        self.register_buffer("support", sphere_mask(box_px, box_px // 2, 3))
+        start = mantissa_init_std * torch.randn(box_px, box_px, box_px, generator=generator)
+        self.mantissa = nn.Parameter(start * self.support)
         self.exponent = nn.Parameter(torch.zeros(box_px, box_px, box_px))
 
     def hartley(self) -> torch.Tensor:
-        return self.mantissa * torch.exp(self.exponent)
+        return self.mantissa * torch.exp(self.exponent) * self.support
 
     def forward(self, rotations: torch.Tensor) -> torch.Tensor:
         return slice_volume_fourier(self.hartley(), rotations)
