@@ -1,15 +1,17 @@
-"""Cryo2SSNet benchmark: DHBS vs exhaustive search, and training with vs without DHBS on the same step budget.
+"""Cryo2SSNet's search: the matrix-product pose search against the per-candidate renders it replaced, in one run.
 
-Part 1 (search): on a known map (the dataset's ground truth), noiseless CTF-free projections at random poses are
-searched (a) by DHBS (width c, depth i) from an encoder-like first guess 10° off, and (b) exhaustively on the
-Hopf grid of the same level. Both are timed on the same images in one run; the exhaustive level-5 cost
-(2.36 M rotations per image) is extrapolated from the measured per-render cost of the exhaustive run (level 2 by default).
+On a known map (the dataset's ground truth), noiseless CTF-free projections at random poses are searched
+(a) by DHBS from an encoder-like first guess 10° off (width 4, depth 2 and 5), scored the previous way: every
+candidate rendered as a full image and compared by ℓ2 in real space; (b) the same DHBS with the matrix-product
+costs over the Fourier disc (`cryoray.physics.pose_search`); (c) a global search (every rotation of Hopf level
+2, then down to level 5), which needs no first guess. Seconds per image, the ratio (a)/(b), and the pose error.
 
-Part 2 (training): the method's own train_step on the dataset's images, in-process on one worker, for the same
-number of steps with DHBS (paper mode) and without it (end to end, the paper's "no DHBS" ablation); FSC
-resolution (0.5 / 0.143) against the ground truth after alignment, pose error, wall time and images/s.
+Then the encoder alone, supervised by the true poses (d_quat² to them, the paper's encoder and Adam 1e-4, batch
+32) on the dataset's noisy images: the held-out median pose error every 250 steps, i.e. how many steps the
+amortised part needs before its poses could stand in for the search. Training quality of the whole methods
+lives in `benchmarks/spr_abinitio.py`.
 
-Run: .venv/bin/python benchmarks/cryo2ssnet_benchmark.py [--dataset particles-4ake] [--steps 300]
+Run: .venv/bin/python benchmarks/cryo2ssnet_benchmark.py [--dataset particles-4ake-32] [--images 64] [--encoder-steps 2000]
 """
 
 from __future__ import annotations
@@ -18,144 +20,108 @@ import argparse
 import json
 import math
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
-from cryoray.config import RunnerConfig
 from cryoray.data.recipes import resolve_dataset
 from cryoray.data.shards import read_particle_shard
 from cryoray.io.manifest import shard_paths
-from cryoray.methods.cryo2ssnet import Cryo2SSNet, Cryo2SSNetConfig
-from cryoray.methods.cryo2ssnet.networks import HartleyDecoder
-from cryoray.methods.cryo2ssnet.search import beam_search
-from cryoray.methods.single_particle import evaluate_reconstruction
+from cryoray.methods.cryo2ssnet.networks import HartleyDecoder, PoseEncoder
+from cryoray.methods.cryo2ssnet.search import quaternion_distance_squared
 from cryoray.physics import (
     axis_angle_to_matrix,
     euler_relion_to_matrix,
     geodesic_distance_deg,
-    hopf_grid_rotations,
-    hopf_grid_size,
+    ht2_centered,
+    ht3_centered,
     random_rotations,
     standardize,
 )
-from cryoray.physics.image_formation import CTF_PARAMETERS
-from cryoray.train.context import TrainContext
-from cryoray.train.loop import steps_per_epoch, take_step
+from cryoray.physics.pose_search import FourierDisc, PoseSearch, search_poses
 
 
-def search_benchmark(reference: torch.Tensor, images: int, width: int, depth: int, exhaustive_level: int) -> dict:
-    decoder = HartleyDecoder(reference.shape[-1], 1.0, reference.shape[-1] / 2)
-    with torch.no_grad():
-        decoder.density.copy_(reference)
-        hartley = decoder.hartley_volume()
-    generator = torch.Generator().manual_seed(0)
-    truth = random_rotations(images, generator=generator)
-    observed = HartleyDecoder.render(hartley, truth, None)
-    axes = torch.nn.functional.normalize(torch.randn(images, 3, generator=generator), dim=-1)
-    initial = axis_angle_to_matrix(axes * math.radians(10.0)) @ truth
-    renders = 0
+@dataclass(frozen=True)
+class FullRenderSearch(PoseSearch):
+    """The previous DHBS cost: each candidate rendered as a whole standardised image, ℓ2 in real space."""
 
-    def cost(rotations: torch.Tensor) -> torch.Tensor:
-        nonlocal renders
-        renders += rotations.shape[0] * rotations.shape[1]
-        return ((HartleyDecoder.render(hartley, rotations, None) - observed[:, None]) ** 2).mean(dim=(-2, -1))
+    images: torch.Tensor = torch.zeros(0)
 
-    out = {}
-    with torch.no_grad():
-        for level in sorted({exhaustive_level, depth}):
-            start = time.perf_counter()
-            found, _ = beam_search(cost, initial, width, level)
-            out[f"dhbs_depth{level}_s_per_image"] = (time.perf_counter() - start) / images
-            out[f"dhbs_depth{level}_median_error_deg"] = float(geodesic_distance_deg(found, truth).median())
-        grid = hopf_grid_rotations(exhaustive_level)
-        renders = 0
-        start = time.perf_counter()
-        best_cost = torch.full((images,), math.inf)
-        best = torch.zeros(images, dtype=torch.long)
-        for first in range(0, grid.shape[0], 256):
-            chunk = grid[first : first + 256]
-            scores = cost(chunk[None].expand(images, -1, -1, -1))
-            value, where = scores.min(dim=1)
-            better = value < best_cost
-            best_cost, best = torch.where(better, value, best_cost), torch.where(better, where + first, best)
-        exhaustive_s = (time.perf_counter() - start) / images
-        per_render_s = exhaustive_s * images / renders
-    out[f"exhaustive_level{exhaustive_level}_s_per_image"] = exhaustive_s
-    out[f"exhaustive_level{exhaustive_level}_median_error_deg"] = float(geodesic_distance_deg(grid[best], truth).median())
-    out[f"exhaustive_level{exhaustive_level}_over_dhbs_depth{exhaustive_level}"] = (
-        exhaustive_s / out[f"dhbs_depth{exhaustive_level}_s_per_image"]
-    )
-    out[f"exhaustive_level{depth}_s_per_image_extrapolated"] = per_render_s * hopf_grid_size(depth)
-    out[f"exhaustive_level{depth}_over_dhbs_depth{depth}_extrapolated"] = (
-        per_render_s * hopf_grid_size(depth) / out[f"dhbs_depth{depth}_s_per_image"]
-    )
-    return out
+    def cost(self, rotations: torch.Tensor) -> torch.Tensor:
+        rendered = HartleyDecoder.render(self.volume_ft, rotations, None)
+        return ((rendered - self.images[:, None]) ** 2).mean(dim=(-2, -1))
 
 
-def training_benchmark(dataset: str, steps: int, batch_size: int, use_search: bool, eval_images: int) -> dict:
-    dataset_dir, manifest = resolve_dataset(dataset)
-    shards = [read_particle_shard(path) for path in shard_paths(dataset_dir, manifest)]
-    images = torch.from_numpy(np.concatenate([images for images, _ in shards]))
-    table = pd.concat([table for _, table in shards], ignore_index=True)
-    ctf = {k: torch.tensor(table[k].to_numpy(), dtype=torch.float32) for k in CTF_PARAMETERS}
-    truth = euler_relion_to_matrix(
-        *(torch.tensor(table[c].to_numpy(), dtype=torch.float32) for c in ("rot_deg", "tilt_deg", "psi_deg"))
-    )
-    reference = manifest.ground_truth_map(dataset_dir)
-    method = Cryo2SSNet()
-    config = Cryo2SSNetConfig(use_search=use_search, denoiser_pretrain_steps=steps // 10 if use_search else 0)
-    epochs = max(1, math.ceil(steps * batch_size / manifest.count))
-    runner = RunnerConfig(epochs=epochs, batch_size=batch_size, max_steps_per_epoch=math.ceil(steps / epochs))
-    ctx = TrainContext(
-        rank=0,
-        world_size=1,
-        device=torch.device("cpu"),
-        dataset_dir=dataset_dir,
-        manifest=manifest,
-        runner=runner,
-        steps_per_epoch=steps_per_epoch(manifest.count, 1, runner),
-    )
-    torch.manual_seed(0)
-    state = method.setup(config, manifest, ctx)
-    generator = torch.Generator().manual_seed(0)
+def timed(problem: PoseSearch, **search: object) -> tuple[torch.Tensor, float]:
     start = time.perf_counter()
-    for _ in range(steps):
-        pick = torch.randint(0, manifest.count, (batch_size,), generator=generator)
-        take_step(method, state, {"image": images[pick], **{k: v[pick] for k, v in ctf.items()}}, config, ctx)
-    wall_s = time.perf_counter() - start
     with torch.no_grad():
-        predicted = state.unwrapped("encoder")(standardize(images[:eval_images], 2))
-    metrics = evaluate_reconstruction(
-        state.unwrapped("decoder").density.detach(), reference, manifest.voxel_size_angstrom, predicted, truth[:eval_images]
-    ).metrics
-    return {
-        "steps": steps,
-        "wall_s": wall_s,
-        "images_per_s": steps * batch_size / wall_s,
-        "nyquist_angstrom": 2 * manifest.voxel_size_angstrom,
-        **metrics,
-    }
+        found, _ = search_poses(problem, **search)  # type: ignore[arg-type]
+    return found, time.perf_counter() - start
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="particles-4ake")
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--search-images", type=int, default=4)
-    parser.add_argument("--exhaustive-level", type=int, default=2)
-    parser.add_argument("--eval-images", type=int, default=1000)
+    parser.add_argument("--dataset", default="particles-4ake-32")
+    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--encoder-steps", type=int, default=2000)
     args = parser.parse_args()
     dataset_dir, manifest = resolve_dataset(args.dataset)
     reference = torch.from_numpy(manifest.ground_truth_map(dataset_dir))
-    results = {"dataset": args.dataset, "threads": torch.get_num_threads()}
-    results["search"] = search_benchmark(reference, args.search_images, 4, 5, args.exhaustive_level)
-    print(json.dumps(results["search"], indent=1), flush=True)
-    for name, use_search in (("dhbs", True), ("no_dhbs", False)):
-        results[name] = training_benchmark(args.dataset, args.steps, args.batch_size, use_search, args.eval_images)
-        print(name, json.dumps(results[name], indent=1), flush=True)
+    hartley = ht3_centered(reference)
+    box = reference.shape[-1]
+    generator = torch.Generator().manual_seed(0)
+    truth = random_rotations(args.images, generator=generator)
+    images = HartleyDecoder.render(hartley, truth, None)
+    axes = torch.nn.functional.normalize(torch.randn(args.images, 3, generator=generator), dim=-1)
+    initial = axis_angle_to_matrix(axes * math.radians(10.0)) @ truth
+    disc = FourierDisc.build(box, box // 2)
+    fast = PoseSearch(hartley, disc, disc.take(ht2_centered(images)), None, "correlation")
+    slow = FullRenderSearch(hartley, disc, fast.observed, None, "correlation", images=images)
+    results: dict[str, float | str] = {"dataset": args.dataset, "images": args.images, "threads": torch.get_num_threads()}
+    for depth in (2, 5):
+        for name, problem in (("full_render", slow), ("matrix", fast)):
+            found, seconds = timed(problem, width=4, final_level=depth, initial=initial)
+            results[f"dhbs_depth{depth}_{name}_s_per_image"] = seconds / args.images
+            results[f"dhbs_depth{depth}_{name}_median_error_deg"] = float(geodesic_distance_deg(found, truth).median())
+        results[f"dhbs_depth{depth}_speedup"] = (
+            results[f"dhbs_depth{depth}_full_render_s_per_image"] / results[f"dhbs_depth{depth}_matrix_s_per_image"]
+        )
+    found, seconds = timed(fast, width=4, final_level=5, start_level=2)
+    results["global_level2_to_5_s_per_image"] = seconds / args.images
+    results["global_level2_to_5_median_error_deg"] = float(geodesic_distance_deg(found, truth).median())
+    results["encoder_supervised_median_error_deg"] = encoder_supervised(args.dataset, args.encoder_steps)
+    print(json.dumps(results, indent=1))
     print("RESULT " + json.dumps(results))
+
+
+def encoder_supervised(dataset: str, steps: int, batch_size: int = 32, held_out: int = 500) -> dict[int, float]:
+    """Median pose error (°) of held-out images against the step count, the encoder trained on the true poses."""
+    dataset_dir, manifest = resolve_dataset(dataset)
+    shards = [read_particle_shard(path) for path in shard_paths(dataset_dir, manifest)]
+    images = standardize(torch.from_numpy(np.concatenate([np.asarray(i) for i, _ in shards])), 2)
+    table = pd.concat([t for _, t in shards], ignore_index=True)
+    truth = euler_relion_to_matrix(
+        *(torch.tensor(table[c].to_numpy(), dtype=torch.float32) for c in ("rot_deg", "tilt_deg", "psi_deg"))
+    )
+    torch.manual_seed(0)
+    encoder = PoseEncoder(manifest.box_px)
+    optimizer = torch.optim.Adam(encoder.parameters(), lr=1e-4)
+    generator = torch.Generator().manual_seed(0)
+    train = len(images) - held_out
+    curve = {}
+    for step in range(1, steps + 1):
+        pick = torch.randint(0, train, (batch_size,), generator=generator)
+        loss = quaternion_distance_squared(encoder(images[pick]), truth[pick]).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step % 250 == 0:
+            with torch.no_grad():
+                predicted = encoder(images[train:])
+            curve[step] = float(geodesic_distance_deg(predicted, truth[train:]).median())
+            print(f"encoder supervised: step {step}, held-out median error {curve[step]:.1f}°", flush=True)
+    return curve
 
 
 if __name__ == "__main__":

@@ -19,16 +19,19 @@ from cryoray.data.pose_table import (
 from cryoray.data.recipes import resolve_dataset
 from cryoray.io.mrc import read_mrc
 from cryoray.methods.cryospin import CryoSPIN, CryoSpinConfig
-from cryoray.methods.cryospin.networks import render_fourier
+from cryoray.methods.cryospin.networks import HartleyVolume, render_fourier
 from cryoray.physics import (
     axis_angle_to_matrix,
     euler_relion_to_matrix,
+    fft3_centered,
     geodesic_distance_deg,
     ht3_centered,
+    radial_frequency_grid,
     random_rotations,
     slice_volume_fourier,
 )
 from cryoray.train.context import TrainContext
+from cryoray.train.loop import steps_per_epoch, take_step
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +57,7 @@ def _setup(smoke, batch_size: int = 16, **overrides):
 
 
 def test_winner_takes_all_uses_the_lowest_head_loss_and_only_winners_learn(smoke):
-    method, state, config, ctx = _setup(smoke, batch_size=3, n_heads=6)
+    method, state, config, ctx = _setup(smoke, batch_size=3, n_heads=6, pose_proposals="heads")
     batch = next(iter(method.train_batches(state, config, ctx)))
     encoder, decoder = state.modules["encoder"], state.modules["decoder"]
     with torch.no_grad():
@@ -193,3 +196,34 @@ def test_the_volume_step_size_drops_at_the_switch_epoch(smoke):
     assert {lr[0] for lr in lrs} == {config.encoder_lr}
     assert [lr[1] for lr in lrs[:12]] == [config.decoder_lr] * 12
     assert [lr[1] for lr in lrs[12:]] == pytest.approx([config.decoder_lr_after_switch] * 8)
+
+
+def test_ab_initio_from_a_random_volume_places_the_images_and_leaves_nothing_beyond_nyquist(smoke):
+    """The default method, in-process on the smoke set (1 024 images of 24 px at SNR 1): 5 epochs of 32 steps,
+    auto-decoding from epoch 3. Measured: median pose error 4.0° (random: ~120°); the test allows 10°."""
+    dataset_dir, manifest = smoke
+    runner = RunnerConfig(epochs=5, batch_size=32)
+    config = CryoSpinConfig(**{**CryoSPIN.smoke_preset["method"], "switch_epoch": 3})
+    ctx = TrainContext(
+        rank=0,
+        world_size=1,
+        device=torch.device("cpu"),
+        dataset_dir=dataset_dir,
+        manifest=manifest,
+        runner=runner,
+        steps_per_epoch=steps_per_epoch(manifest.count, 1, runner),
+    )
+    method = CryoSPIN()
+    torch.manual_seed(0)
+    state = method.setup(config, manifest, ctx)
+    for epoch in range(runner.epochs):
+        ctx.epoch = epoch
+        method.begin_epoch(state, config, ctx)
+        for batch in method.train_batches(state, config, ctx):
+            take_step(method, state, batch, config, ctx)
+        metrics = method.evaluate(state, config, ctx)
+    assert metrics["auto_decoding"] == 1.0
+    assert metrics["pose_error_median_deg"] < 10.0, metrics
+    power = fft3_centered(state.unwrapped("decoder", HartleyVolume).density()).abs() ** 2
+    beyond = radial_frequency_grid(manifest.box_px, 3) > 0.5
+    assert float(power[beyond].sum()) < 1e-10 * float(power.sum())

@@ -74,9 +74,7 @@ def evaluate_reconstruction(
         evaluation.aligned_map, evaluation.frequency, evaluation.fsc = alignment.aligned, frequency, fsc
     if predicted_rotations is not None and true_rotations is not None:
         group = None if symmetry == "C1" else symmetry_rotations(symmetry)
-        errors = rotation_error_after_alignment(
-            predicted_rotations.detach().cpu(), true_rotations.detach().cpu(), symmetry=group
-        )
+        errors = rotation_error_after_alignment(predicted_rotations.detach().cpu(), true_rotations.detach().cpu(), symmetry=group)
         metrics["pose_error_mean_deg"] = errors["mean_deg"]
         metrics["pose_error_median_deg"] = errors["median_deg"]
         evaluation.pose_errors_deg = errors["errors_deg"]

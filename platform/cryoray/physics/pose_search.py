@@ -28,7 +28,7 @@ from typing import Literal
 import torch
 
 from .fourier import centered_grid
-from .hopf import hopf_children, hopf_grid_rotations, hopf_grid_size, nearest_hopf_neighbours, hopf_grid_rotations_at
+from .hopf import hopf_children, hopf_grid_rotations, hopf_grid_rotations_at, hopf_grid_size, nearest_hopf_neighbours
 from .projection import sample_central_slices
 
 __all__ = ["FourierDisc", "PoseSearch", "annealed_temperature", "band_limit_px", "disc_costs", "search_poses", "soft_assignment"]

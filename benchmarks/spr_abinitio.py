@@ -1,0 +1,212 @@
+"""Ab-initio single-particle benchmark: Cryo2SSNet and cryoSPIN beside cryoDRGN ``abinit_homo`` on the same images.
+
+Each method runs as a user runs it (``python jobs/<method>.py --dataset D``: its default settings, 2 Ray workers),
+one after the other on the same machine; its per-epoch pose error comes back from MLflow with wall-clock
+timestamps. Ablation rows rerun a method with the paper's search (``--ablations``). cryoDRGN (its own virtualenv)
+gets the same images as an .mrcs stack and a CTF pickle, runs ``abinit_homo_old`` (``abinit_homo`` of cryoDRGN < 4)
+for ``--cryodrgn-budget-factor`` × our slowest wall time on that dataset, and every epoch's map and poses are
+scored by the same code as ours (global alignment with hand, FSC against the ground truth, pose error modulo the
+recipe's point group).
+
+cryoDRGN's virtualenv (once, ~70 s and 2.2 GB; ../shared/research/peers.md §1):
+    python3 -m venv /tmp/peers/cryodrgn && /tmp/peers/cryodrgn/bin/pip install torch==2.13.0 cryodrgn==4.3.1
+
+Run (writes table.md, curves.csv, curves.png and results.json under --out):
+    .venv/bin/python benchmarks/spr_abinitio.py --out benchmarks/out/spr_abinitio \
+        [--datasets particles-4ake-32 particles-4ake-32-snr0.1 particles-4ake-d2-32] [--methods cryo2ssnet cryospin] \
+        [--ablations] [--cryodrgn-venv /tmp/peers/cryodrgn] [--cryodrgn-budget-factor 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+from cryoray.data.recipes import resolve_dataset
+from cryoray.data.shards import read_particle_shard
+from cryoray.io.figures import agg_figure
+from cryoray.io.manifest import DatasetManifest, shard_paths
+from cryoray.io.mrc import read_mrc, write_mrc
+from cryoray.methods.single_particle import evaluate_reconstruction
+from cryoray.physics import euler_relion_to_matrix
+
+REPO = Path(__file__).resolve().parents[1]
+POSE_METRIC = "epoch/pose_error_median_deg"
+# The paper's search, for the ablation rows (the defaults' departures switched off).
+PAPER_SEARCH = {
+    "cryo2ssnet": {
+        "search_start": "encoder",
+        "soft_assignment_fraction": 0.0,
+        "search_band_start": 1.0,
+        "stage1_loss_band": False,
+        "output_poses": "encoder",
+    },
+    "cryospin": {"pose_proposals": "heads"},
+}
+
+
+def run_job(method: str, dataset: str, out: Path, label: str, overrides: dict | None) -> dict:
+    """One job as a user runs it; wall time from launch (Ray start included) and the per-epoch pose error."""
+    run_dir = out / f"{label}-{dataset}"
+    command = [sys.executable, str(REPO / "jobs" / f"{method}.py"), "--dataset", dataset, "--output-dir", str(run_dir)]
+    command += ["--overwrite", "--tracking-uri", f"sqlite:///{out.resolve()}/mlflow.db"]
+    if overrides:
+        config = out / f"{label}.yaml"
+        config.write_text(json.dumps({"method": overrides}))  # JSON is YAML
+        command += ["--config", str(config)]
+    start = time.time()
+    finished = subprocess.run(command, capture_output=True, text=True)
+    wall_s = time.time() - start
+    (out / f"{label}-{dataset}.log").write_text(finished.stdout + finished.stderr)
+    if finished.returncode != 0:
+        raise RuntimeError(f"{label} on {dataset} failed ({finished.returncode}); see {out / f'{label}-{dataset}.log'}")
+    result = json.loads((run_dir / "result.json").read_text())
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{out.resolve()}/mlflow.db")
+    history = client.get_metric_history(result["mlflow_run_id"], POSE_METRIC)
+    curve = [(m.timestamp / 1000 - start, m.value) for m in sorted(history, key=lambda m: m.step)]
+    return {"label": label, "method": method, "wall_s": wall_s, "metrics": result["metrics"], "curve": curve}
+
+
+def _dataset_arrays(dataset: str) -> tuple[Path, DatasetManifest, np.ndarray, pd.DataFrame]:
+    dataset_dir, manifest = resolve_dataset(dataset)
+    shards = [read_particle_shard(path) for path in shard_paths(dataset_dir, manifest)]
+    images = np.concatenate([np.asarray(images) for images, _ in shards]).astype(np.float32)
+    return dataset_dir, manifest, images, pd.concat([table for _, table in shards], ignore_index=True)
+
+
+def export_for_cryodrgn(dataset: str, folder: Path) -> tuple[Path, Path]:
+    """The dataset as cryoDRGN reads it: particles.mrcs and ctf.pkl (N × 9: D, Apix, dfU, dfV, dfAng, kV, Cs, w, phase)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    _, manifest, images, table = _dataset_arrays(dataset)
+    stack = folder / "particles.mrcs"
+    write_mrc(stack, images, manifest.voxel_size_angstrom, overwrite=True)
+    columns = ["defocus_u_angstrom", "defocus_v_angstrom", "defocus_angle_deg", "voltage_kv", "cs_mm"]
+    columns += ["amplitude_contrast", "phase_shift_deg"]
+    ctf = np.column_stack(
+        [np.full(len(table), manifest.box_px), np.full(len(table), manifest.voxel_size_angstrom), table[columns].to_numpy()]
+    ).astype(np.float32)
+    ctf_path = folder / "ctf.pkl"
+    with ctf_path.open("wb") as handle:
+        pickle.dump(ctf, handle)
+    return stack, ctf_path
+
+
+def run_cryodrgn(venv: Path, dataset: str, out: Path, budget_s: float) -> dict:
+    """``abinit_homo_old`` for ``budget_s`` seconds; every finished epoch scored by our evaluation."""
+    folder = out / f"cryodrgn-{dataset}"
+    stack, ctf_path = export_for_cryodrgn(dataset, folder / "input")
+    dataset_dir, manifest, _, table = _dataset_arrays(dataset)
+    half_box = manifest.box_px // 2
+    command = [str(venv / "bin" / "cryodrgn"), "abinit_homo_old", str(stack), "--ctf", str(ctf_path), "-o", str(folder / "run")]
+    command += ["-n", "100", "--pretrain", str(manifest.count), "--no-amp", "--dim", "128", "--uninvert-data"]
+    command += ["--l-start", str(half_box // 2), "--l-end", str(half_box), "--l-ramp-epochs", "4", "--ps-freq", "1"]
+    command += ["--t-extent", "2", "--t-ngrid", "3", "--seed", "0"]
+    start = time.time()
+    with (folder / "cryodrgn.log").open("w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            process.wait(timeout=budget_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    truth = euler_relion_to_matrix(
+        *(torch.tensor(table[c].to_numpy(), dtype=torch.float32) for c in ("rot_deg", "tilt_deg", "psi_deg"))
+    )
+    reference = manifest.ground_truth_map(dataset_dir)
+    curve, final = [], {}
+    for volume_path in sorted((folder / "run").glob("reconstruct.*.mrc"), key=lambda p: int(p.name.split(".")[1])):
+        epoch = volume_path.name.split(".")[1]
+        with (folder / "run" / f"pose.{epoch}.pkl").open("rb") as handle:
+            rotations = torch.from_numpy(np.asarray(pickle.load(handle)[0], dtype=np.float32))
+        density = torch.from_numpy(read_mrc(volume_path).data.astype(np.float32))
+        final = evaluate_reconstruction(
+            density, reference, manifest.voxel_size_angstrom, rotations, truth, symmetry=manifest.symmetry
+        ).metrics
+        curve.append(
+            (volume_path.stat().st_mtime - start, final["pose_error_median_deg"], final["fsc_resolution_0.143_angstrom"])
+        )
+    return {"label": "cryodrgn", "method": "cryodrgn", "wall_s": time.time() - start, "metrics": final, "curve": curve}
+
+
+def write_report(rows: list[dict], out: Path) -> None:
+    records, curves = [], []
+    for row in rows:
+        dataset_dir, manifest = resolve_dataset(row["dataset"])
+        nyquist = 2 * manifest.voxel_size_angstrom
+        metrics = row["metrics"]
+        fsc = metrics.get("fsc_resolution_0.143_angstrom", float("nan"))
+        records.append(
+            {
+                "dataset": row["dataset"],
+                "run": row["label"],
+                "wall_s": round(row["wall_s"]),
+                "pose_error_median_deg": round(metrics.get("pose_error_median_deg", float("nan")), 2),
+                "fsc_0.143_angstrom": round(fsc, 2),
+                "fsc_0.143_over_nyquist": round(fsc / nyquist, 2),
+                "map_correlation": round(metrics.get("map_correlation", float("nan")), 3),
+                "encoder_pose_error_median_deg": round(metrics.get("encoder_pose_error_median_deg", float("nan")), 1),
+            }
+        )
+        for point in row["curve"]:
+            curves.append({"dataset": row["dataset"], "run": row["label"], "wall_s": point[0], "pose_error_median_deg": point[1]})
+    table = pd.DataFrame(records)
+    (out / "table.md").write_text(table.to_markdown(index=False) + "\n")
+    pd.DataFrame(curves).to_csv(out / "curves.csv", index=False)
+    datasets = sorted({r["dataset"] for r in rows})
+    fig = agg_figure(figsize=(5 * len(datasets), 3.6), dpi=110)
+    axes = np.atleast_1d(fig.subplots(1, len(datasets)))
+    frame = pd.DataFrame(curves)
+    for ax, dataset in zip(axes, datasets):
+        for run, part in frame[frame["dataset"] == dataset].groupby("run") if len(frame) else []:
+            ax.plot(part["wall_s"] / 60, part["pose_error_median_deg"], marker="o", label=run)
+        ax.set_yscale("log")
+        ax.set_xlabel("wall time (min)")
+        ax.set_ylabel("median pose error (°)")
+        ax.set_title(dataset, fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "curves.png")
+    print(table.to_markdown(index=False))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--datasets", nargs="+", default=["particles-4ake-32", "particles-4ake-32-snr0.1", "particles-4ake-d2-32"]
+    )
+    parser.add_argument("--methods", nargs="+", default=["cryo2ssnet", "cryospin"])
+    parser.add_argument("--ablations", action="store_true", help="also each method with the paper's search")
+    parser.add_argument("--cryodrgn-venv", type=Path, help="virtualenv with cryodrgn 4.3.1 (omit: no cryoDRGN rows)")
+    parser.add_argument("--cryodrgn-budget-factor", type=float, default=3.0)
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "spr_abinitio")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    for dataset in args.datasets:
+        ours = []
+        for method in args.methods:
+            ours.append({**run_job(method, dataset, args.out, method, None), "dataset": dataset})
+            if args.ablations:
+                ours.append(
+                    {**run_job(method, dataset, args.out, f"{method}-paper-search", PAPER_SEARCH[method]), "dataset": dataset}
+                )
+            print(json.dumps({k: ours[-1][k] for k in ("label", "wall_s", "metrics")}, default=float), flush=True)
+        rows += ours
+        if args.cryodrgn_venv is not None:
+            budget = args.cryodrgn_budget_factor * max(r["wall_s"] for r in ours)
+            rows.append({**run_cryodrgn(args.cryodrgn_venv, dataset, args.out, budget), "dataset": dataset})
+        (args.out / "results.json").write_text(json.dumps(rows, indent=1, default=float))
+        write_report(rows, args.out)
+
+
+if __name__ == "__main__":
+    main()
