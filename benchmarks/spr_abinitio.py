@@ -108,7 +108,8 @@ def run_cryodrgn(venv: Path, dataset: str, out: Path, budget_s: float) -> dict:
     half_box = manifest.box_px // 2
     command = [str(venv / "bin" / "cryodrgn"), "abinit_homo_old", str(stack), "--ctf", str(ctf_path), "-o", str(folder / "run")]
     command += ["-n", "100", "--pretrain", str(manifest.count), "--no-amp", "--dim", "128", "--uninvert-data"]
-    command += ["--l-start", str(half_box // 2), "--l-end", str(half_box), "--l-ramp-epochs", "4", "--ps-freq", "1"]
+    # --ps-freq 2: cryoDRGN searches when epoch % ps_freq == 1, so 1 would never search; 2 searches every other epoch.
+    command += ["--l-start", str(half_box // 2), "--l-end", str(half_box), "--l-ramp-epochs", "4", "--ps-freq", "2"]
     command += ["--t-extent", "2", "--t-ngrid", "3", "--seed", "0"]
     start = time.time()
     with (folder / "cryodrgn.log").open("w") as log:
@@ -150,6 +151,7 @@ def write_report(rows: list[dict], out: Path) -> None:
                 "run": row["label"],
                 "wall_s": round(row["wall_s"]),
                 "pose_error_median_deg": round(metrics.get("pose_error_median_deg", float("nan")), 2),
+                "pose_error_mean_deg": round(metrics.get("pose_error_mean_deg", float("nan")), 1),
                 "fsc_0.143_angstrom": round(fsc, 2),
                 "fsc_0.143_over_nyquist": round(fsc / nyquist, 2),
                 "map_correlation": round(metrics.get("map_correlation", float("nan")), 3),
@@ -159,7 +161,9 @@ def write_report(rows: list[dict], out: Path) -> None:
         for point in row["curve"]:
             curves.append({"dataset": row["dataset"], "run": row["label"], "wall_s": point[0], "pose_error_median_deg": point[1]})
     table = pd.DataFrame(records)
-    (out / "table.md").write_text(table.to_markdown(index=False) + "\n")
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(str(value) for value in row) + " |" for row in table.itertuples(index=False)]
+    (out / "table.md").write_text("\n".join(lines) + "\n")
     pd.DataFrame(curves).to_csv(out / "curves.csv", index=False)
     datasets = sorted({r["dataset"] for r in rows})
     fig = agg_figure(figsize=(5 * len(datasets), 3.6), dpi=110)
@@ -175,7 +179,7 @@ def write_report(rows: list[dict], out: Path) -> None:
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "curves.png")
-    print(table.to_markdown(index=False))
+    print("\n".join(lines))
 
 
 def main() -> None:
@@ -183,28 +187,39 @@ def main() -> None:
     parser.add_argument(
         "--datasets", nargs="+", default=["particles-4ake-32", "particles-4ake-32-snr0.1", "particles-4ake-d2-32"]
     )
-    parser.add_argument("--methods", nargs="+", default=["cryo2ssnet", "cryospin"])
+    parser.add_argument("--methods", nargs="*", default=["cryo2ssnet", "cryospin"])
     parser.add_argument("--ablations", action="store_true", help="also each method with the paper's search")
     parser.add_argument("--cryodrgn-venv", type=Path, help="virtualenv with cryodrgn 4.3.1 (omit: no cryoDRGN rows)")
     parser.add_argument("--cryodrgn-budget-factor", type=float, default=3.0)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "spr_abinitio")
+    parser.add_argument("--report-only", action="store_true", help="rewrite the report from --out's results.json")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    rows: list[dict] = []
+    results = args.out / "results.json"
+    rows: list[dict] = json.loads(results.read_text()) if results.is_file() else []
+    if args.report_only:
+        write_report(rows, args.out)
+        return
     for dataset in args.datasets:
-        ours = []
+        labels = [m for m in args.methods] + ([f"{m}-paper-search" for m in args.methods] if args.ablations else [])
+        labels += ["cryodrgn"] if args.cryodrgn_venv is not None else []
+        rows = [row for row in rows if not (row["dataset"] == dataset and row["label"] in labels)]  # reruns replace
         for method in args.methods:
-            ours.append({**run_job(method, dataset, args.out, method, None), "dataset": dataset})
+            rows.append({**run_job(method, dataset, args.out, method, None), "dataset": dataset})
             if args.ablations:
-                ours.append(
+                rows.append(
                     {**run_job(method, dataset, args.out, f"{method}-paper-search", PAPER_SEARCH[method]), "dataset": dataset}
                 )
-            print(json.dumps({k: ours[-1][k] for k in ("label", "wall_s", "metrics")}, default=float), flush=True)
-        rows += ours
+            print(json.dumps({k: rows[-1][k] for k in ("label", "wall_s", "metrics")}, default=float), flush=True)
         if args.cryodrgn_venv is not None:
-            budget = args.cryodrgn_budget_factor * max(r["wall_s"] for r in ours)
-            rows.append({**run_cryodrgn(args.cryodrgn_venv, dataset, args.out, budget), "dataset": dataset})
-        (args.out / "results.json").write_text(json.dumps(rows, indent=1, default=float))
+            ours = [row["wall_s"] for row in rows if row["dataset"] == dataset and row["method"] != "cryodrgn"]
+            rows.append(
+                {
+                    **run_cryodrgn(args.cryodrgn_venv, dataset, args.out, args.cryodrgn_budget_factor * max(ours)),
+                    "dataset": dataset,
+                }
+            )
+        results.write_text(json.dumps(rows, indent=1, default=float))
         write_report(rows, args.out)
 
 

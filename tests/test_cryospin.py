@@ -39,16 +39,18 @@ def smoke():
     return resolve_dataset("particles-smoke")
 
 
-def _setup(smoke, batch_size: int = 16, **overrides):
+def _setup(smoke, batch_size: int = 16, epochs: int = 1, **overrides):
     dataset_dir, manifest = smoke
     config = CryoSpinConfig(**{**CryoSPIN.smoke_preset["method"], **overrides})
+    runner = RunnerConfig(epochs=epochs, batch_size=batch_size)
     ctx = TrainContext(
         rank=0,
         world_size=1,
         device=torch.device("cpu"),
         dataset_dir=dataset_dir,
         manifest=manifest,
-        runner=RunnerConfig(epochs=1, batch_size=batch_size),
+        runner=runner,
+        steps_per_epoch=steps_per_epoch(manifest.count, 1, runner),
     )
     method = CryoSPIN()
     torch.manual_seed(0)
@@ -201,22 +203,8 @@ def test_the_volume_step_size_drops_at_the_switch_epoch(smoke):
 def test_ab_initio_from_a_random_volume_places_the_images_and_leaves_nothing_beyond_nyquist(smoke):
     """The default method, in-process on the smoke set (1 024 images of 24 px at SNR 1): 5 epochs of 32 steps,
     auto-decoding from epoch 3. Measured: median pose error 4.0° (random: ~120°); the test allows 10°."""
-    dataset_dir, manifest = smoke
-    runner = RunnerConfig(epochs=5, batch_size=32)
-    config = CryoSpinConfig(**{**CryoSPIN.smoke_preset["method"], "switch_epoch": 3})
-    ctx = TrainContext(
-        rank=0,
-        world_size=1,
-        device=torch.device("cpu"),
-        dataset_dir=dataset_dir,
-        manifest=manifest,
-        runner=runner,
-        steps_per_epoch=steps_per_epoch(manifest.count, 1, runner),
-    )
-    method = CryoSPIN()
-    torch.manual_seed(0)
-    state = method.setup(config, manifest, ctx)
-    for epoch in range(runner.epochs):
+    method, state, config, ctx = _setup(smoke, batch_size=32, epochs=5, switch_epoch=3)
+    for epoch in range(ctx.runner.epochs):
         ctx.epoch = epoch
         method.begin_epoch(state, config, ctx)
         for batch in method.train_batches(state, config, ctx):
@@ -225,5 +213,5 @@ def test_ab_initio_from_a_random_volume_places_the_images_and_leaves_nothing_bey
     assert metrics["auto_decoding"] == 1.0
     assert metrics["pose_error_median_deg"] < 10.0, metrics
     power = fft3_centered(state.unwrapped("decoder", HartleyVolume).density()).abs() ** 2
-    beyond = radial_frequency_grid(manifest.box_px, 3) > 0.5
+    beyond = radial_frequency_grid(ctx.manifest.box_px, 3) > 0.5
     assert float(power[beyond].sum()) < 1e-10 * float(power.sum())
