@@ -190,6 +190,8 @@ class CryoSPIN(Method[CryoSpinConfig]):
             "fsc_every_epochs": 100,
             "eval_pose_images": 512,
             "align_search_level": 1,
+            "search_level": 1,
+            "search_final_level": 4,
         },
     }
 
