@@ -224,24 +224,26 @@ class Cryo2SSNet(Method[Cryo2SSNetConfig]):
         return config.snr_linear if config.snr_linear is not None else dataset_snr_linear(manifest)
 
     @staticmethod
+    def _stage1_span(config: Cryo2SSNetConfig, has_denoiser: bool, total_steps: int) -> tuple[int, float]:
+        """(denoiser pretraining steps, stage-1 steps) of a run of ``total_steps``."""
+        pretrain = config.denoiser_pretrain_steps if has_denoiser else 0
+        return pretrain, config.stage1_fraction * (total_steps - pretrain)
+
+    @staticmethod
     def schedule(config: Cryo2SSNetConfig, has_denoiser: bool, step: int, total_steps: int) -> tuple[str, bool]:
         """(phase, denoiser on) at global ``step`` of ``total_steps``: phase is "denoiser", "stage1" or "stage2"."""
-        pretrain = config.denoiser_pretrain_steps if has_denoiser else 0
+        pretrain, stage1_steps = Cryo2SSNet._stage1_span(config, has_denoiser, total_steps)
         if step < pretrain:
             return "denoiser", True
-        if not config.use_search:
-            return "stage2", False
-        stage1_steps = config.stage1_fraction * (total_steps - pretrain)
         progress = step - pretrain
-        if progress >= stage1_steps:
+        if not config.use_search or progress >= stage1_steps:
             return "stage2", False
         return "stage1", has_denoiser and progress < config.denoiser_active_fraction * stage1_steps
 
     @staticmethod
     def stage1_progress(config: Cryo2SSNetConfig, has_denoiser: bool, step: int, total_steps: int) -> float:
         """How far through stage 1 global ``step`` is, in [0, 1]."""
-        pretrain = config.denoiser_pretrain_steps if has_denoiser else 0
-        stage1_steps = config.stage1_fraction * (total_steps - pretrain)
+        pretrain, stage1_steps = Cryo2SSNet._stage1_span(config, has_denoiser, total_steps)
         return min(1.0, max(0.0, (step - pretrain) / stage1_steps)) if stage1_steps > 0 else 1.0
 
     def train_batches(self, state: TrainState, config: Cryo2SSNetConfig, ctx: TrainContext):
