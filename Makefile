@@ -24,7 +24,7 @@ install: $(STAMP)
 # The flagship job: simulate the smoke tomograms, train RobPicker (bi-level meta-learning) on 2 Ray Train
 # workers, pick and score the held-out tomogram, track it all in MLflow.
 demo: $(STAMP)
-	$(PY) jobs/robpicker.py --smoke --output-dir outputs/demo --overwrite
+	$(PY) jobs/robpicker.py --smoke --config jobs/configs/robpicker-demo.yaml --output-dir outputs/demo --overwrite
 	@echo "Results: outputs/demo (result.json, picks_*.star/csv, orthoslices_*.png, scores_test.csv, model.safetensors). Browse runs: $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db"
 
 test: $(STAMP)

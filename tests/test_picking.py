@@ -12,6 +12,7 @@ from cryoray.io.figures import write_orthoslices_with_picks
 from cryoray.picking import (
     PICK_COLUMNS,
     cluster_picks,
+    dbscan_voxel_labels,
     evaluate_picks,
     flatten_pick_scores,
     match_picks,
@@ -175,12 +176,42 @@ def test_scores_are_mean_class_probabilities_and_order_picks() -> None:
 def test_cluster_picks_edge_cases() -> None:
     empty = cluster_picks(np.zeros((8, 8, 8), dtype=np.int32))
     assert empty.empty and list(empty.columns) == list(PICK_COLUMNS)
-    with pytest.raises(ValueError, match="max_class_voxels"):
-        cluster_picks(np.ones((10, 10, 10), dtype=np.int64), max_class_voxels=999)
+    whole = cluster_picks(np.ones((10, 10, 10), dtype=np.int64))  # no size refusal: one cluster of every voxel
+    assert whole["n_voxels"].tolist() == [1000] and whole[["x_px", "y_px", "z_px"]].to_numpy().tolist() == [[4.5] * 3]
+    with pytest.raises(ValueError, match="eps_px"):
+        cluster_picks(np.ones((4, 4, 4), dtype=np.int64), eps_px=2.0)
     with pytest.raises(ValueError, match="integer class map"):
         cluster_picks(np.zeros((8, 8, 8), dtype=np.float32))
     with pytest.raises(ValueError, match="no channel"):
         cluster_picks(np.full((8, 8, 8), 3), np.zeros((2, 8, 8, 8)))
+
+
+def _touching_particles(seed: int) -> np.ndarray:
+    """A class map of balls of two classes that touch and overlap, with specks and thin bridges (ties for border voxels)."""
+    rng = np.random.default_rng(seed)
+    labels = np.zeros((20, 24, 24), dtype=np.int64)
+    for _ in range(10):
+        centre = rng.uniform(2, 22, 3) * [20 / 24, 1, 1]
+        labels[_ball(labels.shape, tuple(centre), rng.uniform(1.2, 3.5))] = rng.integers(1, 3)
+    labels[rng.random(labels.shape) < 0.03] = rng.integers(1, 3)  # specks, some on ball borders
+    labels[10, 3:21, 12] = 1  # a one-voxel-wide bridge
+    return labels
+
+
+@pytest.mark.parametrize(("eps_px", "min_samples"), [(1.0, 5), (1.0, 3), (1.5, 8), (1.8, 12), (0.5, 1)])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_linear_time_dbscan_equals_sklearn_dbscan_on_voxels(eps_px: float, min_samples: int, seed: int) -> None:
+    from sklearn.cluster import DBSCAN
+
+    labels = _touching_particles(seed)
+    for class_id in (1, 2):
+        mask = labels == class_id
+        ours, n_clusters = dbscan_voxel_labels(mask, eps_px, min_samples)
+        zyx = np.argwhere(mask)  # raster order, as np.flatnonzero
+        reference = DBSCAN(eps=eps_px, min_samples=min_samples).fit_predict(zyx.astype(np.float64))
+        assert n_clusters == reference.max() + 1 and n_clusters > 0
+        np.testing.assert_array_equal(ours[mask], reference + 1)  # same numbering, noise 0, same border ties
+        assert not ours[~mask].any()
 
 
 TRUTH = pd.DataFrame(

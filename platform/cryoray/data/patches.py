@@ -41,7 +41,11 @@ Sampling = Literal["particles", "class_balanced"]
 # Axis pairs flipped by the 180° rotations about z, y and x of a (z, y, x) array; () is the identity.
 WEDGE_PRESERVING_FLIPS: tuple[tuple[int, ...], ...] = ((), (1, 2), (0, 2), (0, 1))
 _MMAPS: dict[str, np.ndarray] = {}
-_REPLICA_KEY = "cryoray.patches.replica"  # DataContext config that travels with a stream's tasks
+_REPLICA_KEY = "cryoray.patches.replica"
+# A block of patches is tens of milliseconds of work: a whole-CPU reservation per task queued the train and
+# meta streams behind each other and behind the Train workers' reservations (data wait 47 % of a 2-core RobPicker
+# epoch at 1 CPU, measured in benchmarks/RESULTS.md), so the tasks reserve a quarter.
+PATCH_TASK_CPUS = 0.25  # DataContext config that travels with a stream's tasks
 
 
 @dataclass(frozen=True)
@@ -138,18 +142,16 @@ def _block_generator(seed: int, sampling: Sampling, first_id: int) -> np.random.
     return np.random.default_rng(key)
 
 
-def sample_patches(
-    batch: dict[str, np.ndarray],
+def draw_patches(
     source: PatchSource,
+    rng: np.random.Generator,
+    n: int,
     patch_px: int,
     max_shift_px: int,
     sampling: Sampling,
     augment: bool,
-    seed: int = 0,
 ) -> dict[str, np.ndarray]:
-    """Ray Data ``map_batches`` function: one random patch + label patch per input row."""
-    n = len(batch["id"])
-    rng = _block_generator(seed, sampling, int(batch["id"][0]) if n else 0)
+    """``n`` random (patch, labels) pairs drawn with ``rng`` (the sampling of every stream, Ray-free)."""
     if sampling == "class_balanced":
         classes = np.unique(source.class_id)
         chosen = rng.choice(classes, size=n)
@@ -173,6 +175,21 @@ def sample_patches(
     return {"patch": patches, "labels": labels}
 
 
+def sample_patches(
+    batch: dict[str, np.ndarray],
+    source: PatchSource,
+    patch_px: int,
+    max_shift_px: int,
+    sampling: Sampling,
+    augment: bool,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """Ray Data ``map_batches`` function: one random patch + label patch per input row."""
+    n = len(batch["id"])
+    rng = _block_generator(seed, sampling, int(batch["id"][0]) if n else 0)
+    return draw_patches(source, rng, n, patch_px, max_shift_px, sampling, augment)
+
+
 def patch_dataset(
     source: PatchSource,
     n_patches: int,
@@ -191,6 +208,7 @@ def patch_dataset(
         fn_kwargs={"source": source, **settings},
         batch_size=rows_per_block,
         batch_format="numpy",
+        num_cpus=PATCH_TASK_CPUS,
     )
     dataset.context.enable_progress_bars = False  # this dataset's own DataContext copy, not the process-wide one
     return dataset

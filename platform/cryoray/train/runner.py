@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import tempfile
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from ray.train import Checkpoint, CheckpointConfig, DataConfig, FailureConfig, R
 from ray.train.torch import TorchTrainer
 
 from cryoray.config import JobConfig
+from cryoray.data.pacing import paced
 from cryoray.io.manifest import DatasetManifest
 from cryoray.io.models import (
     read_checkpoint,
@@ -66,7 +68,9 @@ def run_training(
     ``callbacks`` are Ray Train controller callbacks, e.g. a sweep trial's ``TuneReportCallback`` that forwards
     every epoch report to Tune.
     """
-    datasets = method.datasets(dataset_dir, manifest, method_config, seed=job.train.seed)
+    datasets = {
+        name: paced(ds) for name, ds in method.datasets(dataset_dir, manifest, method_config, seed=job.train.seed).items()
+    }
     resources: dict[str, float] = {**job.train.resources_per_worker, "CPU": job.train.cpus_per_worker}
     if job.use_gpu:
         resources["GPU"] = 1
@@ -278,7 +282,15 @@ def _train_one_epoch(
     sums: dict[str, float] = defaultdict(float)
     steps = 0
     method.begin_epoch(state, config, ctx)
-    for batch in method.train_batches(state, config, ctx):
+    start = waited = time.perf_counter()
+    waited = 0.0
+    batches = iter(method.train_batches(state, config, ctx))
+    while True:
+        before = time.perf_counter()
+        batch = next(batches, None)
+        waited += time.perf_counter() - before
+        if batch is None:
+            break
         step_metrics = take_step(method, state, batch, config, ctx)
         steps += 1
         for key, value in step_metrics.items():
@@ -290,7 +302,15 @@ def _train_one_epoch(
     keys = sorted(sums)
     means = ctx.all_reduce_mean(torch.tensor([sums[k] / max(steps, 1) for k in keys], dtype=torch.float64, device=ctx.device))
     metrics = {f"train_{k}": float(v) for k, v in zip(keys, means)}
+    train_s = time.perf_counter() - start
+    metrics |= {
+        "train_seconds": train_s,
+        "data_wait_fraction": waited / max(train_s, 1e-9),
+        "torch_threads": torch.get_num_threads(),
+    }
     for module in state.modules.values():
         module.eval()
+    before = time.perf_counter()
     metrics.update(method.evaluate(state, config, ctx))
+    metrics["eval_seconds"] = time.perf_counter() - before
     return metrics

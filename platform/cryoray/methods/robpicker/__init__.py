@@ -31,7 +31,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import ray.data
 import torch
@@ -52,6 +52,7 @@ from cryoray.methods.robpicker.networks import (
     weighted_dice,
 )
 from cryoray.nn.bilevel import finite_difference_hypergradient
+from cryoray.nn.precision import Precision, autocast
 from cryoray.nn.unet3d import UNet3D
 from cryoray.train.context import TrainContext
 from cryoray.train.method import Method, TrainState
@@ -74,8 +75,13 @@ class RobPickerConfig(BaseModel):
     val_labels: Literal["sphere", "shape"] = Field("shape", description="label maps of the validation stream")
     learning_rate: float = Field(0.05, gt=0, description="SGD step of the segmentation net (paper 1e-4)")
     momentum: float = Field(0.9, ge=0, lt=1)
+    precision: Precision = Field("auto", description="network forward passes: auto (bf16 where native) | fp32 | bf16")
+    channels_last: bool = Field(True, description="channels_last_3d memory format (1.5× faster 3D convolutions on CPU)")
     weight_decay: float = Field(5e-4, ge=0)
     inner_lr: float | None = Field(None, gt=0, description="η_I of the one-step unroll; None = learning_rate")
+    initial_alpha: float = Field(
+        0.05, gt=0, lt=1, description="label-correction mix α at the start (paper silent; PyTorch's init gives 0.5)"
+    )
     meta_lr_correction: float = Field(1e-3, gt=0, description="Adam step of the label-correction head")
     meta_lr_reweighting: float = Field(1e-3, gt=0, description="Adam step of the reweighting MLP")
     fd_epsilon: float = Field(0.01, gt=0, description="norm of the finite-difference perturbation of I")
@@ -83,7 +89,7 @@ class RobPickerConfig(BaseModel):
     reweighting_hidden: int = Field(500, ge=1, description="hidden width of the reweighting MLP (paper 500)")
     inference_overlap_px: int = Field(8, ge=0, description="overlap of sliding-window tiles (paper 20 at 64³)")
     inference_batch_size: int = Field(8, ge=1)
-    dbscan_eps_px: float = Field(1.0, gt=0, description="DBSCAN neighbourhood radius (paper 1 voxel)")
+    dbscan_eps_px: float = Field(1.0, gt=0, lt=2, description="DBSCAN neighbourhood radius (paper 1 voxel; < 2: a 3×3×3 reach)")
     dbscan_min_voxels: int = Field(5, ge=1, description="DBSCAN min samples (paper 5 voxels)")
     min_cluster_voxels: int = Field(1, ge=1, description="drop clusters smaller than this (1 = paper: no filter)")
     tolerance_px: float = Field(4.0, gt=0, description="distance rule: a pick matches a particle within this radius")
@@ -119,7 +125,26 @@ class RobPickerConfig(BaseModel):
             dbscan_min_voxels=self.dbscan_min_voxels,
             min_cluster_voxels=self.min_cluster_voxels,
             tolerance_px=self.tolerance_px,
+            precision=self.precision,
         )
+
+
+def _format(config: RobPickerConfig) -> torch.memory_format:
+    return torch.channels_last_3d if config.channels_last else torch.contiguous_format
+
+
+ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
+
+
+def _placed(module: ModuleT, config: RobPickerConfig, ctx: TrainContext) -> ModuleT:
+    """The module on the worker's device, its convolution weights in the configured memory format."""
+    module.to(ctx.device)
+    return module.to(memory_format=_format(config))  # type: ignore[call-overload]  # accepted by Module.to, not in its stubs
+
+
+def _input(patches: torch.Tensor, config: RobPickerConfig) -> torch.Tensor:
+    """(B, D, H, W) patches → the network's (B, 1, D, H, W) input in its memory format."""
+    return patches.unsqueeze(1).contiguous(memory_format=_format(config))
 
 
 def _cycle(make: Callable[[], Iterator[dict[str, torch.Tensor]]]) -> Iterator[dict[str, torch.Tensor]]:
@@ -196,7 +221,7 @@ class RobPicker(Method[RobPickerConfig]):
 
     def setup(self, config: RobPickerConfig, manifest: DatasetManifest, ctx: TrainContext) -> TrainState:
         num_classes = len(manifest.species) + 1
-        segmenter = UNet3D(num_classes, config.channels, config.bottleneck_channels).to(ctx.device)
+        segmenter = _placed(UNet3D(num_classes, config.channels, config.bottleneck_channels), config, ctx)
         modules: dict[str, torch.nn.Module] = {"segmenter": segmenter}
         optimizers: dict[str, torch.optim.Optimizer] = {
             "segmenter": torch.optim.SGD(
@@ -205,7 +230,8 @@ class RobPicker(Method[RobPickerConfig]):
         }
         meta_groups = []
         if config.uses_correction:
-            modules["label_corrector"] = LabelCorrection(segmenter.feature_channels, num_classes).to(ctx.device)
+            corrector = LabelCorrection(segmenter.feature_channels, num_classes, config.initial_alpha)
+            modules["label_corrector"] = _placed(corrector, config, ctx)
             meta_groups.append({"params": modules["label_corrector"].parameters(), "lr": config.meta_lr_correction})
         if config.uses_reweighting:
             modules["reweighter"] = LossReweighting(config.reweighting_hidden).to(ctx.device)
@@ -244,20 +270,25 @@ class RobPicker(Method[RobPickerConfig]):
         corrector, reweighter = self._meta_modules(state)
         # Copies of the batch-norm buffers: the extra forward passes must not move the running statistics.
         buffers = {name: b.clone() for name, b in segmenter.named_buffers()}
-        x, noisy = batch["patch"].unsqueeze(1), one_hot_labels(batch["labels"], num_classes)
-        meta_x, meta_target = batch["meta_patch"].unsqueeze(1), one_hot_labels(batch["meta_labels"], num_classes)
+        x, noisy = _input(batch["patch"], config), one_hot_labels(batch["labels"], num_classes)
+        meta_x, meta_target = _input(batch["meta_patch"], config), one_hot_labels(batch["meta_labels"], num_classes)
+
+        def segment(params: Mapping[str, torch.Tensor], patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            with autocast(config.precision, ctx.device):
+                logits, features = functional_call(segmenter, {**params, **buffers}, (patches,))
+            return logits.float(), features.float()
 
         with torch.no_grad():  # stop-gradient inputs of the lower loss, at the current weights I
-            logits, features = functional_call(segmenter, {**dict(segmenter.named_parameters()), **buffers}, (x,))
+            logits, features = segment(dict(segmenter.named_parameters()), x)
             target = noisy if corrector is None else corrector(features, noisy)[0]
             losses = dice_loss_per_patch(torch.softmax(logits, dim=1), target)
 
         def lower(params: Mapping[str, torch.Tensor]) -> torch.Tensor:
-            logits, _ = functional_call(segmenter, {**params, **buffers}, (x,))
+            logits, _ = segment(params, x)
             return weighted_dice(logits, noisy, corrector, reweighter, features, losses)[0]
 
         def upper(params: Mapping[str, torch.Tensor]) -> torch.Tensor:
-            logits, _ = functional_call(segmenter, {**params, **buffers}, (meta_x,))
+            logits, _ = segment(params, meta_x)
             return dice_loss_per_patch(torch.softmax(logits, dim=1), meta_target).mean()
 
         meta_params = [p for m in (corrector, reweighter) if m is not None for p in m.parameters()]
@@ -291,7 +322,9 @@ class RobPicker(Method[RobPickerConfig]):
         if config.uses_meta and ctx.global_step % config.meta_interval == 0:
             metrics.update(self._meta_step(state, batch, num_classes, config, ctx))
         corrector, reweighter = self._meta_modules(state)
-        logits, features = state.modules["segmenter"](batch["patch"].unsqueeze(1))
+        with autocast(config.precision, ctx.device):
+            logits, features = state.modules["segmenter"](_input(batch["patch"], config))
+        logits, features = logits.float(), features.float()
         noisy = one_hot_labels(batch["labels"], num_classes)
         loss, parts = weighted_dice(logits, noisy, corrector, reweighter, features)
         ctx.step(state.optimizers["segmenter"], {"weighted_dice": loss})

@@ -21,6 +21,7 @@ from cryoray.io.figures import write_orthoslices_with_picks
 from cryoray.io.manifest import DatasetManifest
 from cryoray.io.mrc import read_mrc, write_mrc
 from cryoray.io.star import read_coordinates, write_coordinates
+from cryoray.nn.precision import Precision, autocast
 from cryoray.physics.normalize import standardize
 from cryoray.picking import cluster_picks, evaluate_picks, flatten_pick_scores, scores_table, sliding_window_predict
 
@@ -36,6 +37,7 @@ class PickingSettings:
     dbscan_min_voxels: int
     min_cluster_voxels: int
     tolerance_px: float
+    precision: Precision = "fp32"
 
 
 def segment_tomogram(
@@ -45,7 +47,9 @@ def segment_tomogram(
     segmenter.eval()
 
     def predict(tiles: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(segmenter(standardize(tiles, ndim=4))[0], dim=1)  # as the training patches
+        with autocast(settings.precision, device):
+            logits = segmenter(standardize(tiles, ndim=4))[0]  # normalised as the training patches
+        return torch.softmax(logits.float(), dim=1)
 
     volume = torch.from_numpy(np.ascontiguousarray(tomogram, dtype=np.float32))
     return sliding_window_predict(volume, predict, settings.patch_px, settings.overlap_px, settings.batch_size, device).cpu()

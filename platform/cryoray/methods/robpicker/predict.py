@@ -58,6 +58,7 @@ def picking_settings(config: dict[str, Any]) -> PickingSettings:
         dbscan_min_voxels=config["dbscan_min_voxels"],
         min_cluster_voxels=config["min_cluster_voxels"],
         tolerance_px=config["tolerance_px"],
+        precision=config.get("precision", "fp32"),
     )
 
 

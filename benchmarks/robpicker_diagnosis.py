@@ -1,0 +1,102 @@
+"""RobPicker by parts: the segmentation net alone, trained in-process (no Ray, no meta step) for a fixed step budget.
+
+Each row trains the U-Net by plain SGD from one seed with one loss and one label source, then picks the
+validation and test tomograms with the job's own inference and scoring. It isolates what limits learning
+(the loss, the labels, the budget) from the meta-learning and the platform.
+
+    python benchmarks/robpicker_diagnosis.py --dataset tomograms-smoke --steps 150 --precisions fp32 bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from cryoray.data.patches import draw_patches, patch_source, split_entries
+from cryoray.data.recipes import resolve_dataset
+from cryoray.methods.robpicker import RobPickerConfig
+from cryoray.methods.robpicker.inference import evaluate_split
+from cryoray.methods.robpicker.networks import dice_loss_per_patch
+from cryoray.nn.precision import autocast
+from cryoray.nn.unet3d import UNet3D
+
+
+def run(args: argparse.Namespace, precision: str, labels: str) -> dict:
+    dataset_dir, manifest = resolve_dataset(args.dataset)
+    overrides = json.loads(args.method)
+    config = RobPickerConfig(**{**overrides, "precision": precision, "train_labels": labels})
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    num_classes = len(manifest.species) + 1
+    memory_format = torch.channels_last_3d if config.channels_last else torch.contiguous_format
+    net = UNet3D(num_classes, config.channels, config.bottleneck_channels).to(memory_format=memory_format)
+    optimizer = torch.optim.SGD(
+        net.parameters(), lr=config.learning_rate, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+    source = patch_source(dataset_dir, split_entries(manifest, "train"), labels, "annotations")
+    shift = config.patch_px // 4 if config.max_shift_px is None else config.max_shift_px
+    start, history = time.perf_counter(), []
+    for step in range(1, args.steps + 1):
+        net.train()
+        batch = draw_patches(source, rng, args.batch_size, config.patch_px, shift, "particles", augment=True)
+        with autocast(config.precision, torch.device("cpu")):
+            logits, _ = net(torch.from_numpy(batch["patch"]).unsqueeze(1).contiguous(memory_format=memory_format))
+        logits = logits.float()
+        target = torch.nn.functional.one_hot(torch.from_numpy(batch["labels"]).long(), num_classes).movedim(-1, 1).float()
+        loss = dice_loss_per_patch(torch.softmax(logits, dim=1), target).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step % args.eval_every == 0 or step == args.steps:
+            val = evaluate_split(net, dataset_dir, manifest, "val", config.picking(), torch.device("cpu"), "val_")
+            history.append({"step": step, "loss": float(loss.detach()), "val_f1_macro": val["val_f1_macro"]})
+            print(
+                f"{precision:>5} {labels:>6} step {step:4d} loss {float(loss.detach()):.3f} val F1 {val['val_f1_macro']:.3f}",
+                flush=True,
+            )
+    train_s = time.perf_counter() - start
+    test = evaluate_split(net, dataset_dir, manifest, "test", config.picking(), torch.device("cpu"), "test_")
+    per_class = {k.split("/")[-1]: round(v, 3) for k, v in test.items() if "/f1/" in k and "hitbox" in k}
+    per_class |= {k: round(v, 3) for k, v in test.items() if "hitbox/precision_macro" in k or "hitbox/recall_macro" in k}
+    return {
+        "precision": precision,
+        "labels": labels,
+        "steps": args.steps,
+        "train_s": round(train_s, 1),
+        "s_per_step": round(train_s / args.steps, 3),
+        "test_f1_macro": round(test["test_f1_macro"], 3),
+        "per_class": per_class,
+        "history": history,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="tomograms-smoke")
+    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--eval-every", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16", "auto"])
+    parser.add_argument("--labels", nargs="+", default=["sphere"])
+    parser.add_argument("--method", default="{}", help="JSON of RobPickerConfig overrides, e.g. '{\"patch_px\": 16}'")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out" / "robpicker_diagnosis.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = [run(args, precision, labels) for precision in args.precisions for labels in args.labels]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"args": vars(args) | {"out": str(args.out)}, "rows": rows}, indent=1))
+    print("| precision | train labels | steps | s/step | test macro F1 | per class |")
+    print("|---|---|---:|---:|---:|---|")
+    for row in rows:
+        cells = [row["precision"], row["labels"], row["steps"], row["s_per_step"], row["test_f1_macro"], row["per_class"]]
+        print("| " + " | ".join(map(str, cells)) + " |")
+
+
+if __name__ == "__main__":
+    main()
