@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import time
@@ -41,7 +42,13 @@ def run_mode(mode: str, args: argparse.Namespace, out: Path) -> dict:
         yaml.safe_dump(
             {
                 "train": {"epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed, "cpus_per_worker": 1},
-                "method": {"mode": mode, "train_patches_per_epoch": args.patches_per_epoch},
+                "method": {
+                    "mode": mode,
+                    "train_patches_per_epoch": args.patches_per_epoch,
+                    "meta_patches_per_epoch": args.patches_per_epoch // 2,
+                    "learning_rate": args.learning_rate,
+                    "precision": args.precision,
+                },
             }
         )
     )
@@ -64,7 +71,14 @@ def run_mode(mode: str, args: argparse.Namespace, out: Path) -> dict:
     result_line = next((line for line in reversed(output.splitlines()) if line.startswith("RESULT ")), None)
     if process.returncode != 0 or result_line is None:
         raise RuntimeError(f"{mode} failed (exit {process.returncode}); see {out / f'{mode}.log'}")
-    return {"mode": mode, "wall_s": wall, "peak_rss_gb": peak / 1e9, "result": json.loads(result_line[len("RESULT ") :])}
+    per_epoch = {int(e): round(float(f), 3) for e, f in re.findall(r"'epoch': (\d+), [^}]*?'val_f1_macro': ([0-9.e-]+)", output)}
+    return {
+        "mode": mode,
+        "wall_s": wall,
+        "peak_rss_gb": peak / 1e9,
+        "val_f1_per_epoch": [per_epoch[e] for e in sorted(per_epoch)],
+        "result": json.loads(result_line[len("RESULT ") :]),
+    }
 
 
 def main() -> None:
@@ -74,6 +88,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--patches-per-epoch", type=int, default=384)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--learning-rate", type=float, default=0.05, help="SGD step of the segmenter")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/_work/robpicker_ablation")
     args = parser.parse_args()
@@ -88,6 +104,7 @@ def main() -> None:
             "mode": mode,
             "test_f1_macro": metrics["test_f1_macro"],
             "wall_s": round(run["wall_s"], 1),
+            "val_f1_per_epoch": run["val_f1_per_epoch"],
             "peak_rss_gb": round(run["peak_rss_gb"], 2),
         }
         row |= {k.split("/")[-1] + "_f1": v for k, v in metrics.items() if k.startswith("test/hitbox/f1_group/")}

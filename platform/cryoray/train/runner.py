@@ -282,8 +282,7 @@ def _train_one_epoch(
     sums: dict[str, float] = defaultdict(float)
     steps = 0
     method.begin_epoch(state, config, ctx)
-    start = waited = time.perf_counter()
-    waited = 0.0
+    start, waited = time.perf_counter(), 0.0  # data wait: time spent getting the next batch
     batches = iter(method.train_batches(state, config, ctx))
     while True:
         before = time.perf_counter()
@@ -306,7 +305,6 @@ def _train_one_epoch(
     metrics |= {
         "train_seconds": train_s,
         "data_wait_fraction": waited / max(train_s, 1e-9),
-        "torch_threads": torch.get_num_threads(),
     }
     for module in state.modules.values():
         module.eval()
