@@ -25,7 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 MODES = ("supervised", "dr_only", "lc_only", "full")
 
 
-def _tree_rss_bytes(process: psutil.Process) -> int:
+def tree_rss_bytes(process: psutil.Process) -> int:
+    """Resident memory of a process and all its descendants (the job's driver, Ray and workers)."""
     total = 0
     for p in [process, *process.children(recursive=True)]:
         try:
@@ -63,7 +64,7 @@ def run_mode(mode: str, args: argparse.Namespace, out: Path) -> dict:
     watched = psutil.Process(process.pid)
     peak = 0
     while process.poll() is None:
-        peak = max(peak, _tree_rss_bytes(watched))
+        peak = max(peak, tree_rss_bytes(watched))
         time.sleep(0.5)
     output = process.stdout.read()
     wall = time.perf_counter() - start

@@ -23,6 +23,7 @@ import psutil
 from cryoray.io.mrc import write_mrc
 from cryoray.picking import dbscan_voxel_labels
 from cryoray.simulate.tomogram import builtin_species, simulate_tomogram
+from robpicker_ablation import tree_rss_bytes  # this folder is on sys.path when run as a script
 from scipy import ndimage
 from sklearn.cluster import DBSCAN
 
@@ -62,13 +63,7 @@ def predict_row(model: str, out: Path, shape_zyx: tuple[int, int, int]) -> dict:
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
     watched, peak = psutil.Process(process.pid), 0
     while process.poll() is None:
-        total = 0
-        for p in [watched, *watched.children(recursive=True)]:
-            try:
-                total += p.memory_info().rss
-            except psutil.Error:
-                continue
-        peak = max(peak, total)
+        peak = max(peak, tree_rss_bytes(watched))
         time.sleep(0.5)
     output = process.stdout.read() if process.stdout else ""
     (out / "predict.log").write_text(output)

@@ -273,6 +273,10 @@ def _worker_loop(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
+# Wall-clock metrics of every epoch (steps, time waiting for the next batch, evaluation): they vary from run to run.
+TIMING_METRICS = ("epoch_seconds", "data_wait_fraction", "eval_seconds")
+
+
 def _train_one_epoch(
     method: Method[Any], state: TrainState, config: BaseModel, ctx: TrainContext, logger: RunLogger
 ) -> dict[str, float]:
@@ -303,7 +307,7 @@ def _train_one_epoch(
     metrics = {f"train_{k}": float(v) for k, v in zip(keys, means)}
     train_s = time.perf_counter() - start
     metrics |= {
-        "train_seconds": train_s,
+        "epoch_seconds": train_s,
         "data_wait_fraction": waited / max(train_s, 1e-9),
     }
     for module in state.modules.values():

@@ -23,6 +23,10 @@ Choices where the paper is silent (logged as MLflow params through the config):
 - the lower learning rate default is 0.05, not the paper's 1e-4: the paper ran 10,000 SGD iterations of 25
   patches of 64³ on an A100; the CPU budgets of our default and benchmark sets are ~100× smaller and at
   1e-4 the U-Net does not leave its initial state. ``jobs/configs/robpicker-paper.yaml`` has the paper values;
+- the label-correction mix α starts at ``initial_alpha`` 0.05 (PyTorch's default init gives 0.5, which halves
+  the label signal while the net is untrained; measured in benchmarks/RESULTS.md, "RobPicker by parts");
+- network forward passes run under bf16 autocast where the hardware has native bf16 (``precision: auto``) and
+  in channels_last_3d; losses, the hypergradient's sums and picking stay in fp32;
 - further notes on the meta networks in :mod:`cryoray.methods.robpicker.networks`.
 """
 
