@@ -117,3 +117,14 @@ def test_a_seeded_stream_repeats_per_seed_and_changes_per_epoch_and_rank(local_r
     again = particle_dataset(*resolve_dataset("particles-smoke"), seed=0)
     again.context.execution_options.preserve_order = True
     assert _fingerprints(again.iterator(), "particle_index", executions=3) == order
+
+
+def test_the_in_driver_loop_runs_robpickers_meta_stream(
+    tracking_uri: str, tmp_path: Path, run_job_in_process: Callable[..., Any]
+) -> None:
+    """``--num-workers 0`` hands the method the ``Dataset`` itself; the replicated validation stream must accept it."""
+    config = tmp_path / "short.yaml"
+    config.write_text(yaml.safe_dump({"train": {"epochs": 1, "max_steps_per_epoch": 3}}))
+    argv = ["--smoke", "--num-workers", "0", "--config", str(config), "--output-dir", str(tmp_path / "run")]
+    metrics = run_job_in_process(RobPicker(), [*argv, "--tracking-uri", tracking_uri]).result["metrics"]
+    assert metrics["train_hypergradient_norm"] > 0 and 0 <= metrics["test_f1_macro"] <= 1

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, get_args
+from typing import TYPE_CHECKING, Literal, TypeVar, get_args
 
 import mrcfile
 import numpy as np
@@ -119,14 +119,19 @@ def normalise_patch(patch: np.ndarray) -> np.ndarray:
     return standardize(torch.from_numpy(patch.astype(np.float32)), ndim=patch.ndim).numpy()
 
 
-def draw_per_replica(iterator: ray.data.DataIterator, replica: int) -> ray.data.DataIterator:
+StreamT = TypeVar("StreamT", ray.data.DataIterator, ray.data.Dataset)
+
+
+def draw_per_replica(stream: StreamT, replica: int) -> StreamT:
     """Give this worker's copy of a replicated patch stream its own draws (pass the worker's rank).
 
     Every Train worker executes its own copy of a replicated stream with the same seed and execution index, so
-    without a replica number in the key every rank would cut the same patches.
+    without a replica number in the key every rank would cut the same patches. A Train worker holds a
+    ``DataIterator``; the in-driver loop (``--num-workers 0``) holds the ``Dataset`` itself.
     """
-    iterator.get_context().set_config(_REPLICA_KEY, replica)
-    return iterator
+    context = stream.context if isinstance(stream, ray.data.Dataset) else stream.get_context()
+    context.set_config(_REPLICA_KEY, replica)
+    return stream
 
 
 def _block_generator(seed: int, sampling: Sampling, first_id: int) -> np.random.Generator:
