@@ -35,5 +35,9 @@ def test_idle_backoff_sleeps_only_while_nothing_runs(monkeypatch: pytest.MonkeyP
 
 
 def test_paced_registers_the_callback_once_on_the_dataset_context() -> None:
-    dataset = paced(paced(ray.data.range(4)))
+    # A stand-in with the dataset's own context: creating a real Dataset here would start a Ray cluster.
+    dataset = SimpleNamespace(context=ray.data.DataContext())
+    paced(paced(dataset))  # type: ignore[arg-type]
     assert dataset.context.custom_execution_callback_classes.count(IdleBackoff) == 1
+    assert IdleBackoff not in ray.data.DataContext.get_current().custom_execution_callback_classes
+    assert not ray.is_initialized()
