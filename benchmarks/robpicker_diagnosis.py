@@ -16,50 +16,44 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from cryoray.config import RunnerConfig
 from cryoray.data.patches import draw_patches, patch_source, split_entries
 from cryoray.data.recipes import resolve_dataset
 from cryoray.io.mrc import read_mrc
 from cryoray.io.star import read_coordinates
-from cryoray.methods.robpicker import RobPickerConfig
+from cryoray.methods.robpicker import RobPicker, RobPickerConfig
 from cryoray.methods.robpicker.inference import evaluate_split, score_tomograms, segment_tomogram
-from cryoray.methods.robpicker.networks import dice_loss_per_patch
 from cryoray.methods.robpicker.predict import build_segmenter, load_model, picking_settings
-from cryoray.nn.precision import autocast
-from cryoray.nn.unet3d import UNet3D
 from cryoray.picking import cluster_picks
+from cryoray.train.context import TrainContext
 
 
 def run(args: argparse.Namespace, precision: str, labels: str) -> dict:
     dataset_dir, manifest = resolve_dataset(args.dataset)
     overrides = json.loads(args.method)
-    config = RobPickerConfig(**{**overrides, "precision": precision, "train_labels": labels})
+    config = RobPickerConfig(**{**overrides, "mode": "supervised", "precision": precision, "train_labels": labels})
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    num_classes = len(manifest.species) + 1
-    memory_format = torch.channels_last_3d if config.channels_last else torch.contiguous_format
-    net = UNet3D(num_classes, config.channels, config.bottleneck_channels).to(memory_format=memory_format)
-    optimizer = torch.optim.SGD(
-        net.parameters(), lr=config.learning_rate, momentum=config.momentum, weight_decay=config.weight_decay
+    method = RobPicker()  # supervised mode: the method's own plain-Dice SGD step on the segmenter alone
+    ctx = TrainContext(
+        rank=0, world_size=1, device=torch.device("cpu"), dataset_dir=dataset_dir, manifest=manifest, runner=RunnerConfig()
     )
+    state = method.setup(config, manifest, ctx)
+    net = state.modules["segmenter"]
     source = patch_source(dataset_dir, split_entries(manifest, "train"), labels, "annotations")
     shift = config.patch_px // 4 if config.max_shift_px is None else config.max_shift_px
     start, history = time.perf_counter(), []
     for step in range(1, args.steps + 1):
         net.train()
-        batch = draw_patches(source, rng, args.batch_size, config.patch_px, shift, "particles", augment=True)
-        with autocast(config.precision, torch.device("cpu")):
-            logits, _ = net(torch.from_numpy(batch["patch"]).unsqueeze(1).contiguous(memory_format=memory_format))
-        logits = logits.float()
-        target = torch.nn.functional.one_hot(torch.from_numpy(batch["labels"]).long(), num_classes).movedim(-1, 1).float()
-        loss = dice_loss_per_patch(torch.softmax(logits, dim=1), target).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        drawn = draw_patches(source, rng, args.batch_size, config.patch_px, shift, "particles", augment=True)
+        batch = {"patch": torch.from_numpy(drawn["patch"]), "labels": torch.from_numpy(drawn["labels"]).long()}
+        loss = method.train_step(state, batch, config, ctx)["dice"]
+        ctx.global_step += 1
         if step % args.eval_every == 0 or step == args.steps:
             val = evaluate_split(net, dataset_dir, manifest, "val", config.picking(), torch.device("cpu"), "val_")
-            history.append({"step": step, "loss": float(loss.detach()), "val_f1_macro": val["val_f1_macro"]})
+            history.append({"step": step, "loss": loss, "val_f1_macro": val["val_f1_macro"]})
             print(
-                f"{precision:>5} {labels:>6} step {step:4d} loss {float(loss.detach()):.3f} val F1 {val['val_f1_macro']:.3f}",
+                f"{precision:>5} {labels:>6} step {step:4d} loss {loss:.3f} val F1 {val['val_f1_macro']:.3f}",
                 flush=True,
             )
     train_s = time.perf_counter() - start
