@@ -73,7 +73,7 @@ def train_variant(args: argparse.Namespace) -> dict:
         for module in state.modules.values():
             module.train()
         for _ in range(steps_per_epoch):
-            batch = extract_subtomograms({"id": rng.integers(0, len(source), args.batch_size)}, source)
+            batch = extract_subtomograms(rng.integers(0, len(source), args.batch_size), source)
             last = take_step(method, state, {"subtomogram": torch.from_numpy(batch["subtomogram"])}, config, ctx)
     train_seconds = time.perf_counter() - start
     out = Path(args.out) / args.run_variant

@@ -7,7 +7,8 @@ Example usage:
 
 Paths measured per box size (steady state = the second pass over the data, page cache warm):
   mmap_loader      torch DataLoader, each item a 256-image slice of mrcfile.mmap (the fastest plain loader)
-  ray_driver       particle_dataset(...).iter_torch_batches in the driver (one consumer)
+  local_stream     the in-process route's reader (LocalStream: pyarrow, prefetch 4) of the same shards
+  ray_driver       ray_dataset(particle_stream(...)).iter_torch_batches in the driver (one consumer)
   ray_driver_mrcs_shards  the same images as .mrcs shards read by Ray and decoded by mrcfile (format choice)
   ray_trainer      inside a 2-worker TorchTrainer via get_dataset_shard, per rank and summed, with
                    cryoray's settings (row groups of 1024, prefetch 4, 0.5 CPU per worker)
@@ -35,8 +36,10 @@ import ray.train
 import torch
 from cryoray.config import RunnerConfig
 from cryoray.data import shards
-from cryoray.data.particles import iter_particle_batches, particle_dataset
+from cryoray.data.particles import iter_particle_batches, particle_stream
+from cryoray.data.ray_streams import ray_dataset
 from cryoray.data.shards import PARTICLE_COLUMNS, particle_rows_to_arrow
+from cryoray.data.streams import LocalStream
 from cryoray.io.manifest import DatasetManifest, ShardEntry
 from cryoray.methods.reconstruct import KnownPoseReconstruction, ReconstructConfig
 from cryoray.physics import matrix_to_euler_relion, random_rotations
@@ -134,11 +137,23 @@ def mrcs_shard_dataset(folder: Path) -> ray.data.Dataset:
 
 
 def rate_ray_driver(folder: Path, manifest: DatasetManifest, mrcs_shards: bool = False) -> float:
-    ds = mrcs_shard_dataset(folder) if mrcs_shards else particle_dataset(folder, manifest)
+    ds = mrcs_shard_dataset(folder) if mrcs_shards else ray_dataset(particle_stream(folder, manifest))
     rates = []
     for _ in range(2):
         start, n = time.perf_counter(), 0
         for batch in ds.iter_torch_batches(batch_size=BATCH, dtypes=torch.float32, prefetch_batches=4):
+            n += len(batch["image"])
+        rates.append(n / (time.perf_counter() - start))
+    return rates[-1]
+
+
+def rate_local_stream(folder: Path, manifest: DatasetManifest) -> float:
+    """Steady-state images/s of the in-process route's reader, with the shuffle window a training run uses."""
+    stream = LocalStream(particle_stream(folder, manifest))
+    rates = []
+    for epoch in range(2):
+        start, n = time.perf_counter(), 0
+        for batch in iter_particle_batches(stream, BATCH, torch.device("cpu"), RunnerConfig().shuffle_buffer_images, epoch):
             n += len(batch["image"])
         rates.append(n / (time.perf_counter() - start))
     return rates[-1]
@@ -162,7 +177,7 @@ def _consume(config: dict) -> float:
 
 def rate_ray_trainer(folder: Path, manifest: DatasetManifest, cryoray_settings: bool) -> float:
     """Steady-state images/s of rank 0 of a 2-worker TorchTrainer reading its streaming split."""
-    ds = particle_dataset(folder, manifest)
+    ds = ray_dataset(particle_stream(folder, manifest))
     if not cryoray_settings:  # a row-wise identity map: the per-row Python overhead of the first measurement
         ds = ds.map(lambda row: row)
     trainer = TorchTrainer(
@@ -227,6 +242,7 @@ def main() -> None:
         base_folder, base_manifest = make_data(args.out / f"box{box}_base", box, n, row_group=128)
         row = {"images": n, "MB": n * box * box * 4 / 1e6}
         row["mmap_loader"] = rate_mmap_loader(folder)
+        row["local_stream"] = rate_local_stream(folder, manifest)
         row["ray_driver"] = rate_ray_driver(folder, manifest)
         row["ray_driver_mrcs_shards"] = rate_ray_driver(folder, manifest, mrcs_shards=True)
         row["ray_trainer_per_rank"] = rate_ray_trainer(folder, manifest, cryoray_settings=True)

@@ -1,5 +1,5 @@
-"""Shared fixtures: the location of ../shared/data and the rule for tests that need it, and the one way tests
-run a command-line entry point in this process and read its ``RESULT`` line."""
+"""Shared fixtures: the location of ../shared/data and the rule for tests that need it, the one way tests
+run a command-line entry point in this process and read its ``RESULT`` line, and the devices a test runs on."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,6 +39,14 @@ def isolated_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("cryoray_datasets")
     os.environ["CRYORAY_DATA_DIR"] = str(path)
     return path
+
+
+@pytest.fixture(params=["cpu", "cuda"])
+def device(request: pytest.FixtureRequest) -> torch.device:
+    """Each device a test should hold on: the CPU always, CUDA where this machine has a GPU (else skipped)."""
+    if request.param == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device on this machine")
+    return torch.device(request.param)
 
 
 @dataclass

@@ -61,7 +61,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     rng = np.random.default_rng(0)
     history = []
     for _ in range(STEPS):
-        batch = extract_subtomograms({"id": rng.integers(0, len(source), BATCH)}, source)
+        batch = extract_subtomograms(rng.integers(0, len(source), BATCH), source)
         history.append(take_step(method, state, {"subtomogram": torch.from_numpy(batch["subtomogram"])}, config, ctx))
     after = method.evaluate(state, config, ctx)
     artifacts = method.write_artifacts(state, config, ctx, tmp_path_factory.mktemp("cryogen2"))
@@ -94,7 +94,7 @@ def test_the_barycenter_gan_step_updates_generator_and_critic() -> None:
     ctx = _context(dataset_dir, manifest, epochs=3)
     state = method.setup(config, manifest, ctx)
     before = {name: [p.detach().clone() for p in module.parameters()] for name, module in state.modules.items()}
-    batch = extract_subtomograms({"id": np.arange(BATCH)}, method._source(dataset_dir, manifest, config, "train"))
+    batch = extract_subtomograms(np.arange(BATCH), method._source(dataset_dir, manifest, config, "train"))
     ctx.epoch = 1
     metrics = method.train_step(state, {"subtomogram": torch.from_numpy(batch["subtomogram"])}, config, ctx)
     assert {"masked_measured", "masked_wedge", "adversarial", "critic", "lambda"} <= set(metrics)

@@ -11,7 +11,8 @@ import pytest
 import ray
 import starfile
 import yaml
-from cryoray.data.particles import iter_particle_batches, particle_dataset
+from cryoray.data.particles import iter_particle_batches, particle_stream
+from cryoray.data.ray_streams import ray_dataset
 from cryoray.data.recipes import (
     build_particle_dataset,
     find_recipe,
@@ -132,7 +133,7 @@ def local_ray():
 @pytest.mark.ray
 def test_streaming_split_delivers_every_image_once_and_reshuffles_each_epoch(local_ray, smoke_dataset):
     dataset_dir, manifest = smoke_dataset
-    ds = particle_dataset(dataset_dir, manifest)
+    ds = ray_dataset(particle_stream(dataset_dir, manifest))
     epochs = []
     for _ in range(2):
         splits = ds.streaming_split(2, equal=True)
@@ -158,7 +159,7 @@ def test_streaming_split_delivers_every_image_once_and_reshuffles_each_epoch(loc
 def test_a_pipeline_quiets_its_own_progress_bars_not_the_process(local_ray, smoke_dataset):
     process_context = ray.data.DataContext.get_current()
     before = process_context.enable_progress_bars
-    ds = particle_dataset(*smoke_dataset)
+    ds = ray_dataset(particle_stream(*smoke_dataset))
     assert ds.context.enable_progress_bars is False
     assert process_context.enable_progress_bars is before
 

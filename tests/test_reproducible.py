@@ -12,14 +12,15 @@ from typing import Any
 import pytest
 import ray
 import yaml
-from cryoray.data.particles import particle_dataset
-from cryoray.data.patches import draw_per_replica, patch_dataset, patch_source, split_entries
+from cryoray.data.particles import particle_stream
+from cryoray.data.patches import patch_source, patch_stream, split_entries
+from cryoray.data.ray_streams import ray_dataset, set_replica
 from cryoray.data.recipes import resolve_dataset
 from cryoray.methods.cryospin import CryoSPIN
 from cryoray.methods.reconstruct import KnownPoseReconstruction
 from cryoray.methods.robpicker import RobPicker
+from cryoray.train.loop import TIMING_METRICS
 from cryoray.train.method import Method
-from cryoray.train.runner import TIMING_METRICS
 
 pytestmark = pytest.mark.ray
 
@@ -102,19 +103,21 @@ def test_a_seeded_stream_repeats_per_seed_and_changes_per_epoch_and_rank(local_r
     source = patch_source(tomograms, split_entries(manifest, "val"), "shape", "particles")
 
     def patches(seed: int, rank: int = 0) -> list[list[str]]:
-        stream = patch_dataset(source, 16, 16, 4, "class_balanced", augment=True, seed=seed)
+        stream = ray_dataset(patch_stream(source, 16, 16, 4, "class_balanced", augment=True, seed=seed))
         stream.context.execution_options.preserve_order = True  # as the runner ingests
-        return _fingerprints(draw_per_replica(stream.iterator(), rank), "patch")
+        iterator = stream.iterator()
+        set_replica(iterator, rank)
+        return _fingerprints(iterator, "patch")
 
     epochs = patches(0)
     assert epochs == patches(0) and epochs[0] != epochs[1]
     assert patches(1)[0] != epochs[0] and patches(0, rank=1)[0] != epochs[0]
 
-    particles = particle_dataset(*resolve_dataset("particles-smoke"), seed=0)
+    particles = ray_dataset(particle_stream(*resolve_dataset("particles-smoke"), seed=0))
     particles.context.execution_options.preserve_order = True
     order = _fingerprints(particles.iterator(), "particle_index", executions=3)
     assert len({tuple(epoch) for epoch in order}) > 1  # four shard files: some epoch reads them in another order
-    again = particle_dataset(*resolve_dataset("particles-smoke"), seed=0)
+    again = ray_dataset(particle_stream(*resolve_dataset("particles-smoke"), seed=0))
     again.context.execution_options.preserve_order = True
     assert _fingerprints(again.iterator(), "particle_index", executions=3) == order
 
@@ -122,7 +125,7 @@ def test_a_seeded_stream_repeats_per_seed_and_changes_per_epoch_and_rank(local_r
 def test_the_in_driver_loop_runs_robpickers_meta_stream(
     tracking_uri: str, tmp_path: Path, run_job_in_process: Callable[..., Any]
 ) -> None:
-    """``--num-workers 0`` hands the method the ``Dataset`` itself; the replicated validation stream must accept it."""
+    """``--num-workers 0`` trains in this process on local streams, RobPicker's meta stream included."""
     config = tmp_path / "short.yaml"
     config.write_text(yaml.safe_dump({"train": {"epochs": 1, "max_steps_per_epoch": 3}}))
     argv = ["--smoke", "--num-workers", "0", "--config", str(config), "--output-dir", str(tmp_path / "run")]

@@ -13,7 +13,6 @@ from cryoray.data.patches import (
     cut_patch,
     draw_patches,
     patch_source,
-    sample_patches,
     split_entries,
 )
 from cryoray.data.recipes import resolve_dataset
@@ -38,14 +37,14 @@ def test_cut_patch_clamps_inside_and_pads_small_volumes() -> None:
 def test_class_balanced_sampling_and_aligned_augmentation() -> None:
     dataset_dir, manifest = resolve_dataset("tomograms-smoke")
     source = patch_source(dataset_dir, split_entries(manifest, "val"), "shape", "particles")
-    batch = sample_patches({"id": np.arange(300)}, source, 16, 0, "class_balanced", augment=True)
+    batch = draw_patches(source, np.random.default_rng(0), 300, 16, 0, "class_balanced", augment=True)
     # with no shift the patch centre sits on the drawn particle, inside its (shape) label: classes ~ uniform
     centre_classes = batch["labels"][:, 8, 8, 8]
     counts = np.bincount(centre_classes, minlength=4)[1:]
     assert counts.sum() > 200 and counts.min() > 0.6 * counts.max()
     # every augmentation is a proper rotation that keeps an axis-aligned wedge (two flipped axes or none)
     assert all(len(axes) in (0, 2) for axes in WEDGE_PRESERVING_FLIPS)
-    plain = sample_patches({"id": np.arange(1)}, source, 16, 0, "particles", augment=False)
+    plain = draw_patches(source, np.random.default_rng(0), 1, 16, 0, "particles", augment=False)
     assert abs(float(plain["patch"].mean())) < 1e-4 and abs(float(plain["patch"].std()) - 1) < 1e-3
 
 
@@ -99,8 +98,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     for _ in range(STEPS):
         for module in state.modules.values():
             module.train()
-        lower = sample_patches({"id": np.arange(4)}, train, config.patch_px, 4, "particles", augment=True)
-        upper = sample_patches({"id": np.arange(4)}, val, config.patch_px, 4, "class_balanced", augment=True)
+        lower = draw_patches(train, np.random.default_rng(0), 4, config.patch_px, 4, "particles", augment=True)
+        upper = draw_patches(val, np.random.default_rng(0), 4, config.patch_px, 4, "class_balanced", augment=True)
         batch = {
             "patch": torch.from_numpy(lower["patch"]),
             "labels": torch.from_numpy(lower["labels"]).long(),

@@ -11,8 +11,8 @@ import torch
 from cryoray.data.pose_table import PoseTable, owned_row_range
 from cryoray.physics import random_rotations
 from cryoray.train.context import TrainContext
+from cryoray.train.loop import iter_sharded_states, save_shards
 from cryoray.train.method import TrainState
-from cryoray.train.runner import _iter_sharded_states, _save_sharded_state
 
 
 def _ctx(rank: int, world_size: int) -> TrainContext:
@@ -34,14 +34,14 @@ def test_each_rank_restores_its_rows_also_with_another_worker_count(tmp_path):
         rows = torch.arange(len(table))
         table.set_poses(rows, truth[table.particle_index])
         table.adam_step(rows, torch.randn(len(table), 3), None, lr=0.01)
-        _save_sharded_state(tmp_path, TrainState(modules={}, optimizers={}, sharded={"pose_table": table}), _ctx(rank, 2))
+        save_shards(tmp_path, TrainState(modules={}, optimizers={}, sharded={"pose_table": table}), _ctx(rank, 2))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sharded-rank00000-of-00002.pt", "sharded-rank00001-of-00002.pt"]
 
     # Same worker count: each rank is offered its own file first and stops there.
     opened = []
     for rank in range(2):
         restored = _tables(n, 2, particle_index)[rank]
-        shards = _iter_sharded_states(tmp_path, "pose_table", _ctx(rank, 2))
+        shards = iter_sharded_states(tmp_path, "pose_table", _ctx(rank, 2))
         restored.load_shard_state_dicts(s for s in shards if not opened.append(rank))
         assert opened.count(rank) == 1
         for name, value in saved[rank].shard_state_dict().items():
@@ -51,7 +51,7 @@ def test_each_rank_restores_its_rows_also_with_another_worker_count(tmp_path):
     # Three workers resume a two-worker run: every image's pose and Adam state, found by particle_index.
     restored = _tables(n, 3, particle_index)
     for rank, table in enumerate(restored):
-        table.load_shard_state_dicts(_iter_sharded_states(tmp_path, "pose_table", _ctx(rank, 3)))
+        table.load_shard_state_dicts(iter_sharded_states(tmp_path, "pose_table", _ctx(rank, 3)))
         assert table.fully_initialized
     merged_index = torch.cat([t.particle_index for t in restored])
     merged = torch.cat([t.rotations(torch.arange(len(t))) for t in restored])

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from cryoray.data.patches import patch_source, sample_patches, split_entries
+from cryoray.data.patches import draw_patches, patch_source, split_entries
 from cryoray.data.tomogram_import import import_tomograms
 from cryoray.errors import CryorayInputError
 from cryoray.io.manifest import read_manifest
@@ -148,7 +148,7 @@ def test_the_picker_patch_stream_reads_the_import(imported: tuple[Path, Path]) -
     manifest = read_manifest(out)
     for split, labels, particles in (("train", "sphere", "annotations"), ("val", "shape", "particles")):
         source = patch_source(out, split_entries(manifest, split), labels, particles)
-        batch = sample_patches({"id": np.arange(12)}, source, 16, 0, "class_balanced", augment=True)
+        batch = draw_patches(source, np.random.default_rng(0), 12, 16, 0, "class_balanced", augment=True)
         assert batch["patch"].shape == (12, 16, 16, 16) and np.isfinite(batch["patch"]).all()
         assert set(batch["labels"][:, 8, 8, 8]) <= {1, 2} and (batch["labels"][:, 8, 8, 8] > 0).all()
 

@@ -18,9 +18,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import ray
-from ray.train import TrainingFailedError
-
 from cryoray.config import deep_update, read_yaml_config, validate_job_config
 from cryoray.data.recipes import REPO_ROOT, resolve_dataset
 from cryoray.io.outputs import RESULT_FILE, atomic_write, check_output_dir
@@ -32,11 +29,12 @@ from cryoray.session import (
     interrupt_signal,
     interruptible,
     print_result,
+    shutdown_ray,
 )
 from cryoray.tracking import RunLogger, default_tracking_uri, git_sha, start_run
 from cryoray.train.context import NonFiniteLossError
+from cryoray.train.loop import newest_checkpoint
 from cryoray.train.method import Method
-from cryoray.train.runner import last_registered_checkpoint, run_training
 
 
 def build_parser(method: Method) -> argparse.ArgumentParser:
@@ -103,7 +101,8 @@ def run_job(method: Method, argv: list[str] | None = None) -> int:
         bad_input = input_error_in(exc)  # raised on the driver, or in a worker or Ray Data function and wrapped by Ray
         if bad_input is not None:
             return _fail(method, f"bad input: {bad_input}", code=2)
-        if not isinstance(exc, TrainingFailedError):
+        ray_train = sys.modules.get("ray.train")  # imported by the Ray route only
+        if ray_train is None or not isinstance(exc, ray_train.TrainingFailedError):
             raise
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         return _fail(method, f"training failed: {lines[-1] if lines else type(exc).__name__}")
@@ -115,10 +114,7 @@ def _interrupted(method: Method, argv: list[str], progress: dict[str, str], sign
     """One sentence: what was interrupted, its last checkpoint, and the command that resumes it."""
     if "run_name" not in progress:
         return f"interrupted by {signum.name} before training started; nothing to resume, rerun the command"
-    last = (
-        last_registered_checkpoint(progress["checkpoints"])
-        or f"none registered in {progress['checkpoints']} (resumes from scratch)"
-    )
+    last = newest_checkpoint(progress["checkpoints"]) or f"none registered in {progress['checkpoints']} (resumes from scratch)"
     kept = _without_options(argv, ("--run-name", "--output-dir"))
     command = shlex.join(
         ["python", f"jobs/{method.name}.py", *kept, "--output-dir", progress["output_dir"], "--run-name", progress["run_name"]]
@@ -153,7 +149,8 @@ def _run(method: Method, args: argparse.Namespace, progress: dict[str, str]) -> 
     dataset_dir, manifest = resolve_dataset(job.dataset)
     method.check_dataset(dataset_dir, manifest, method_config)
 
-    started_ray = connect_ray()
+    in_process = job.num_workers == 0
+    started_ray = False if in_process else connect_ray()
     tracking_uri = job.tracking_uri or default_tracking_uri(Path.cwd())
     run_name = job.run_name or f"{method.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     progress.update(run_name=run_name, output_dir=str(output_dir), checkpoints=f"{job.checkpoint_storage.rstrip('/')}/{run_name}")
@@ -171,13 +168,20 @@ def _run(method: Method, args: argparse.Namespace, progress: dict[str, str]) -> 
     )
     logger = RunLogger(handle)
     try:
-        outcome = run_training(method, job, method_config, dataset_dir, manifest, run_name, handle)
+        if in_process:
+            from cryoray.train.local import run_local
+
+            outcome = run_local(method, job, method_config, dataset_dir, manifest, run_name, handle)
+        else:
+            from cryoray.train.runner import run_training  # Ray Train: imported only for the Ray route
+
+            outcome = run_training(method, job, method_config, dataset_dir, manifest, run_name, handle)
     except BaseException:
         logger.finish(succeeded=False)
         raise
     finally:
         if started_ray:
-            ray.shutdown()
+            shutdown_ray()
     logger.finish(succeeded=True)
     result = {
         "method": method.name,

@@ -15,9 +15,6 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import ray
-import ray.data
-import ray.exceptions
 import torch
 
 from cryoray.errors import CryorayInputError
@@ -36,6 +33,9 @@ def connect_ray(include_dashboard: bool | None = None) -> bool:
     Ray Data is set to re-raise a map function's own exception: its default wrapper (``UserCodeException``) drops the
     original, and with it a ``CryorayInputError`` that ``input_error_in`` would report in one line.
     """
+    import ray  # here: a job that trains in its own process (--num-workers 0) never loads Ray
+    import ray.data
+
     ray.data.DataContext.get_current().raise_original_map_exception = True
     if ray.is_initialized():
         return False
@@ -49,6 +49,13 @@ def connect_ray(include_dashboard: bool | None = None) -> bool:
         # which raises so that the caller reports and shuts Ray down itself.
         signal.signal(signal.SIGTERM, previous)
     return True
+
+
+def shutdown_ray() -> None:
+    """Stop the Ray this process started (``connect_ray`` returned True)."""
+    import ray
+
+    ray.shutdown()
 
 
 def check_gpus(wanted: int, in_this_process: bool = False, source: str | None = None, field: str = "--use-gpu") -> None:
@@ -66,14 +73,16 @@ def check_gpus(wanted: int, in_this_process: bool = False, source: str | None = 
 def input_error_in(exc: BaseException) -> CryorayInputError | None:
     """The bad-input error behind ``exc``, when Ray wrapped one raised in a task, a Ray Data function or a Train
     worker (``RayTaskError``, ``TrainingFailedError``, chained exceptions); None for any other failure."""
+    ray_exceptions = sys.modules.get("ray.exceptions")  # where Ray was never imported, no Ray error can exist
+    task_error: tuple[type[BaseException], ...] = (ray_exceptions.RayTaskError,) if ray_exceptions else ()
     pending, seen = [exc], set()
     while pending:
         current = pending.pop()
         if id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, ray.exceptions.RayTaskError):
-            pending.append(current.cause)  # also a CryorayInputError subclass, but its text is the remote traceback
+        if isinstance(current, task_error):
+            pending.append(current.cause)  # type: ignore[attr-defined]  # also a CryorayInputError subclass; its text is the remote traceback
             continue
         if isinstance(current, CryorayInputError):
             return current

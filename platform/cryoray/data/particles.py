@@ -1,6 +1,6 @@
-"""Ray Data pipelines for particle images: read the shards, stream batches into each Train worker.
+"""Streams of particle images: read the Parquet shards, batches into each training process.
 
-The driver builds one lazy ``ray.data.Dataset`` over the Parquet shards; ``TorchTrainer`` splits it across
+A method describes one stream over the shards (:func:`particle_stream`); on Ray, ``TorchTrainer`` splits it across
 workers (``get_dataset_shard``), and each epoch re-executes the read with the shard files in a new random
 order, followed by a local shuffle buffer in each worker, so the data are shuffled per epoch without ever
 being materialised. (``randomize_block_order`` would be an all-to-all barrier that holds the whole dataset in
@@ -14,11 +14,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import ray.data
 import torch
-from ray.data import FileShuffleConfig
 
 from cryoray.data.shards import IMAGE_COLUMN, PARTICLE_COLUMNS
+from cryoray.data.streams import BatchStream, ParquetRows
 from cryoray.io.manifest import DatasetManifest, shard_paths
 from cryoray.physics import euler_relion_to_matrix
 
@@ -26,19 +25,19 @@ from cryoray.physics import euler_relion_to_matrix
 PREFETCH_BATCHES = 4
 
 
-def particle_dataset(
-    dataset_dir: str | Path, manifest: DatasetManifest, extra_image_columns: tuple[str, ...] = (), seed: int = 0
-) -> ray.data.Dataset:
-    """A lazy dataset of the numeric columns (images + pose + CTF), shard order shuffled per execution from ``seed``."""
-    columns = [IMAGE_COLUMN, *extra_image_columns, *PARTICLE_COLUMNS]
-    shuffle = FileShuffleConfig(seed=seed, reseed_after_execution=True)
-    dataset = ray.data.read_parquet(shard_paths(dataset_dir, manifest), shuffle=shuffle).select_columns(columns)
-    dataset.context.enable_progress_bars = False  # this dataset's own DataContext copy, not the process-wide one
-    return dataset
+# What a training stream reads by default: the image and its pose and CTF metadata.
+STREAM_COLUMNS = (IMAGE_COLUMN, *PARTICLE_COLUMNS)
+
+
+def particle_stream(
+    dataset_dir: str | Path, manifest: DatasetManifest, seed: int = 0, columns: tuple[str, ...] = STREAM_COLUMNS
+) -> ParquetRows:
+    """All rows of the shards (``columns`` only), the shard order shuffled per epoch from ``seed``."""
+    return ParquetRows(files=tuple(shard_paths(dataset_dir, manifest)), columns=columns, seed=seed)
 
 
 def iter_particle_batches(
-    shard: ray.data.DataIterator,
+    shard: BatchStream,
     batch_size: int,
     device: torch.device,
     shuffle_buffer_images: int | None = None,

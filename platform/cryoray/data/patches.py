@@ -1,12 +1,11 @@
-"""Ray Data streams of subtomogram patches with their label patches, cut from memory-mapped tomograms.
+"""Streams of subtomogram patches with their label patches, cut from memory-mapped tomograms.
 
-A stream is ``ray.data.range(n)`` mapped by :func:`sample_patches`: each row draws a particle, centres a
-cubic patch on it plus a random integer shift, cuts the tomogram and the label map (memory-mapped, so only
-the patch is read), applies a random wedge-preserving rotation and normalises the patch. The map is
-re-executed every epoch, so every epoch sees fresh patches; a block's draws are seeded by the run seed, Ray
-Data's execution index of the stream (one per epoch), the sampling mode and the block's first row id, so a
-run with the same seed cuts the same patches whichever task runs a block (a replicated stream also keys them
-by the worker: :func:`draw_per_replica`).
+A stream (:func:`patch_stream`, a ``GeneratedRows`` spec) makes its rows block by block with :func:`draw_patches`:
+each row draws a particle, centres a cubic patch on it plus a random integer shift, cuts the tomogram and the
+label map (memory-mapped, so only the patch is read), applies a random wedge-preserving rotation and normalises
+the patch. The stream is re-executed every epoch, so every epoch sees fresh patches; a block's draws are seeded
+by the run seed, the epoch, the replica, the sampling mode and the block's first row id
+(``cryoray.data.streams.block_rng``), so a run with the same seed cuts the same patches whichever task runs a block.
 
 Sampling: ``"particles"`` draws uniformly over the annotated particles (DeepFinder's scheme, paper:
 "random shift"); ``"class_balanced"`` first picks a class uniformly, then a particle of it (the paper's
@@ -21,14 +20,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, TypeVar, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
 import mrcfile
 import numpy as np
 import pandas as pd
-import ray.data
 import torch
 
+from cryoray.data.streams import GeneratedRows
 from cryoray.errors import CryorayInputError
 from cryoray.io.manifest import DatasetManifest
 from cryoray.io.star import read_coordinates
@@ -41,11 +40,10 @@ Sampling = Literal["particles", "class_balanced"]
 # Axis pairs flipped by the 180° rotations about z, y and x of a (z, y, x) array; () is the identity.
 WEDGE_PRESERVING_FLIPS: tuple[tuple[int, ...], ...] = ((), (1, 2), (0, 2), (0, 1))
 _MMAPS: dict[str, np.ndarray] = {}
-_REPLICA_KEY = "cryoray.patches.replica"
 # A block of patches is tens of milliseconds of work: a whole-CPU reservation per task queued the train and
 # meta streams behind each other and behind the Train workers' reservations (data wait 47 % of a 2-core RobPicker
 # epoch at 1 CPU, measured in benchmarks/RESULTS.md), so the tasks reserve a quarter.
-PATCH_TASK_CPUS = 0.25  # DataContext config that travels with a stream's tasks
+PATCH_TASK_CPUS = 0.25
 
 
 @dataclass(frozen=True)
@@ -119,34 +117,6 @@ def normalise_patch(patch: np.ndarray) -> np.ndarray:
     return standardize(torch.from_numpy(patch.astype(np.float32)), ndim=patch.ndim).numpy()
 
 
-StreamT = TypeVar("StreamT", ray.data.DataIterator, ray.data.Dataset)
-
-
-def draw_per_replica(stream: StreamT, replica: int) -> StreamT:
-    """Give this worker's copy of a replicated patch stream its own draws (pass the worker's rank).
-
-    Every Train worker executes its own copy of a replicated stream with the same seed and execution index, so
-    without a replica number in the key every rank would cut the same patches. A Train worker holds a
-    ``DataIterator``; the in-driver loop (``--num-workers 0``) holds the ``Dataset`` itself.
-    """
-    context = stream.context if isinstance(stream, ray.data.Dataset) else stream.get_context()
-    context.set_config(_REPLICA_KEY, replica)
-    return stream
-
-
-def _block_generator(seed: int, sampling: Sampling, first_id: int) -> np.random.Generator:
-    """The generator of one block of a patch stream in the current execution of its dataset.
-
-    Keyed by Ray Data's execution index (``_execution_idx``, the counter its own seeded shuffles and ``random()``
-    expression read; it advances once per epoch, and a task sees its dataset's value) rather than by global state,
-    which differs between the tasks that run the blocks. The replica number keeps the ranks' copies of a replicated
-    stream apart, the sampling mode a run's train and meta streams.
-    """
-    context = ray.data.DataContext.get_current()
-    key = [seed, context._execution_idx, context.get_config(_REPLICA_KEY, 0), get_args(Sampling).index(sampling), first_id]
-    return np.random.default_rng(key)
-
-
 def draw_patches(
     source: PatchSource,
     rng: np.random.Generator,
@@ -180,22 +150,20 @@ def draw_patches(
     return {"patch": patches, "labels": labels}
 
 
-def sample_patches(
-    batch: dict[str, np.ndarray],
+def patch_rows(
+    ids: np.ndarray,
+    rng: np.random.Generator,
     source: PatchSource,
     patch_px: int,
     max_shift_px: int,
     sampling: Sampling,
     augment: bool,
-    seed: int = 0,
 ) -> dict[str, np.ndarray]:
-    """Ray Data ``map_batches`` function: one random patch + label patch per input row."""
-    n = len(batch["id"])
-    rng = _block_generator(seed, sampling, int(batch["id"][0]) if n else 0)
-    return draw_patches(source, rng, n, patch_px, max_shift_px, sampling, augment)
+    """A :class:`~cryoray.data.streams.GeneratedRows` block: one random (patch, labels) pair per row id."""
+    return draw_patches(source, rng, len(ids), patch_px, max_shift_px, sampling, augment)
 
 
-def patch_dataset(
+def patch_stream(
     source: PatchSource,
     n_patches: int,
     patch_px: int,
@@ -204,16 +172,16 @@ def patch_dataset(
     augment: bool,
     seed: int = 0,
     rows_per_block: int = 32,
-) -> ray.data.Dataset:
-    """A lazy stream of ``n_patches`` random (patch, labels) rows; re-drawn (seeded) every time it is iterated."""
-    blocks = max(1, -(-n_patches // rows_per_block))
-    settings = {"patch_px": patch_px, "max_shift_px": max_shift_px, "sampling": sampling, "augment": augment, "seed": seed}
-    dataset = ray.data.range(n_patches, override_num_blocks=blocks).map_batches(
-        sample_patches,
-        fn_kwargs={"source": source, **settings},
-        batch_size=rows_per_block,
-        batch_format="numpy",
-        num_cpus=PATCH_TASK_CPUS,
+) -> GeneratedRows:
+    """A stream of ``n_patches`` random (patch, labels) rows, re-drawn (seeded) every epoch; the sampling mode keys
+    the draws, so a run's train and meta streams differ."""
+    settings = {"source": source, "patch_px": patch_px, "max_shift_px": max_shift_px, "sampling": sampling, "augment": augment}
+    return GeneratedRows(
+        n_rows=n_patches,
+        make=patch_rows,
+        kwargs=settings,
+        seed=seed,
+        key=get_args(Sampling).index(sampling),
+        rows_per_block=rows_per_block,
+        task_cpus=PATCH_TASK_CPUS,
     )
-    dataset.context.enable_progress_bars = False  # this dataset's own DataContext copy, not the process-wide one
-    return dataset

@@ -175,12 +175,14 @@ class PoseTable:
 
     @property
     def fully_initialized(self) -> bool:
+        """Every row has a pose (a host read: for a once-per-epoch check, not a step)."""
         return bool(self.initialized.all())
 
     def rows(self, particle_index: torch.Tensor) -> torch.Tensor:
         """Table rows of ``particle_index`` values; an image this worker does not own is an error."""
         wanted = particle_index.to(self.device, torch.int64)
         rows = torch.searchsorted(self.particle_index, wanted).clamp_max(max(len(self) - 1, 0))
+        # One host sync per batch, kept on purpose: a foreign index would silently train another image's pose.
         if len(self) == 0 or not bool((self.particle_index[rows] == wanted).all()):
             missing = wanted[(self.particle_index[rows] != wanted) if len(self) else slice(None)]
             raise KeyError(f"PoseTable: particle_index {missing[:5].tolist()} not in this worker's shard")

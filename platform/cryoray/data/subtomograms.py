@@ -1,4 +1,4 @@
-"""Subtomograms for missing-wedge methods (CryoGEN-II, IsoNet-style), streamed by Ray Data.
+"""Subtomograms for missing-wedge methods (CryoGEN-II, IsoNet-style), streamed to training.
 
 Extraction follows the CryoGEN-II supplement (§7) and IsoNet v1 (``make_mask``, ``extract``):
 
@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import ray.data
 from scipy import ndimage
 
 from cryoray.data.patches import _mmap, cut_patch
+from cryoray.data.streams import GeneratedRows
 from cryoray.errors import CryorayInputError
 from cryoray.io.mrc import read_mrc
 
@@ -138,11 +138,8 @@ def subtomogram_source(
     )
 
 
-def extract_subtomograms(
-    batch: dict[str, np.ndarray], source: SubtomogramSource, with_clean: bool = False
-) -> dict[str, np.ndarray]:
-    """Ray Data ``map_batches`` function: the subtomograms of the rows' ``id`` (indices into ``source``)."""
-    ids = np.asarray(batch["id"], dtype=np.int64)
+def extract_subtomograms(ids: np.ndarray, source: SubtomogramSource, with_clean: bool = False) -> dict[str, np.ndarray]:
+    """The subtomograms ``ids`` (indices into ``source``), with their ground-truth crops when asked."""
     n, cube = len(ids), source.cube_px
     subtomograms = np.empty((n, cube, cube, cube), dtype=np.float32)
     cleans = np.empty((n, cube, cube, cube), dtype=np.float32) if with_clean else None
@@ -161,14 +158,11 @@ def extract_subtomograms(
     return out
 
 
-def subtomogram_dataset(source: SubtomogramSource, with_clean: bool = False, rows_per_block: int = 16) -> ray.data.Dataset:
-    """A lazy Ray Data stream of the source's subtomograms (re-read from the memory-mapped files each epoch)."""
-    blocks = max(1, -(-len(source) // rows_per_block))
-    dataset = ray.data.range(len(source), override_num_blocks=blocks).map_batches(
-        extract_subtomograms,
-        fn_kwargs={"source": source, "with_clean": with_clean},
-        batch_size=rows_per_block,
-        batch_format="numpy",
-    )
-    dataset.context.enable_progress_bars = False  # this dataset's own DataContext copy, not the process-wide one
-    return dataset
+def _subtomogram_rows(ids: np.ndarray, rng: np.random.Generator, source: SubtomogramSource) -> dict[str, np.ndarray]:
+    """A :class:`~cryoray.data.streams.GeneratedRows` block of the fixed set (nothing is drawn: ``rng`` is unused)."""
+    return extract_subtomograms(ids, source)
+
+
+def subtomogram_stream(source: SubtomogramSource, rows_per_block: int = 16) -> GeneratedRows:
+    """A stream of the source's subtomograms, re-read from the memory-mapped files each epoch."""
+    return GeneratedRows(n_rows=len(source), make=_subtomogram_rows, kwargs={"source": source}, rows_per_block=rows_per_block)

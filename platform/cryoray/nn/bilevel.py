@@ -71,10 +71,14 @@ def finite_difference_hypergradient(
     unrolled = {n: (w - inner_lr * g).detach().requires_grad_() for n, w, g in zip(names, weights, train_grads)}
     val_loss = upper_loss(unrolled)
     v = reduce(_grads(val_loss, list(unrolled.values())))
-    v_norm = torch.sqrt(functools.reduce(torch.add, ((g.double() ** 2).sum() for g in v))).item()
+    squared_norm = functools.reduce(torch.add, ((g.double() ** 2).sum() for g in v))
+    # The step's one host sync: ε = epsilon / ‖v‖ is a number, and the two losses are reported with it.
+    lower_value, upper_value, v_norm = torch.stack(
+        (train_loss.detach().double(), val_loss.detach().double(), squared_norm.sqrt())
+    ).tolist()
     if v_norm == 0.0:
         zeros = [torch.zeros_like(p) for p in meta_params]
-        return Hypergradient(zeros, float(train_loss.detach()), float(val_loss.detach()), 0.0, 0.0)
+        return Hypergradient(zeros, lower_value, upper_value, 0.0, 0.0)
     eps = epsilon / v_norm
 
     def meta_grads_at(sign: float) -> list[torch.Tensor]:
@@ -83,4 +87,4 @@ def finite_difference_hypergradient(
 
     plus, minus = meta_grads_at(1.0), meta_grads_at(-1.0)
     hyper = reduce([-inner_lr * (gp - gm) / (2.0 * eps) for gp, gm in zip(plus, minus)])
-    return Hypergradient(hyper, float(train_loss.detach()), float(val_loss.detach()), eps, v_norm)
+    return Hypergradient(hyper, lower_value, upper_value, eps, v_norm)

@@ -39,7 +39,8 @@ def percentile_minmax(
     if not 0 <= low_percent < high_percent <= 100:
         raise ValueError(f"percentile_minmax: need 0 <= low < high <= 100, got {low_percent}, {high_percent}")
     flat = volume.reshape(*volume.shape[: volume.ndim - sample_ndim], -1)
-    levels = torch.tensor([low_percent / 100, high_percent / 100], dtype=flat.dtype, device=flat.device)
+    # linspace of two points is exactly [low, high], made on the device (a tensor from a list is a host-to-device copy).
+    levels = torch.linspace(low_percent / 100, high_percent / 100, 2, dtype=flat.dtype, device=flat.device)
     quantiles = torch.quantile(flat.detach(), levels, dim=-1)  # (2, *lead)
     shape = (*volume.shape[: volume.ndim - sample_ndim],) + (1,) * sample_ndim
     low, high = quantiles[0].reshape(shape), quantiles[1].reshape(shape)

@@ -18,7 +18,6 @@ voxel), ``A`` = ``rotation`` and ``t`` = ``shift_px`` in (x, y, z) voxels of the
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -86,20 +85,20 @@ def _best_rotation_and_shift(
     """(correlation, rotation index, integer shift (x, y, z)) maximising the translational cross-correlation."""
     box = reference.shape[-1]
     reference_ft = torch.fft.fftn(standardize(reference, 3))
-    best = (-math.inf, 0, torch.zeros(3))
+    peaks, peak_voxels = [], []
     for start in range(0, rotations.shape[0], chunk):
         rotated = standardize(rotate_volume(moving, rotations[start : start + chunk]), 3)
         # cc[s] = mean_r ref(r) rot(r − s): the correlation with the rotated map shifted by s (circular).
         cc = torch.fft.ifftn(reference_ft * torch.fft.fftn(rotated, dim=(-3, -2, -1)).conj(), dim=(-3, -2, -1)).real / box**3
-        flat = cc.reshape(cc.shape[0], -1)
-        values, where = flat.max(dim=1)
-        k = int(values.argmax())
-        if float(values[k]) > best[0]:
-            iz, iy, ix = torch.unravel_index(where[k], (box, box, box))
-            wrapped = torch.stack((ix, iy, iz)).to(moving.dtype)
-            shift = torch.where(wrapped > box // 2, wrapped - box, wrapped)
-            best = (float(values[k]), start + k, shift)
-    return best
+        values, where = cc.reshape(cc.shape[0], -1).max(dim=1)
+        peaks.append(values)
+        peak_voxels.append(where)
+    values, where = torch.cat(peaks), torch.cat(peak_voxels)
+    best = int(values.argmax())  # the one host sync of the search: the winner indexes the rotations
+    iz, iy, ix = torch.unravel_index(where[best], (box, box, box))
+    wrapped = torch.stack((ix, iy, iz)).to(moving.dtype)
+    shift = torch.where(wrapped > box // 2, wrapped - box, wrapped)
+    return float(values[best]), best, shift
 
 
 def _refine(
@@ -107,7 +106,7 @@ def _refine(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Local refinement by L-BFGS on (axis-angle ω, shift t) of ``A = exp(ω) A₀`` maximising the correlation."""
     target = standardize(reference, 3)
-    omega = torch.zeros(3, dtype=moving.dtype, requires_grad=True)
+    omega = torch.zeros(3, dtype=moving.dtype, device=moving.device, requires_grad=True)
     shift = shift_px.clone().to(moving.dtype).requires_grad_(True)
     optimiser = torch.optim.LBFGS([omega, shift], lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
 
@@ -151,7 +150,7 @@ def align_maps(
     coarse_box = min(search_box_px, box) - min(search_box_px, box) % 2
     refine_box = min(refine_box_px, box) - min(refine_box_px, box) % 2
     coarse_reference = _fourier_crop(reference, coarse_box)
-    rotations = hopf_grid_rotations(search_level, dtype=torch.float32)
+    rotations = hopf_grid_rotations(search_level, dtype=torch.float32, device=moving.device)
     hands = [False, True] if allow_flip else [False]
     candidates = []
     for flipped in hands:
@@ -167,5 +166,5 @@ def align_maps(
     shift = shift * (box / refine_box)
     with torch.no_grad():
         aligned = rotate_volume(hand, rotation, shift)
-        correlation = float((standardize(aligned, 3) * standardize(reference, 3)).mean())
+        correlation = float((standardize(aligned, 3) * standardize(reference, 3)).mean())  # a reported number
     return MapAlignment(rotation=rotation, shift_px=shift, flipped=flipped, correlation=correlation, aligned=aligned)

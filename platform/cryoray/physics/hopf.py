@@ -35,10 +35,6 @@ __all__ = [
     "nearest_hopf_neighbours",
 ]
 
-# HEALPix base faces: ring number (in units of Nside) of the face centre, and its longitude index.
-_FACE_RING = (2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4)
-_FACE_LON = (1, 3, 5, 7, 0, 2, 4, 6, 1, 3, 5, 7)
-
 
 def _check_level(level: int, name: str) -> None:
     if isinstance(level, bool) or not isinstance(level, int) or level < 0:
@@ -63,15 +59,24 @@ def healpix_pix2ang_nested(nside: int, ipix: torch.Tensor) -> tuple[torch.Tensor
         raise ValueError(f"healpix_pix2ang_nested: nside must be a power of two, got {nside}")
     ipix = torch.as_tensor(ipix, dtype=torch.int64)
     npix = 12 * nside * nside
+    # A check of caller-given indices (reads them back once); the grid's own paths use _pix2ang_nested.
     if ipix.numel() and (int(ipix.min()) < 0 or int(ipix.max()) >= npix):
         raise ValueError(f"healpix_pix2ang_nested: pixel indices must lie in [0, {npix}) for nside={nside}")
+    return _pix2ang_nested(nside, ipix)
+
+
+def _pix2ang_nested(nside: int, ipix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`healpix_pix2ang_nested` without the index check, all on ``ipix``'s device (no host sync)."""
     order = nside.bit_length() - 1
     face = ipix >> (2 * order)
     in_face = ipix & (nside * nside - 1)
     ix = _compress_bits(in_face, order)
     iy = _compress_bits(in_face >> 1, order)
-    face_ring = torch.tensor(_FACE_RING, dtype=torch.int64, device=ipix.device)[face]
-    face_lon = torch.tensor(_FACE_LON, dtype=torch.int64, device=ipix.device)[face]
+    # The base faces' ring (in units of Nside: 2, 3, 4 by rows of four) and longitude index (1, 3, 5, 7 in the
+    # polar rows, 0, 2, 4, 6 on the equator), as arithmetic: a lookup table would be a host-to-device copy.
+    face_row, face_column = face // 4, face % 4
+    face_ring = face_row + 2
+    face_lon = 2 * face_column + (face_row + 1) % 2
     ring = face_ring * nside - ix - iy - 1  # ring index 1 .. 4·nside-1 from the north pole
 
     north = ring < nside
@@ -109,7 +114,7 @@ def hopf_grid_size(level: int) -> int:
 
 
 def _quaternions_at(s2: torch.Tensor, s1: torch.Tensor, level: int) -> torch.Tensor:
-    theta, phi = healpix_pix2ang_nested(2**level, s2)
+    theta, phi = _pix2ang_nested(2**level, s2)
     psi = (s1.to(torch.float64) + 0.5) * (2 * math.pi / _n_psi(level))
     return hopf_to_quaternion(theta, phi, psi)
 
@@ -120,17 +125,17 @@ def hopf_grid_quaternions(
     """The level-``level`` grid as quaternions, shape ``(72·8**level, 4)``, S²-major order."""
     _check_level(level, "hopf_grid_quaternions")
     n_psi = _n_psi(level)
-    index = torch.arange(hopf_grid_size(level), dtype=torch.int64)
+    index = torch.arange(hopf_grid_size(level), dtype=torch.int64, device=device)
     q = _quaternions_at(index // n_psi, index % n_psi, level)
-    return q.to(dtype=dtype, device=device)
+    return q.to(dtype=dtype)
 
 
 def hopf_grid_rotations(
     level: int, *, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
 ) -> torch.Tensor:
     """The level-``level`` grid as rotation matrices, shape ``(72·8**level, 3, 3)``."""
-    q = hopf_grid_quaternions(level, dtype=torch.float64)
-    return quaternion_to_matrix(q).to(dtype=dtype, device=device)
+    q = hopf_grid_quaternions(level, dtype=torch.float64, device=device)
+    return quaternion_to_matrix(q).to(dtype=dtype)
 
 
 def hopf_grid_rotations_at(
@@ -151,8 +156,14 @@ def hopf_children(indices: torch.Tensor, level: int) -> torch.Tensor:
     """
     _check_level(level, "hopf_children")
     indices = torch.as_tensor(indices, dtype=torch.int64)
+    # A check of caller-given indices (reads them back once); the beam search uses _hopf_children.
     if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= hopf_grid_size(level)):
         raise ValueError(f"hopf_children: indices must lie in [0, {hopf_grid_size(level)}) at level {level}")
+    return _hopf_children(indices, level)
+
+
+def _hopf_children(indices: torch.Tensor, level: int) -> torch.Tensor:
+    """:func:`hopf_children` of grid indices known to be valid (a search's own), without a host sync."""
     n_psi, n_psi_next = _n_psi(level), _n_psi(level + 1)
     s2, s1 = indices // n_psi, indices % n_psi
     offsets = torch.arange(4, dtype=torch.int64, device=indices.device)

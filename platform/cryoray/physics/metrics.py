@@ -102,6 +102,7 @@ def fsc_resolution_angstrom(
     bumps back up. A NaN shell (no power: nothing to correlate) counts as below the threshold and is
     never interpolated to. Returns ``inf`` when only frequency 0 qualifies.
     """
+    # A number for reports: the curve comes to the host once, then the crossing is found there.
     freq = torch.as_tensor(frequency, dtype=torch.float64).detach().cpu()
     curve = torch.as_tensor(fsc, dtype=torch.float64).detach().cpu()
     if freq.ndim != 1 or curve.shape != freq.shape or freq.numel() < 2:
@@ -234,7 +235,7 @@ def rotation_error_after_alignment(
     if n_references < 1:
         raise ValueError(f"rotation_error_after_alignment: n_references must be >= 1, got {n_references}")
     R_pred = R_pred.detach()
-    group = torch.eye(3)[None] if symmetry is None else symmetry
+    group = torch.eye(3, device=R_pred.device)[None] if symmetry is None else symmetry
     equivalent = R_gt.detach().to(R_pred.dtype)[:, None] @ group.to(R_pred)  # (N, G, 3, 3) poses equal to the truth
     n = R_pred.shape[0]
     refs = torch.linspace(0, n - 1, min(n_references, n), device=R_pred.device).round().long().unique()
@@ -245,6 +246,7 @@ def rotation_error_after_alignment(
         """(K, N) smallest |C A − G g|² = 6 − 2 tr(Aᵀ P_g) over the group, and the (K, N) g that attains it."""
         return (6 - 2 * torch.einsum("kab,ngab->kng", A, P)).min(dim=-1)
 
+    # An evaluation, not a training step: the candidates are compared on the host (a few syncs per call).
     best: tuple[float, bool, torch.Tensor, torch.Tensor] | None = None  # (score, flipped, C, A)
     for flipped, C in hands:
         P = C.transpose(-1, -2)[:, None] @ equivalent  # (N, G, 3, 3)

@@ -19,10 +19,11 @@ def snr_db_to_linear(snr_db: torch.Tensor | float) -> torch.Tensor:
 
 
 def snr_linear_to_db(snr_linear: torch.Tensor | float) -> torch.Tensor:
-    """``10 · log10(snr_linear)``; ``snr_linear`` must be > 0."""
-    snr = snr_linear if isinstance(snr_linear, torch.Tensor) else torch.as_tensor(snr_linear, dtype=torch.float64)
-    if bool((snr <= 0).any()):
+    """``10 · log10(snr_linear)``; ``snr_linear`` must be > 0 (checked for a number; a tensor is not read back,
+    and a value <= 0 gives -inf or NaN)."""
+    if not isinstance(snr_linear, torch.Tensor) and not snr_linear > 0:
         raise ValueError(f"snr_linear_to_db: snr_linear must be > 0, got {snr_linear}")
+    snr = snr_linear if isinstance(snr_linear, torch.Tensor) else torch.as_tensor(snr_linear, dtype=torch.float64)
     return 10 * torch.log10(snr)
 
 
@@ -40,7 +41,8 @@ def add_gaussian_noise(
     Exactly one of ``snr_linear`` / ``snr_db`` must be given (scalar or broadcastable to the
     leading dims). ``images``: (..., *sample) with ``sample_ndim`` trailing sample dims (2 for
     images, 3 for volumes). ``signal_mask``: boolean, broadcastable to the sample shape; the
-    variance is taken over the masked pixels only. ``noise_std`` has the leading shape.
+    variance is taken over the masked pixels only. ``noise_std`` has the leading shape. An SNR given as
+    a number is checked (> 0); a tensor SNR is the caller's to check, once (it is not read back here).
     """
     if (snr_linear is None) == (snr_db is None):
         raise ValueError("add_gaussian_noise: give exactly one of snr_linear and snr_db")
@@ -48,18 +50,18 @@ def add_gaussian_noise(
         raise ValueError(f"add_gaussian_noise: sample_ndim={sample_ndim} does not fit images of shape {tuple(images.shape)}")
     if images.is_complex() or not images.is_floating_point():
         raise ValueError(f"add_gaussian_noise: expected real floating-point images, got {images.dtype}")
+    if snr_linear is not None and not isinstance(snr_linear, torch.Tensor) and not snr_linear > 0:
+        raise ValueError(f"add_gaussian_noise: the SNR must be > 0, got {snr_linear}")
     if snr_db is not None:
         snr = snr_db_to_linear(snr_db)
     else:
         snr = snr_linear if isinstance(snr_linear, torch.Tensor) else torch.as_tensor(snr_linear, dtype=torch.float64)
     snr = snr.to(device=images.device, dtype=images.dtype)
-    if bool((snr <= 0).any()):
-        raise ValueError(f"add_gaussian_noise: the SNR must be > 0, got {snr_linear if snr_db is None else snr_db}")
     dims = tuple(range(-sample_ndim, 0))
     if signal_mask is None:
         signal_var = images.var(dim=dims, unbiased=False)
     else:
-        mask = torch.as_tensor(signal_mask, device=images.device).to(torch.bool)
+        mask = torch.as_tensor(signal_mask).to(torch.bool)
         try:
             mask = torch.broadcast_to(mask, images.shape[-sample_ndim:])
         except RuntimeError as err:
@@ -67,9 +69,11 @@ def add_gaussian_noise(
                 f"add_gaussian_noise: signal_mask {tuple(mask.shape)} does not broadcast to the sample shape "
                 f"{tuple(images.shape[-sample_ndim:])}"
             ) from err
-        count = mask.sum()
-        if int(count) < 2:
+        # Counted where the mask lives (a host mask costs no device sync): too few pixels would give NaN noise.
+        if int(mask.sum()) < 2:
             raise ValueError("add_gaussian_noise: signal_mask must select at least 2 pixels")
+        mask = mask.to(images.device)
+        count = mask.sum()
         weights = mask.to(images.dtype)
         mean = (images * weights).sum(dim=dims, keepdim=True) / count
         signal_var = (((images - mean) ** 2) * weights).sum(dim=dims) / count

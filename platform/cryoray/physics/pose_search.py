@@ -21,6 +21,8 @@ search and shared by the batch; the children are rendered per image.
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -28,7 +30,7 @@ from typing import Literal
 import torch
 
 from .fourier import centered_grid
-from .hopf import hopf_children, hopf_grid_rotations, hopf_grid_rotations_at, hopf_grid_size, nearest_hopf_neighbours
+from .hopf import _hopf_children, hopf_grid_rotations, hopf_grid_rotations_at, hopf_grid_size, nearest_hopf_neighbours
 from .projection import sample_central_slices
 
 __all__ = ["FourierDisc", "PoseSearch", "annealed_temperature", "band_limit_px", "disc_costs", "search_poses", "soft_assignment"]
@@ -53,15 +55,26 @@ class FourierDisc:
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
     ) -> FourierDisc:
-        grid = centered_grid(box_px, 2, dtype=dtype, device=device).reshape(-1, 2)
-        squared = grid.square().sum(-1)
-        keep = (squared <= radius_px**2) & ((squared > 0) | with_origin)
-        index = torch.nonzero(keep)[:, 0]
-        return cls(flat_index=index, plane_px=grid[index])
+        # |k|² is an integer, so the disc depends on radius_px only through floor(radius_px²): a band limit that
+        # marches every step builds each distinct disc once.
+        device = torch.device(device) if device is not None else None
+        return cls(*_disc_pixels(box_px, math.floor(radius_px**2), with_origin, dtype, device))
 
     def take(self, images: torch.Tensor) -> torch.Tensor:
         """(…, D, D) → (…, P): the disc's pixels of centred transforms (or of a CTF on the centred grid)."""
         return images.flatten(-2)[..., self.flat_index]
+
+
+@functools.lru_cache(maxsize=256)
+def _disc_pixels(
+    box_px: int, squared_radius_px: int, with_origin: bool, dtype: torch.dtype, device: torch.device | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(flat index, lab plane) of the pixels with ``0 < |k|² ≤ squared_radius_px`` (origin with ``with_origin``)."""
+    grid = centered_grid(box_px, 2, dtype=dtype, device=device).reshape(-1, 2)
+    squared = grid.square().sum(-1)
+    keep = (squared <= squared_radius_px) & ((squared > 0) | with_origin)
+    index = torch.nonzero(keep)[:, 0]  # the disc's size is data-dependent: one host sync per distinct disc (cached)
+    return index, grid[index]
 
 
 def disc_costs(observed: torch.Tensor, ctf: torch.Tensor | None, templates: torch.Tensor, kind: CostKind) -> torch.Tensor:
@@ -139,7 +152,7 @@ def search_poses(
         beam = nearest_hopf_neighbours(initial, start_level, k=width)
         scores = search.cost(hopf_grid_rotations_at(beam, start_level, dtype=dtype, device=device))
     for level in range(start_level, final_level):
-        children = hopf_children(beam, level).reshape(beam.shape[0], -1)
+        children = _hopf_children(beam, level).reshape(beam.shape[0], -1)
         costs = search.cost(hopf_grid_rotations_at(children, level + 1, dtype=dtype, device=device))
         scores, keep = torch.topk(costs, width, dim=1, largest=False)
         beam = torch.gather(children, 1, keep)

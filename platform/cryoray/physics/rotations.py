@@ -149,9 +149,12 @@ def euler_relion_to_matrix(
 
     ``A = Rz(-psi) Ry(-tilt) Rz(-rot)`` (= ``(Rz(rot) Ry(tilt) Rz(psi))ᵀ`` with right-handed active
     elementary rotations). ``A`` maps reference (particle) coordinates to image coordinates, so it is
-    the pose of this package. The three angles broadcast against each other.
+    the pose of this package. The three angles broadcast against each other; the result lives on the device
+    of the tensor angles (numbers join them there).
     """
-    angles = torch.broadcast_tensors(*(torch.as_tensor(a) for a in (rot_deg, tilt_deg, psi_deg)))
+    given = (rot_deg, tilt_deg, psi_deg)
+    device = next((a.device for a in given if isinstance(a, torch.Tensor)), None)
+    angles = torch.broadcast_tensors(*(torch.as_tensor(a, device=device) for a in given))
     dtype = torch.promote_types(angles[0].dtype, torch.float32)
     a, b, g = (torch.deg2rad(t.to(dtype)) for t in angles)
     ca, sa, cb, sb, cg, sg = torch.cos(a), torch.sin(a), torch.cos(b), torch.sin(b), torch.cos(g), torch.sin(g)

@@ -184,6 +184,8 @@ def rotate_volume_90(volume: torch.Tensor, R_int: torch.Tensor) -> torch.Tensor:
     rotation is about the array centre ``(D-1)/2`` (= ``D//2`` for odd D). Acting on a centred
     Fourier mask it rotates the mask the same way as it rotates a real-space volume.
     """
+    # R_int steers flips and a permutation from the host: pass a CPU matrix (as cube_rotations gives) and this
+    # reads nothing back from the device the volume lives on.
     R = torch.as_tensor(R_int)
     if tuple(R.shape) != (3, 3):
         raise ValueError(f"rotate_volume_90: expected a 3x3 matrix, got shape {tuple(R.shape)}")

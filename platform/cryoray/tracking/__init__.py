@@ -14,12 +14,12 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from mlflow.entities import Metric, Param, RunStatus
-from mlflow.tracking import MlflowClient
+from typing import TYPE_CHECKING, Any
 
 from cryoray import __version__
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 MAX_PARAM_LENGTH = 6000
 # A dead tracking server should cost seconds, not MLflow's default minutes of retries (a user's setting wins).
@@ -34,6 +34,8 @@ def tracking_client(tracking_uri: str) -> MlflowClient:
     """
     for name, value in FAIL_FAST_HTTP.items():
         os.environ.setdefault(name, value)
+    from mlflow.tracking import MlflowClient  # here: the in-process route runs where MLflow is not installed
+
     return MlflowClient(tracking_uri)
 
 
@@ -96,6 +98,8 @@ class RunLogger:
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         if not self._client or self.handle is None or not metrics:
             return
+        from mlflow.entities import Metric
+
         now = int(time.time() * 1000)
         batch = [Metric(key, float(value), now, step) for key, value in metrics.items()]
         try:
@@ -123,6 +127,8 @@ class RunLogger:
     def finish(self, succeeded: bool) -> None:
         if not self._client or self.handle is None:
             return
+        from mlflow.entities import RunStatus
+
         status = RunStatus.to_string(RunStatus.FINISHED if succeeded else RunStatus.FAILED)
         try:
             self._client.set_terminated(self.handle.run_id, status=status)
@@ -139,6 +145,8 @@ def start_run(
     parent_run_id: str | None = None,
 ) -> TrackingHandle | None:
     """Create the job's run (nested under ``parent_run_id`` for sweep trials); None if tracking is down."""
+    from mlflow.entities import Param
+
     try:
         client = tracking_client(tracking_uri)
         experiment = client.get_experiment_by_name(experiment_name)

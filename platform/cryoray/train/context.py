@@ -12,9 +12,8 @@ import torch
 import torch.distributed as dist
 
 if TYPE_CHECKING:
-    import ray.data
-
     from cryoray.config import RunnerConfig
+    from cryoray.data.streams import BatchStream
     from cryoray.io.manifest import DatasetManifest
 
 
@@ -35,7 +34,7 @@ class TrainContext:
     steps_per_epoch: int = 1  # this worker's training steps per epoch (all workers take the same number)
     epoch: int = 0
     global_step: int = 0
-    datasets: dict[str, ray.data.DataIterator] = field(default_factory=dict)
+    datasets: dict[str, BatchStream] = field(default_factory=dict)  # a Ray DataIterator or a LocalStream per stream
 
     @property
     def is_rank_zero(self) -> bool:

@@ -1,19 +1,54 @@
-"""The parts of the training loop that need no Ray: the step budget and one step as the runner takes it.
+"""The training loop without Ray: step budget, one step, one epoch, the epochs, checkpoint files, the end.
 
-The Ray runner uses them, and so do tests and benchmarks that drive a method in this process, so a method
-sees exactly the same step (scheduler stepping, step counter) whichever way it is driven.
+The Ray runner (``cryoray.train.runner``) and the in-process route (``cryoray.train.local``) both drive a method
+through :func:`train_epochs`; they differ only in where the data come from, how a checkpoint is handed over
+(Ray Train's ``report`` or a folder written here) and DDP. Tests and benchmarks that drive a method in this process
+use the same step (scheduler stepping, step counter) too.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import BaseModel
 
-from cryoray.config import RunnerConfig
-from cryoray.train.context import TrainContext
+from cryoray.config import JobConfig, RunnerConfig
+from cryoray.io.models import (
+    read_checkpoint,
+    read_sharded_checkpoint,
+    sharded_checkpoint_files,
+    write_checkpoint,
+    write_sharded_checkpoint,
+)
+from cryoray.tracking import RunLogger
+from cryoray.train.context import NonFiniteLossError, TrainContext
 from cryoray.train.method import Method, TrainState
+
+# Wall-clock metrics of every epoch (steps, time waiting for the next batch, evaluation): they vary from run to run.
+TIMING_METRICS = ("epoch_seconds", "data_wait_fraction", "eval_seconds")
+
+# Hands an epoch's metrics to the route, with a function that writes the checkpoint files into a folder when one
+# is due (None otherwise).
+Reporter = Callable[[int, dict[str, float], "Callable[[Path], None] | None"], None]
+
+
+@dataclass
+class TrainingOutcome:
+    """What the driver gets back from a finished run."""
+
+    metrics: dict[str, float]
+    artifacts: dict[str, str]
+    epochs_completed: int
+    resumed_from_epoch: int | None
+    checkpoint_path: str | None
 
 
 def steps_per_epoch(epoch_items: int, world_size: int, runner: RunnerConfig) -> int:
@@ -31,3 +66,153 @@ def take_step(
         scheduler.step()
     ctx.global_step += 1
     return metrics
+
+
+def train_one_epoch(
+    method: Method[Any], state: TrainState, config: BaseModel, ctx: TrainContext, logger: RunLogger
+) -> dict[str, float]:
+    """Steps over this worker's stream, then rank-averaged train metrics plus the method's evaluation."""
+    for module in state.modules.values():
+        module.train()
+    sums: dict[str, float] = defaultdict(float)
+    steps = 0
+    method.begin_epoch(state, config, ctx)
+    start, waited = time.perf_counter(), 0.0  # data wait: time spent getting the next batch
+    batches = iter(method.train_batches(state, config, ctx))
+    while True:
+        before = time.perf_counter()
+        batch = next(batches, None)
+        waited += time.perf_counter() - before
+        if batch is None:
+            break
+        step_metrics = take_step(method, state, batch, config, ctx)
+        steps += 1
+        for key, value in step_metrics.items():
+            sums[key] += value
+        if ctx.global_step % ctx.runner.log_every_steps == 0:
+            logger.log_metrics({f"train/{k}": v for k, v in step_metrics.items()}, step=ctx.global_step)
+        if ctx.runner.max_steps_per_epoch is not None and steps >= ctx.runner.max_steps_per_epoch:
+            break
+    keys = sorted(sums)
+    means = ctx.all_reduce_mean(torch.tensor([sums[k] / max(steps, 1) for k in keys], dtype=torch.float64, device=ctx.device))
+    metrics = {f"train_{k}": float(v) for k, v in zip(keys, means)}
+    train_s = time.perf_counter() - start
+    metrics |= {"epoch_seconds": train_s, "data_wait_fraction": waited / max(train_s, 1e-9)}
+    for module in state.modules.values():
+        module.eval()
+    before = time.perf_counter()
+    metrics.update(method.evaluate(state, config, ctx))
+    metrics["eval_seconds"] = time.perf_counter() - before
+    return metrics
+
+
+def train_epochs(
+    method: Method[Any],
+    job: JobConfig,
+    config: BaseModel,
+    state: TrainState,
+    ctx: TrainContext,
+    logger: RunLogger,
+    start_epoch: int,
+    report: Reporter,
+) -> dict[str, Any] | None:
+    """Epochs ``start_epoch…``, each handed to ``report`` (with a checkpoint writer at the job's cadence and at the
+    end), then the method's artifacts and test. Returns rank 0's outcome (``metrics``, ``artifacts``,
+    ``epochs_completed``, or ``error`` after a non-finite loss), None on the other ranks."""
+    saved_config = {"job": job.model_dump(mode="json"), "method": config.model_dump(mode="json")}
+    epoch_metrics: dict[str, float] = {}
+    try:
+        for epoch in range(start_epoch, job.train.epochs):
+            ctx.epoch = epoch
+            epoch_metrics = train_one_epoch(method, state, config, ctx, logger)
+            logger.log_metrics({f"epoch/{k}": v for k, v in epoch_metrics.items()}, step=epoch)
+            due = epoch == job.train.epochs - 1 or (epoch + 1) % job.train.checkpoint_every_epochs == 0
+
+            def write(directory: Path) -> None:
+                save_checkpoint(directory, method, saved_config, state, ctx)
+
+            report(epoch, epoch_metrics, write if due else None)
+    except NonFiniteLossError as exc:
+        logger.set_tags({"cryoray.error": str(exc)})
+        return {"error": str(exc)} if ctx.is_rank_zero else None
+
+    output_dir = Path(job.output_dir)
+    if ctx.is_rank_zero:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    artifacts = method.write_artifacts(state, config, ctx, output_dir)
+    test_metrics, test_artifacts = method.test(state, config, ctx, output_dir)
+    artifacts.update(test_artifacts)
+    logger.log_metrics(test_metrics, step=job.train.epochs - 1)
+    for path in artifacts.values():
+        logger.log_artifact(path, artifact_path="outputs")
+    if not ctx.is_rank_zero:
+        return None
+    return {"metrics": {**epoch_metrics, **test_metrics}, "artifacts": artifacts, "epochs_completed": job.train.epochs}
+
+
+def newest_checkpoint(run_dir: str) -> str | None:
+    """The checkpoint a rerun with this run's name resumes from, None before the first (or for remote storage):
+    the one Ray Train registered last (its ``checkpoint_manager_snapshot.json``), or for an in-process run the
+    newest ``epoch_NNNN`` folder (complete by construction, ``cryoray.train.local``)."""
+    folder = Path(run_dir)
+    snapshot = folder / "checkpoint_manager_snapshot.json"
+    if snapshot.is_file():
+        try:
+            latest = json.loads(snapshot.read_text())["latest_checkpoint_result"]
+        except (OSError, ValueError, KeyError):
+            return None
+        return str(folder / latest["checkpoint_dir_name"]) if latest else None
+    epochs = sorted(folder.glob("epoch_*")) if folder.is_dir() else []
+    return str(epochs[-1]) if epochs else None
+
+
+def save_checkpoint(directory: Path, method: Method[Any], config: dict[str, Any], state: TrainState, ctx: TrainContext) -> None:
+    """This rank's part of a checkpoint: rank 0 the replicated state, every rank its own shard file (if any)."""
+    if ctx.is_rank_zero:
+        write_checkpoint(
+            directory,
+            method=method.name,
+            config=config,
+            epoch=ctx.epoch,
+            global_step=ctx.global_step,
+            modules={name: state.unwrapped(name) for name in state.modules},
+            optimizers=state.optimizers,
+            schedulers=state.schedulers,
+            extra=state.extra,
+        )
+    save_shards(directory, state, ctx)
+
+
+def save_shards(directory: Path, state: TrainState, ctx: TrainContext) -> None:
+    """This rank's own file of per-worker state (none without ``state.sharded``); Ray Train merges the files every
+    rank reports into one checkpoint folder."""
+    if state.sharded:
+        states = {name: shard.shard_state_dict() for name, shard in state.sharded.items()}
+        write_sharded_checkpoint(directory, ctx.rank, ctx.world_size, ctx.epoch, states)
+
+
+def restore_checkpoint(directory: Path, method: Method[Any], state: TrainState, ctx: TrainContext) -> int:
+    """Load a checkpoint folder into ``state`` and ``ctx.global_step``; returns the epoch it holds."""
+    saved = read_checkpoint(directory, map_location=ctx.device)
+    if saved["method"] != method.name:
+        raise ValueError(f"checkpoint holds method {saved['method']!r}, this job trains {method.name!r}")
+    for name, module in state.modules.items():
+        module.load_state_dict(saved["modules"][name])
+    for name, optimizer in state.optimizers.items():
+        optimizer.load_state_dict(saved["optimizers"][name])
+    for name, scheduler in state.schedulers.items():
+        scheduler.load_state_dict(saved["schedulers"][name])
+    state.extra.update(saved["extra"])
+    for name, shard in state.sharded.items():
+        shard.load_shard_state_dicts(iter_sharded_states(directory, name, ctx))
+    ctx.global_step = saved["global_step"]
+    return int(saved["epoch"])
+
+
+def iter_sharded_states(directory: Path, name: str, ctx: TrainContext) -> Iterator[dict[str, Any]]:
+    """The saved shards of ``name``, one file at a time, this rank's own file (same world size) first."""
+    for path in sharded_checkpoint_files(directory, ctx.rank, ctx.world_size):
+        states = read_sharded_checkpoint(path, map_location=ctx.device)
+        if name not in states:
+            raise ValueError(f"{path}: holds no sharded state {name!r} (has {sorted(states)})")
+        yield states[name]

@@ -24,7 +24,7 @@ from cryoray.io.manifest import DatasetKind, DatasetManifest
 from cryoray.train.context import TrainContext
 
 if TYPE_CHECKING:
-    import ray.data
+    from cryoray.data.streams import Stream
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
 ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
@@ -104,10 +104,9 @@ class Method(ABC, Generic[ConfigT]):
             raise CryorayInputError(dataset_dir, "kind", f"a {self.dataset_kind} dataset for {self.name}", manifest.kind)
 
     @abstractmethod
-    def datasets(
-        self, dataset_dir: Path, manifest: DatasetManifest, config: ConfigT, seed: int = 0
-    ) -> dict[str, ray.data.Dataset]:
-        """Driver side: the Ray datasets; ``train`` is split across workers, the others are replicated.
+    def datasets(self, dataset_dir: Path, manifest: DatasetManifest, config: ConfigT, seed: int = 0) -> dict[str, Stream]:
+        """Driver side: the streams (``cryoray.data.streams`` specs); on Ray ``train`` is split across the workers
+        and the others are replicated (each worker draws its own copy of a generated one).
 
         ``seed`` (the run's ``train.seed``) seeds every random choice a stream makes (file order, sampled patches),
         per execution of the stream, so that epochs differ and a run with the same seed repeats them."""

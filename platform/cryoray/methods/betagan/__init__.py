@@ -24,17 +24,18 @@ Choices where the supplement is silent (all settings, logged to MLflow with the 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pandas as pd
-import ray.data
 import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
-from cryoray.data.particles import particle_dataset
+from cryoray.data.particles import particle_stream
+from cryoray.data.streams import Stream
 from cryoray.errors import CryorayInputError
 from cryoray.io.manifest import DatasetManifest
 from cryoray.io.models import MODEL_FILE, write_model_file
@@ -112,9 +113,10 @@ def outlier_mask(particle_index: torch.Tensor, fraction: float, seed: int) -> to
 def contaminate(
     clean: torch.Tensor, mask: torch.Tensor, kind: ContaminationKind, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """Replace the clean images selected by ``mask`` (B,) with outliers of ``kind`` (see the module docstring)."""
-    if not bool(mask.any()):
-        return clean
+    """Replace the clean images selected by ``mask`` (B,) with outliers of ``kind`` (see the module docstring).
+
+    The random outliers are drawn on the CPU, where ``generator`` lives, so a seed gives the same outliers on every
+    device (one host-to-device copy per step, and none when the run has no contamination)."""
     mean = clean.mean(dim=(-2, -1), keepdim=True)
     std = clean.std(dim=(-2, -1), keepdim=True)
     if kind == "noise":
@@ -195,14 +197,10 @@ class BetaGAN(Method[BetaGANConfig]):
             )
         self.split_bounds(manifest, config)
 
-    def datasets(
-        self, dataset_dir: Path, manifest: DatasetManifest, config: BetaGANConfig, seed: int = 0
-    ) -> dict[str, ray.data.Dataset]:
+    def datasets(self, dataset_dir: Path, manifest: DatasetManifest, config: BetaGANConfig, seed: int = 0) -> dict[str, Stream]:
         val_start, _ = self.split_bounds(manifest, config)
-        train = particle_dataset(dataset_dir, manifest, extra_image_columns=(CLEAN_COLUMN,), seed=seed)
-        return {
-            "train": train.filter(expr=f"particle_index < {val_start}").select_columns(["image", CLEAN_COLUMN, "particle_index"])
-        }
+        train = particle_stream(dataset_dir, manifest, seed=seed, columns=("image", CLEAN_COLUMN, "particle_index"))
+        return {"train": dataclasses.replace(train, below=("particle_index", val_start))}
 
     # ----- worker side -----------------------------------------------------------------------------------------------
 
@@ -237,7 +235,8 @@ class BetaGAN(Method[BetaGANConfig]):
     ) -> dict[str, float]:
         noisy, clean, _ = normalise_pair(batch["image"], batch[CLEAN_COLUMN])
         mask = outlier_mask(batch["particle_index"], config.contamination_fraction, config.contamination_seed)
-        clean = contaminate(clean, mask, config.contamination_kind)
+        if config.contamination_fraction > 0:
+            clean = contaminate(clean, mask, config.contamination_kind)
         denoised = state.modules["generator"](noisy)
         metrics: dict[str, float] = {"outlier_fraction": float(mask.float().mean())}
         generator_losses: dict[str, torch.Tensor] = {}

@@ -24,8 +24,6 @@ from typing import Any
 
 import mrcfile
 import numpy as np
-import ray
-import ray.data
 import torch
 
 from cryoray.errors import CryorayInputError
@@ -133,6 +131,8 @@ def _denoise_into(
     path: Path, model: Model, stack_path: Path, count: int, box: int, pixel: float, batch_size: int, use_gpu: bool
 ) -> None:
     """Stream the stack through Ray Data and write each denoised batch at its indices into a memory-mapped ``path``."""
+    import ray  # here, where the work starts: the module itself imports without Ray
+
     started = connect_ray()
     try:
         resources = {"num_gpus": 1} if use_gpu else {"num_cpus": 1}

@@ -37,11 +37,11 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import ray.data
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from cryoray.data.particles import iter_particle_batches, particle_dataset
+from cryoray.data.particles import iter_particle_batches, particle_stream
+from cryoray.data.streams import ParquetRows, Stream
 from cryoray.errors import CryorayInputError
 from cryoray.io.manifest import DatasetManifest, shard_paths
 from cryoray.methods.cryo2ssnet.networks import (
@@ -182,13 +182,13 @@ class Cryo2SSNet(Method[Cryo2SSNetConfig]):
 
     def datasets(
         self, dataset_dir: Path, manifest: DatasetManifest, config: Cryo2SSNetConfig, seed: int = 0
-    ) -> dict[str, ray.data.Dataset]:
-        first_shard = ray.data.read_parquet(shard_paths(dataset_dir, manifest)[0]).limit(config.eval_images)
-        columns = ["image", "particle_index", "rot_deg", "tilt_deg", "psi_deg", *CTF_PARAMETERS]
+    ) -> dict[str, Stream]:
+        columns = ("image", "particle_index", "rot_deg", "tilt_deg", "psi_deg", *CTF_PARAMETERS)
+        first_shard = (shard_paths(dataset_dir, manifest)[0],)
         return {
-            "train": particle_dataset(dataset_dir, manifest, seed=seed),
-            "eval": first_shard.select_columns(columns),
-            "all": particle_dataset(dataset_dir, manifest, seed=seed),
+            "train": particle_stream(dataset_dir, manifest, seed=seed),
+            "eval": ParquetRows(files=first_shard, columns=columns, shuffle_files=False, limit=config.eval_images),
+            "all": particle_stream(dataset_dir, manifest, seed=seed),
         }
 
     def setup(self, config: Cryo2SSNetConfig, manifest: DatasetManifest, ctx: TrainContext) -> TrainState:

@@ -39,16 +39,16 @@ from pathlib import Path
 from typing import Any, Literal, overload
 
 import numpy as np
-import ray.data
 import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
 from cryoray.data.patches import split_entries
+from cryoray.data.streams import Stream
 from cryoray.data.subtomograms import (
     SubtomogramSource,
     extract_subtomograms,
-    subtomogram_dataset,
     subtomogram_source,
+    subtomogram_stream,
 )
 from cryoray.io.figures import write_fsc_curves
 from cryoray.io.manifest import DatasetManifest
@@ -194,10 +194,10 @@ def critic_views(
     """Barycenter views: per pair an orientation ``o`` of the 24; real = another subtomogram rotated by ``R_o``
     (its wedge becomes ``R_o M``), fake = the generator's output through the wedge ``R_o M``."""
     batch = output.shape[0]
-    orientation = torch.randint(len(geometry["cube_rotations"]), (batch,))
+    orientation = torch.randint(len(geometry["cube_rotations"]), (batch,)).tolist()  # host indices: no device copy
     partners = subtomograms.roll(1, dims=0)
-    real = torch.stack([rotate_volume_90(v, geometry["cube_rotations"][int(o)]) for v, o in zip(partners, orientation)])
-    fake = apply_fourier_mask(output, geometry["cube_masks"][orientation.to(output.device)])
+    real = torch.stack([rotate_volume_90(v, geometry["cube_rotations"][o]) for v, o in zip(partners, orientation)])
+    fake = apply_fourier_mask(output, torch.stack([geometry["cube_masks"][o] for o in orientation]))
     return real, fake
 
 
@@ -276,11 +276,9 @@ class CryoGEN2(Method[CryoGEN2Config]):
     def epoch_items(self, config: CryoGEN2Config, manifest: DatasetManifest) -> int:
         return config.train_subtomograms
 
-    def datasets(
-        self, dataset_dir: Path, manifest: DatasetManifest, config: CryoGEN2Config, seed: int = 0
-    ) -> dict[str, ray.data.Dataset]:
+    def datasets(self, dataset_dir: Path, manifest: DatasetManifest, config: CryoGEN2Config, seed: int = 0) -> dict[str, Stream]:
         source = self._source(dataset_dir, manifest, config, "train")
-        return {"train": subtomogram_dataset(source)}
+        return {"train": subtomogram_stream(source)}
 
     @overload
     @staticmethod
@@ -383,7 +381,7 @@ class CryoGEN2(Method[CryoGEN2Config]):
         """The split's fixed cubes with their ground truth, extracted once per worker (kept in ``state.runtime``)."""
         if split not in state.runtime:
             source = self._source(ctx.dataset_dir, ctx.manifest, config, split)
-            cubes = None if source is None else extract_subtomograms({"id": np.arange(len(source))}, source, with_clean=True)
+            cubes = None if source is None else extract_subtomograms(np.arange(len(source)), source, with_clean=True)
             state.runtime[split] = (
                 None if cubes is None else {"source": source, **{k: torch.from_numpy(v) for k, v in cubes.items()}}
             )

@@ -32,11 +32,13 @@ from cryoray.physics import (
 def rotated_wedge_masks(
     box: int, rotations: torch.Tensor, tilt_range_deg: tuple[float, float], device: torch.device | str | None = None
 ) -> torch.Tensor:
-    """(N, D, D, D) measured-region masks of a tilt-axis-y wedge rotated by each cube rotation, centred grid."""
+    """(N, D, D, D) measured-region masks of a tilt-axis-y wedge rotated by each cube rotation, centred grid.
+
+    ``rotations`` are host (CPU) matrices: they steer flips and permutations; the masks are built on ``device``.
+    """
     odd = box + 1 - box % 2
-    base = missing_wedge_mask(odd, *tilt_range_deg)
-    masks = torch.stack([rotate_volume_90(base, R)[:box, :box, :box] for R in rotations])
-    return masks.to(device)
+    base = missing_wedge_mask(odd, *tilt_range_deg, device=device)
+    return torch.stack([rotate_volume_90(base, R)[:box, :box, :box] for R in rotations])
 
 
 def masked_reconstruction_terms(
@@ -68,13 +70,14 @@ def training_sample(
     the input and noise of std ``σ ~ U(0, 1] × max_noise`` (fresh every step; IsoNet instead ramps it up).
 
     ``rotated_masks[i]`` is the canonical wedge rotated by ``rotations[i]``. Returns input, target,
-    target_mask, the chosen rotation indices and σ.
+    target_mask, the chosen rotation indices (on the host, where they steer the rotations) and σ.
     """
     batch = subtomograms.shape[0]
     device = subtomograms.device
-    choice = torch.randint(len(rotations), (batch,))
-    target = torch.stack([rotate_volume_90(v, rotations[int(c)]) for v, c in zip(subtomograms, choice)])
-    target_mask = rotated_masks[choice.to(rotated_masks.device)]
+    choice = torch.randint(len(rotations), (batch,))  # on the host, where the indices steer the rotations
+    picked = choice.tolist()
+    target = torch.stack([rotate_volume_90(v, rotations[c]) for v, c in zip(subtomograms, picked)])
+    target_mask = torch.stack([rotated_masks[c] for c in picked])  # by Python index: no host-to-device copy
     sigma = (1.0 - torch.rand(batch, device=device)) * max_noise  # (0, 1] × max
     wedged = apply_fourier_mask(target, input_mask)
     if max_noise > 0:

@@ -37,7 +37,6 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-import ray.data
 import torch
 import torch.distributed as dist
 from pydantic import BaseModel, ConfigDict, Field
@@ -51,6 +50,7 @@ from cryoray.data.pose_table import (
     read_owned_columns,
     read_particle_indices,
 )
+from cryoray.data.streams import Stream
 from cryoray.errors import CryorayInputError
 from cryoray.io.figures import agg_figure
 from cryoray.io.manifest import DatasetManifest
@@ -202,10 +202,8 @@ class CryoSPIN(Method[CryoSpinConfig]):
             expected = "a particles dataset with image, pose and CTF columns"
             raise CryorayInputError(dataset_dir / "manifest.json", "columns", expected, f"missing {missing}")
 
-    def datasets(
-        self, dataset_dir: Path, manifest: DatasetManifest, config: BaseModel, seed: int = 0
-    ) -> dict[str, ray.data.Dataset]:
-        # No Ray dataset: each worker reads its own fixed rows (the per-image table needs a fixed assignment).
+    def datasets(self, dataset_dir: Path, manifest: DatasetManifest, config: BaseModel, seed: int = 0) -> dict[str, Stream]:
+        # No stream: each worker reads its own fixed rows (the per-image table needs a fixed assignment).
         return {}
 
     # ---- worker side ----
@@ -314,7 +312,7 @@ class CryoSPIN(Method[CryoSpinConfig]):
             per_head = self.head_losses(state.modules["decoder"], rotations, shifts, batch, runtime.mask, config, ctx)
             best, winner = per_head.min(dim=1)  # winner-takes-all: only the best head's loss is back-propagated
             total = ctx.step(state.optimizers["model"], {"data": best.mean()})
-            chosen = rotations[torch.arange(len(winner)), winner]
+            chosen = rotations[torch.arange(len(winner), device=winner.device), winner]
         else:
             volume = state.unwrapped("decoder", HartleyVolume).hartley().detach()
             per_head = self.head_losses(

@@ -151,9 +151,11 @@ def per_image_loss(
 
     ``gaussian_nll`` (the paper, eq. 2/5): ``Σ|F̂_pred − F̂_obs|² / (2σ²)`` divided by the pixel count (a
     constant; the additive normaliser of the likelihood is dropped). ``l1`` (the public code): the mean
-    modulus ``|F̂_pred − F̂_obs|``.
+    modulus ``|F̂_pred − F̂_obs|``. The mean over the mask is a weighted sum: indexing by a boolean mask would read
+    its size back from the device on every call.
     """
-    residual = (predicted - observed)[..., mask]
-    if kind == "gaussian_nll":
-        return (residual.real**2 + residual.imag**2).mean(-1) / (2 * noise_variance)
-    return residual.abs().mean(-1)
+    residual = predicted - observed
+    per_pixel = residual.real**2 + residual.imag**2 if kind == "gaussian_nll" else residual.abs()
+    weights = mask.to(per_pixel.dtype)
+    mean = (per_pixel * weights).sum(dim=(-2, -1)) / weights.sum()
+    return mean / (2 * noise_variance) if kind == "gaussian_nll" else mean

@@ -11,11 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import ray.data
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from cryoray.data.particles import iter_particle_batches, particle_dataset
+from cryoray.data.particles import iter_particle_batches, particle_stream
+from cryoray.data.streams import Stream
 from cryoray.errors import CryorayInputError
 from cryoray.io.figures import write_fsc_curves
 from cryoray.io.manifest import DatasetManifest
@@ -78,10 +78,8 @@ class KnownPoseReconstruction(Method[ReconstructConfig]):
                 dataset_dir / "manifest.json", "poses", "particles with known orientations", "imported without them"
             )
 
-    def datasets(
-        self, dataset_dir: Path, manifest: DatasetManifest, config: BaseModel, seed: int = 0
-    ) -> dict[str, ray.data.Dataset]:
-        return {"train": particle_dataset(dataset_dir, manifest, seed=seed)}
+    def datasets(self, dataset_dir: Path, manifest: DatasetManifest, config: BaseModel, seed: int = 0) -> dict[str, Stream]:
+        return {"train": particle_stream(dataset_dir, manifest, seed=seed)}
 
     def setup(self, config: ReconstructConfig, manifest: DatasetManifest, ctx: TrainContext) -> TrainState:
         model = VoxelMap(manifest.box_px).to(ctx.device)

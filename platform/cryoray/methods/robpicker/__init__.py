@@ -37,12 +37,12 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Literal, TypeVar
 
-import ray.data
 import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 from torch.func import functional_call
 
-from cryoray.data.patches import draw_per_replica, patch_dataset, patch_source, split_entries
+from cryoray.data.patches import patch_source, patch_stream, split_entries
+from cryoray.data.streams import Stream
 from cryoray.data.tomogram_recipes import SPLITS
 from cryoray.errors import CryorayInputError
 from cryoray.io.manifest import MANIFEST_NAME, DatasetManifest
@@ -203,19 +203,17 @@ class RobPicker(Method[RobPickerConfig]):
             expected = "at least one train, one val and one test tomogram"
             raise CryorayInputError(dataset_dir / MANIFEST_NAME, "tomograms", expected, f"no {' or '.join(missing)}")
 
-    def datasets(
-        self, dataset_dir: Path, manifest: DatasetManifest, config: RobPickerConfig, seed: int = 0
-    ) -> dict[str, ray.data.Dataset]:
+    def datasets(self, dataset_dir: Path, manifest: DatasetManifest, config: RobPickerConfig, seed: int = 0) -> dict[str, Stream]:
         shift = config.patch_px // 4 if config.max_shift_px is None else config.max_shift_px
         train = patch_source(dataset_dir, split_entries(manifest, "train"), config.train_labels, "annotations")
-        streams = {
-            "train": patch_dataset(
+        streams: dict[str, Stream] = {
+            "train": patch_stream(
                 train, config.train_patches_per_epoch, config.patch_px, shift, "particles", augment=True, seed=seed
             )
         }
         if config.uses_meta:
             val = patch_source(dataset_dir, split_entries(manifest, "val"), config.val_labels, "particles")
-            streams["meta"] = patch_dataset(
+            streams["meta"] = patch_stream(
                 val, config.meta_patches_per_epoch, config.patch_px, shift, "class_balanced", augment=True, seed=seed
             )
         return streams
@@ -256,7 +254,6 @@ class RobPicker(Method[RobPickerConfig]):
         if not config.uses_meta:
             yield from stream("train")
             return
-        draw_per_replica(ctx.datasets["meta"], ctx.rank)  # each rank its own validation patches
         meta = _cycle(lambda: stream("meta"))
         for batch, meta_batch in zip(stream("train"), meta):
             yield {**batch, "meta_patch": meta_batch["patch"], "meta_labels": meta_batch["labels"]}

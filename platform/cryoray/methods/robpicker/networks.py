@@ -92,7 +92,7 @@ def weighted_dice(
     finite difference is the derivative of the very gradient the lower level steps with.
     """
     if corrector is None:
-        target, alpha = noisy_one_hot, torch.zeros(())
+        target, alpha = noisy_one_hot, logits.new_zeros(())
     else:
         target, alpha = corrector(features.detach(), noisy_one_hot)
     per_patch = dice_loss_per_patch(torch.softmax(logits, dim=1), target)

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import ray
 import torch
 from scipy import ndimage
 
@@ -142,6 +141,8 @@ def _pick_all(
 ) -> dict[str, Any]:
     """One Ray task per (checked) tomogram; then ``picks.star``, the scores and ``result.json``."""
     output_dir.mkdir(parents=True, exist_ok=True)
+    import ray  # here, where the work starts: the module itself imports without Ray
+
     started = connect_ray()
     try:
         task = ray.remote(num_cpus=1, num_gpus=1 if args.use_gpu else 0)(pick_file)

@@ -1,0 +1,58 @@
+"""Stream specs (``cryoray.data.streams``) as lazy Ray Data datasets, for the Ray Train runner.
+
+Every dataset gets its own ``DataContext`` copy with progress bars off and :class:`~cryoray.data.pacing.IdleBackoff`
+registered. A generated stream's blocks read the epoch from Ray Data's execution index of the dataset
+(``_execution_idx``, the counter its own seeded shuffles read; it advances once per epoch and a task sees its
+dataset's value) and the replica from the worker's context (:func:`set_replica`), never from global state, which
+differs between the tasks that run the blocks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import ray.data
+from ray.data import FileShuffleConfig
+
+from cryoray.data.pacing import paced
+from cryoray.data.streams import GeneratedRows, ParquetRows, Stream, block_rng
+
+_REPLICA_KEY = "cryoray.streams.replica"
+
+
+def ray_dataset(spec: Stream) -> ray.data.Dataset:
+    """The lazy dataset of ``spec``; re-executed (re-shuffled, re-drawn) every time it is iterated."""
+    if isinstance(spec, ParquetRows):
+        columns = list(dict.fromkeys([*spec.columns, *([spec.below[0]] if spec.below else [])]))
+        shuffle = FileShuffleConfig(seed=spec.seed, reseed_after_execution=True) if spec.shuffle_files else None
+        dataset = ray.data.read_parquet(list(spec.files), columns=columns, shuffle=shuffle)
+        if spec.below is not None:
+            dataset = dataset.filter(expr=f"{spec.below[0]} < {spec.below[1]}")
+        if spec.limit is not None:
+            dataset = dataset.limit(spec.limit)
+        dataset = dataset.select_columns(list(spec.columns))
+    else:
+        blocks = max(1, -(-spec.n_rows // spec.rows_per_block))
+        dataset = ray.data.range(spec.n_rows, override_num_blocks=blocks).map_batches(
+            _make_block,
+            fn_kwargs={"spec": spec},
+            batch_size=spec.rows_per_block,
+            batch_format="numpy",
+            num_cpus=spec.task_cpus,
+        )
+    dataset.context.enable_progress_bars = False  # this dataset's own DataContext copy, not the process-wide one
+    return paced(dataset)
+
+
+def set_replica(stream: Any, replica: int) -> None:
+    """Give this worker's copy of a replicated generated stream its own draws (pass the worker's rank): every
+    worker executes its own copy with the same seed and execution index. ``stream``: a ``DataIterator``."""
+    stream.get_context().set_config(_REPLICA_KEY, replica)
+
+
+def _make_block(batch: dict[str, np.ndarray], spec: GeneratedRows) -> dict[str, np.ndarray]:
+    ids = np.asarray(batch["id"], dtype=np.int64)
+    context = ray.data.DataContext.get_current()
+    rng = block_rng(spec.seed, context._execution_idx, context.get_config(_REPLICA_KEY, 0), spec.key, int(ids[0]))
+    return spec.make(ids, rng, **spec.kwargs)

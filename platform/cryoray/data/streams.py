@@ -1,0 +1,268 @@
+"""What a method streams, said once and run two ways: by Ray Data on Train workers, or here in this process.
+
+A method's ``datasets`` hook returns stream specs, frozen descriptions without Ray in them.
+``cryoray.data.ray_streams.ray_dataset`` turns a spec into a lazy ``ray.data.Dataset`` (the runner splits ``train``
+across the workers and replicates the others); :class:`LocalStream` iterates the same spec with pyarrow and numpy
+(the in-process route, ``--num-workers 0``, and the GPU suite on a machine without Ray). Both re-execute a spec
+every epoch: a Parquet stream's file order and a generated stream's draws change per epoch and repeat with the
+seed. What differs between the routes: Ray's local shuffle buffer and block boundaries are its own, so the two
+routes see the same rows in a different order.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from cryoray.data.shards import ROW_GROUP_SIZE
+from cryoray.errors import CryorayInputError
+
+
+@dataclass(frozen=True)
+class ParquetRows:
+    """The rows of Parquet shards, ``columns`` only: the file order shuffled per epoch from ``seed`` (unless
+    ``shuffle_files`` is False), only rows with ``column < value`` when ``below`` is set, at most ``limit`` rows."""
+
+    files: tuple[str, ...]
+    columns: tuple[str, ...]
+    seed: int = 0
+    shuffle_files: bool = True
+    below: tuple[str, int] | None = None
+    limit: int | None = None
+
+
+@dataclass(frozen=True)
+class GeneratedRows:
+    """``n_rows`` rows made block by block: ``make(ids, rng, **kwargs)`` returns the columns of the rows ``ids``.
+
+    ``rng`` comes from :func:`block_rng`, keyed by the seed, the epoch (the stream's execution), the replica (a
+    worker's copy of a replicated stream), ``key`` (which of a run's streams) and the block's first row, so a
+    block repeats with the seed whoever computes it, each epoch draws anew and the replicas differ. ``make`` and
+    ``kwargs`` must pickle (a module-level function and plain data): Ray ships them to its tasks.
+    """
+
+    n_rows: int
+    make: Callable[..., dict[str, np.ndarray]]
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    key: int = 0
+    rows_per_block: int = 32
+    task_cpus: float = 1.0  # Ray's reservation per block task
+
+
+Stream = ParquetRows | GeneratedRows
+
+
+def block_rng(seed: int, execution: int, replica: int, key: int, first_id: int) -> np.random.Generator:
+    """The generator of one block of a :class:`GeneratedRows` stream (the same on both routes)."""
+    return np.random.default_rng([seed, execution, replica, key, first_id])
+
+
+def file_order(spec: ParquetRows, execution: int) -> list[str]:
+    """The files in the order one execution reads them: a seeded permutation per execution, or as given."""
+    if not spec.shuffle_files:
+        return list(spec.files)
+    order = np.random.default_rng([spec.seed, execution]).permutation(len(spec.files))
+    return [spec.files[i] for i in order]
+
+
+def record_batch_columns(batch: pa.RecordBatch) -> dict[str, np.ndarray]:
+    """Numpy columns of an Arrow batch; tensor columns keep their shape (a zero-copy view where Arrow allows)."""
+    columns: dict[str, np.ndarray] = {}
+    for name, column in zip(batch.schema.names, batch.columns):
+        if isinstance(column, pa.FixedShapeTensorArray):
+            columns[name] = column.to_numpy_ndarray()
+        else:
+            columns[name] = column.to_numpy(zero_copy_only=False)
+    return columns
+
+
+def _parquet_blocks(spec: ParquetRows, execution: int) -> Iterator[dict[str, np.ndarray]]:
+    left = spec.limit
+    columns = list(dict.fromkeys([*spec.columns, *([spec.below[0]] if spec.below else [])]))
+    for path in file_order(spec, execution):
+        try:
+            reader = pq.ParquetFile(path)
+            batches = reader.iter_batches(batch_size=ROW_GROUP_SIZE, columns=columns)
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise CryorayInputError(path, "parquet", "a readable Parquet shard", str(exc)) from None
+        for record_batch in batches:
+            block = record_batch_columns(record_batch)
+            if spec.below is not None:
+                name, value = spec.below
+                keep = block[name] < value
+                block = {k: block[k][keep] for k in spec.columns}
+            if left is not None:
+                block = {k: v[:left] for k, v in block.items()}
+                left -= len(next(iter(block.values())))
+            if len(next(iter(block.values()))):
+                yield block
+            if left is not None and left <= 0:
+                return
+
+
+def _generated_blocks(spec: GeneratedRows, execution: int, replica: int) -> Iterator[dict[str, np.ndarray]]:
+    for first in range(0, spec.n_rows, spec.rows_per_block):
+        ids = np.arange(first, min(first + spec.rows_per_block, spec.n_rows), dtype=np.int64)
+        yield spec.make(ids, block_rng(spec.seed, execution, replica, spec.key, first), **spec.kwargs)
+
+
+def _rows(block: Mapping[str, np.ndarray]) -> int:
+    return len(next(iter(block.values())))
+
+
+def _rebatch(
+    blocks: Iterator[dict[str, np.ndarray]], batch_size: int, drop_last: bool, shuffle_rows: int | None, seed: int | None
+) -> Iterator[dict[str, np.ndarray]]:
+    """Blocks cut into ``batch_size`` rows. With ``shuffle_rows``, rows are gathered until that many are held and
+    then emitted in a seeded random order (a windowed shuffle, like Ray's local shuffle buffer)."""
+    rng = np.random.default_rng(seed)
+    window = max(batch_size, shuffle_rows or 0)
+    held: list[dict[str, np.ndarray]] = []
+    count = 0
+
+    def flush(final: bool) -> Iterator[dict[str, np.ndarray]]:
+        nonlocal held, count
+        joined = {k: np.concatenate([b[k] for b in held]) for k in held[0]}
+        if shuffle_rows:
+            order = rng.permutation(count)
+            joined = {k: v[order] for k, v in joined.items()}
+        full = count // batch_size * batch_size
+        for start in range(0, full, batch_size):
+            yield {k: v[start : start + batch_size] for k, v in joined.items()}
+        rest = {k: v[full:] for k, v in joined.items()}
+        held, count = ([rest], count - full) if count > full else ([], 0)
+        if final and held and not drop_last:
+            yield held[0]
+
+    for block in blocks:
+        held.append(block)
+        count += _rows(block)
+        if count >= window:
+            yield from flush(final=False)
+    if held:
+        yield from flush(final=True)
+
+
+def _prefetched(source: Iterator[Any], depth: int) -> Iterator[Any]:
+    """``source`` produced ``depth`` items ahead in a background thread (reading, drawing and cutting release the
+    GIL, so the next batches are made while the model steps); errors surface in the consumer."""
+    if depth <= 0:
+        yield from source
+        return
+    items: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in source:
+                while not stop.is_set():
+                    try:
+                        items.put(("item", item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            items.put(("end", None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer as it is
+            items.put(("error", exc))
+
+    thread = threading.Thread(target=produce, name="cryoray-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, item = items.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+DTypes = torch.dtype | Mapping[str, torch.dtype] | None
+
+
+def to_torch(batch: Mapping[str, np.ndarray], dtypes: DTypes, device: torch.device | str) -> dict[str, torch.Tensor]:
+    """Tensors on ``device``: one copy on the host (pinned for CUDA, so the copy to the GPU is asynchronous)."""
+    device = torch.device(device)
+    out: dict[str, torch.Tensor] = {}
+    for name, values in batch.items():
+        dtype = dtypes.get(name) if isinstance(dtypes, Mapping) else dtypes
+        writable = values if values.flags.writeable else values.copy()  # Arrow's zero-copy views are read-only
+        tensor = torch.from_numpy(np.ascontiguousarray(writable))
+        if dtype is not None:
+            tensor = tensor.to(dtype)
+        if device.type == "cuda":
+            tensor = tensor.pin_memory().to(device, non_blocking=True)
+        out[name] = tensor.to(device)
+    return out
+
+
+class LocalStream:
+    """One process's iterator over a stream spec, with the parts of Ray's ``DataIterator`` the methods use.
+
+    Each ``iter_*`` call is one execution (one epoch): ``execution`` counts them, from ``first_execution``.
+    """
+
+    def __init__(self, spec: Stream, replica: int = 0, first_execution: int = 0) -> None:
+        self.spec = spec
+        self.replica = replica
+        self.execution = first_execution
+
+    def _blocks(self) -> Iterator[dict[str, np.ndarray]]:
+        execution = self.execution
+        self.execution += 1
+        if isinstance(self.spec, ParquetRows):
+            return _parquet_blocks(self.spec, execution)
+        return _generated_blocks(self.spec, execution, self.replica)
+
+    def iter_batches(self, batch_size: int | None = None, batch_format: str = "numpy") -> Iterator[dict[str, np.ndarray]]:
+        """Numpy batches (``batch_size=None``: the blocks as they are read or drawn)."""
+        if batch_format != "numpy":
+            raise ValueError(f"LocalStream yields numpy batches, not {batch_format!r}")
+        blocks = self._blocks()
+        return blocks if batch_size is None else _rebatch(blocks, batch_size, False, None, None)
+
+    def iter_torch_batches(
+        self,
+        batch_size: int,
+        dtypes: DTypes = None,
+        device: torch.device | str = "cpu",
+        prefetch_batches: int = 1,
+        local_shuffle_buffer_size: int | None = None,
+        local_shuffle_seed: int | None = None,
+        drop_last: bool = False,
+    ) -> Iterator[dict[str, torch.Tensor]]:
+        """Batches of tensors on ``device``, read ``prefetch_batches`` ahead, optionally shuffled in a window."""
+        batches = _rebatch(self._blocks(), batch_size, drop_last, local_shuffle_buffer_size, local_shuffle_seed)
+        for batch in _prefetched(batches, prefetch_batches):
+            yield to_torch(batch, dtypes, device)
+
+
+class BatchStream(Protocol):
+    """What a method iterates: a Train worker's Ray ``DataIterator`` or a :class:`LocalStream`."""
+
+    def iter_batches(self, *, batch_size: int | None = ..., batch_format: str = ...) -> Iterator[Any]: ...
+
+    def iter_torch_batches(
+        self,
+        *,
+        batch_size: int,
+        dtypes: Any = ...,
+        device: Any = ...,
+        prefetch_batches: int = ...,
+        local_shuffle_buffer_size: int | None = ...,
+        local_shuffle_seed: int | None = ...,
+        drop_last: bool = ...,
+    ) -> Iterator[dict[str, torch.Tensor]]: ...
