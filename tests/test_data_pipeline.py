@@ -25,6 +25,7 @@ from cryoray.io.manifest import read_manifest
 from cryoray.io.mrc import read_mrc
 from cryoray.io.star import read_particles_star
 from cryoray.methods.reconstruct import KnownPoseReconstruction, ReconstructConfig
+from cryoray.session import start_local_ray
 
 
 @pytest.fixture(scope="module")
@@ -124,8 +125,7 @@ def test_a_manifest_with_a_missing_shard_or_wrong_count_is_refused(tmp_path, smo
 
 @pytest.fixture(scope="module")
 def local_ray():
-    # address="local": a private cluster, never one a `ray start` left running on the machine.
-    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    start_local_ray(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 

@@ -19,6 +19,7 @@ from cryoray.data.recipes import resolve_dataset
 from cryoray.methods.cryospin import CryoSPIN
 from cryoray.methods.reconstruct import KnownPoseReconstruction
 from cryoray.methods.robpicker import RobPicker
+from cryoray.session import start_local_ray
 from cryoray.train.loop import TIMING_METRICS
 from cryoray.train.method import Method
 
@@ -44,7 +45,7 @@ CHEAP: dict[type[Method[Any]], dict[str, Any]] = {
 def local_ray() -> Iterator[None]:
     """One private local Ray for the module: a job joins a Ray this process started and leaves it running, so the
     runs do not each pay Ray's start-up."""
-    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    start_local_ray(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 

@@ -43,12 +43,29 @@ def connect_ray(include_dashboard: bool | None = None) -> bool:
     if joins_cluster():
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True, configure_logging=False)
     else:
-        ray.init(address="local", include_dashboard=include_dashboard, log_to_driver=True, configure_logging=False)
+        start_local_ray(include_dashboard=include_dashboard, log_to_driver=True)
     if callable(previous) and threading.current_thread() is threading.main_thread():
         # A local Ray node replaces the SIGTERM handler with one that exits at once; keep ours (``interruptible``),
         # which raises so that the caller reports and shuts Ray down itself.
         signal.signal(signal.SIGTERM, previous)
     return True
+
+
+# Ray Train settings of a private local cluster, set before it starts (its processes inherit them): no watcher
+# of cloud spot preemptions (one more actor per run, which logs an error line where it finds no cloud metadata),
+# and a health-check poll of 0.5 s instead of 2 s, so the end of a run is noticed sooner. A 4-step job on
+# 2 cores: 20.5 s → 14.8 s (benchmarks/RESULTS.md). Values the user set win.
+LOCAL_TRAIN_ENVIRONMENT = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+
+
+def start_local_ray(**options: Any) -> None:
+    """A private local Ray: ``address="local"`` (a bare ``ray.init()`` would join any ``ray start`` cluster on the
+    machine) with :data:`LOCAL_TRAIN_ENVIRONMENT`; ``options`` go to ``ray.init``."""
+    import ray
+
+    for key, value in LOCAL_TRAIN_ENVIRONMENT.items():
+        os.environ.setdefault(key, value)
+    ray.init(address="local", configure_logging=False, **options)
 
 
 def shutdown_ray() -> None:

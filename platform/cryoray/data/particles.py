@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from cryoray.data.shards import IMAGE_COLUMN, PARTICLE_COLUMNS
-from cryoray.data.streams import BatchStream, ParquetRows
+from cryoray.data.streams import BlockStream, ParquetRows
 from cryoray.io.manifest import DatasetManifest, shard_paths
 from cryoray.physics import euler_relion_to_matrix
 
@@ -37,7 +37,7 @@ def particle_stream(
 
 
 def iter_particle_batches(
-    shard: BatchStream,
+    shard: BlockStream,
     batch_size: int,
     device: torch.device,
     shuffle_buffer_images: int | None = None,

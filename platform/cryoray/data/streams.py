@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import queue
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -74,14 +75,15 @@ def file_order(spec: ParquetRows, execution: int) -> list[str]:
     return [spec.files[i] for i in order]
 
 
-def record_batch_columns(batch: pa.RecordBatch) -> dict[str, np.ndarray]:
-    """Numpy columns of an Arrow batch; tensor columns keep their shape (a zero-copy view where Arrow allows)."""
+def arrow_columns(data: pa.RecordBatch | pa.Table) -> dict[str, np.ndarray]:
+    """Numpy columns of Arrow data; tensor columns keep their shape (zero-copy views where Arrow allows)."""
     columns: dict[str, np.ndarray] = {}
-    for name, column in zip(batch.schema.names, batch.columns):
-        if isinstance(column, pa.FixedShapeTensorArray):
-            columns[name] = column.to_numpy_ndarray()
-        else:
-            columns[name] = column.to_numpy(zero_copy_only=False)
+    for name, column in zip(data.schema.names, data.columns):
+        array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+        if isinstance(array, pa.FixedShapeTensorArray):
+            columns[name] = array.to_numpy_ndarray()
+        else:  # plain columns, and Ray Data's own tensor extension type (its to_numpy keeps the shape)
+            columns[name] = array.to_numpy(zero_copy_only=False)
     return columns
 
 
@@ -95,7 +97,7 @@ def _parquet_blocks(spec: ParquetRows, execution: int) -> Iterator[dict[str, np.
         except (OSError, pa.ArrowInvalid) as exc:
             raise CryorayInputError(path, "parquet", "a readable Parquet shard", str(exc)) from None
         for record_batch in batches:
-            block = record_batch_columns(record_batch)
+            block = arrow_columns(record_batch)
             if spec.below is not None:
                 name, value = spec.below
                 keep = block[name] < value
@@ -154,27 +156,36 @@ def _rebatch(
 
 def _prefetched(source: Iterator[Any], depth: int) -> Iterator[Any]:
     """``source`` produced ``depth`` items ahead in a background thread (reading, drawing and cutting release the
-    GIL, so the next batches are made while the model steps); errors surface in the consumer."""
+    GIL, so the next batches are made while the model steps); errors surface in the consumer. When the consumer
+    stops early (a step budget), the thread closes ``source`` before this generator returns, so a Ray shard's epoch
+    has ended before the next one starts, as with Ray's own iterators."""
     if depth <= 0:
         yield from source
         return
     items: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
+    def put(kind: str, item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                items.put((kind, item), timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce() -> None:
         try:
             for item in source:
-                while not stop.is_set():
-                    try:
-                        items.put(("item", item), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put("item", item):
                     return
-            items.put(("end", None))
+            put("end", None)
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer as it is
-            items.put(("error", exc))
+            put("error", exc)
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
 
     thread = threading.Thread(target=produce, name="cryoray-prefetch", daemon=True)
     thread.start()
@@ -188,6 +199,7 @@ def _prefetched(source: Iterator[Any], depth: int) -> Iterator[Any]:
             yield item
     finally:
         stop.set()
+        thread.join()
 
 
 DTypes = torch.dtype | Mapping[str, torch.dtype] | None
@@ -209,29 +221,23 @@ def to_torch(batch: Mapping[str, np.ndarray], dtypes: DTypes, device: torch.devi
     return out
 
 
-class LocalStream:
-    """One process's iterator over a stream spec, with the parts of Ray's ``DataIterator`` the methods use.
+class BlockStream(ABC):
+    """Batches of tensors from a stream of numpy blocks: what a method iterates on either route.
 
-    Each ``iter_*`` call is one execution (one epoch): ``execution`` counts them, from ``first_execution``.
+    The blocks are cut into batches (optionally shuffled in a window first, like Ray's local shuffle buffer),
+    turned into tensors without a per-row step (Arrow → numpy views → one host copy), and made ``prefetch_batches``
+    ahead in a thread while the model steps.
     """
 
-    def __init__(self, spec: Stream, replica: int = 0, first_execution: int = 0) -> None:
-        self.spec = spec
-        self.replica = replica
-        self.execution = first_execution
-
-    def _blocks(self) -> Iterator[dict[str, np.ndarray]]:
-        execution = self.execution
-        self.execution += 1
-        if isinstance(self.spec, ParquetRows):
-            return _parquet_blocks(self.spec, execution)
-        return _generated_blocks(self.spec, execution, self.replica)
+    @abstractmethod
+    def blocks(self) -> Iterator[dict[str, np.ndarray]]:
+        """One execution (one epoch) of the stream, as numpy blocks."""
 
     def iter_batches(self, batch_size: int | None = None, batch_format: str = "numpy") -> Iterator[dict[str, np.ndarray]]:
-        """Numpy batches (``batch_size=None``: the blocks as they are read or drawn)."""
+        """Numpy batches (``batch_size=None``: the blocks as they come)."""
         if batch_format != "numpy":
-            raise ValueError(f"LocalStream yields numpy batches, not {batch_format!r}")
-        blocks = self._blocks()
+            raise ValueError(f"{type(self).__name__} yields numpy batches, not {batch_format!r}")
+        blocks = self.blocks()
         return blocks if batch_size is None else _rebatch(blocks, batch_size, False, None, None)
 
     def iter_torch_batches(
@@ -244,25 +250,26 @@ class LocalStream:
         local_shuffle_seed: int | None = None,
         drop_last: bool = False,
     ) -> Iterator[dict[str, torch.Tensor]]:
-        """Batches of tensors on ``device``, read ``prefetch_batches`` ahead, optionally shuffled in a window."""
-        batches = _rebatch(self._blocks(), batch_size, drop_last, local_shuffle_buffer_size, local_shuffle_seed)
+        """Batches of tensors on ``device``, made ``prefetch_batches`` ahead, optionally shuffled in a window."""
+        batches = _rebatch(self.blocks(), batch_size, drop_last, local_shuffle_buffer_size, local_shuffle_seed)
         for batch in _prefetched(batches, prefetch_batches):
             yield to_torch(batch, dtypes, device)
 
 
-class BatchStream(Protocol):
-    """What a method iterates: a Train worker's Ray ``DataIterator`` or a :class:`LocalStream`."""
+class LocalStream(BlockStream):
+    """A stream spec read or drawn in this process (the in-process route).
 
-    def iter_batches(self, *, batch_size: int | None = ..., batch_format: str = ...) -> Iterator[Any]: ...
+    Each iteration is one execution (one epoch): ``execution`` counts them, from ``first_execution``.
+    """
 
-    def iter_torch_batches(
-        self,
-        *,
-        batch_size: int,
-        dtypes: Any = ...,
-        device: Any = ...,
-        prefetch_batches: int = ...,
-        local_shuffle_buffer_size: int | None = ...,
-        local_shuffle_seed: int | None = ...,
-        drop_last: bool = ...,
-    ) -> Iterator[dict[str, torch.Tensor]]: ...
+    def __init__(self, spec: Stream, replica: int = 0, first_execution: int = 0) -> None:
+        self.spec = spec
+        self.replica = replica
+        self.execution = first_execution
+
+    def blocks(self) -> Iterator[dict[str, np.ndarray]]:
+        execution = self.execution
+        self.execution += 1
+        if isinstance(self.spec, ParquetRows):
+            return _parquet_blocks(self.spec, execution)
+        return _generated_blocks(self.spec, execution, self.replica)

@@ -13,7 +13,7 @@ import torch.distributed as dist
 
 if TYPE_CHECKING:
     from cryoray.config import RunnerConfig
-    from cryoray.data.streams import BatchStream
+    from cryoray.data.streams import BlockStream
     from cryoray.io.manifest import DatasetManifest
 
 
@@ -34,7 +34,7 @@ class TrainContext:
     steps_per_epoch: int = 1  # this worker's training steps per epoch (all workers take the same number)
     epoch: int = 0
     global_step: int = 0
-    datasets: dict[str, BatchStream] = field(default_factory=dict)  # a Ray DataIterator or a LocalStream per stream
+    datasets: dict[str, BlockStream] = field(default_factory=dict)  # per stream: a RayShard or a LocalStream
 
     @property
     def is_rank_zero(self) -> bool:

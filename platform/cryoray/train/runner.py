@@ -23,7 +23,7 @@ from ray.train import Checkpoint, CheckpointConfig, DataConfig, FailureConfig, R
 from ray.train.torch import TorchTrainer
 
 from cryoray.config import JobConfig
-from cryoray.data.ray_streams import ray_dataset, set_replica
+from cryoray.data.ray_streams import RayShard, ray_dataset, set_replica
 from cryoray.io.manifest import DatasetManifest
 from cryoray.tracking import RunLogger, TrackingHandle
 from cryoray.train.context import NonFiniteLossError, TrainContext
@@ -132,10 +132,11 @@ def _worker_loop(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         runner=job.train,
     )
     ctx.steps_per_epoch = steps_per_epoch(loop_config["epoch_items"], ctx.world_size, job.train)
-    ctx.datasets = {name: ray.train.get_dataset_shard(name) for name in loop_config["dataset_names"]}
-    for name, stream in ctx.datasets.items():
+    for name in loop_config["dataset_names"]:
+        shard = ray.train.get_dataset_shard(name)
         if name != "train":
-            set_replica(stream, ctx.rank)  # each rank its own draws of a replicated stream
+            set_replica(shard, ctx.rank)  # each rank its own draws of a replicated stream
+        ctx.datasets[name] = RayShard(shard)
     torch.manual_seed(job.train.seed * 1009 + ctx.rank)
 
     state = method.setup(method_config, ctx.manifest, ctx)
