@@ -37,7 +37,7 @@ import torch
 from cryoray.config import RunnerConfig
 from cryoray.data import shards
 from cryoray.data.particles import iter_particle_batches, particle_stream
-from cryoray.data.ray_streams import ray_dataset
+from cryoray.data.ray_streams import RayShard, ray_dataset
 from cryoray.data.shards import PARTICLE_COLUMNS, particle_rows_to_arrow
 from cryoray.data.streams import LocalStream
 from cryoray.io.manifest import DatasetManifest, ShardEntry
@@ -165,8 +165,8 @@ def _consume(config: dict) -> float:
     rates = []
     for _ in range(2):
         start, n = time.perf_counter(), 0
-        if config["cryoray"]:
-            batches = iter_particle_batches(shard, BATCH, device)
+        if config["cryoray"]:  # as the runner hands a shard to a method
+            batches = iter_particle_batches(RayShard(shard), BATCH, device)
         else:
             batches = shard.iter_torch_batches(batch_size=BATCH, dtypes=torch.float32, prefetch_batches=1)
         for batch in batches:

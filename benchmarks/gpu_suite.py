@@ -73,7 +73,11 @@ def _voxels(key: str) -> Callable[[dict[str, Any], int], float]:
 
 _PARTICLES_64 = {"paper": {"n_images": 8192, "images_per_shard": 2048}, "tiny": {"n_images": 256, "images_per_shard": 128}}
 _TINY_PARTICLES = {"source": {"type": "phantom", "box_px": 24, "voxel_size_angstrom": 8.0}}
-_TINY_TOMOGRAMS = {"shape_zyx": [32, 64, 64], "particles_per_species": 4}
+_TINY_TOMOGRAMS = {
+    "shape_zyx": [32, 64, 64],
+    "species": ["tiny_dimer", "small_tripod", "medium_helix"],
+    "particles_per_species": 4,
+}
 
 
 def _cases() -> list[Case]:
@@ -141,8 +145,11 @@ def _cases() -> list[Case]:
             BetaGAN,
             "particles-betagan-phantom",
             {"paper": {}, "tiny": {**_PARTICLES_64["tiny"], **_TINY_PARTICLES}},
-            {"paper": {"train": {"epochs": 1, "batch_size": 64, "max_steps_per_epoch": 300}}, "tiny": particles_tiny},
-            ("test_psnr", "val_psnr"),
+            {
+                "paper": {"train": {"epochs": 1, "batch_size": 64, "max_steps_per_epoch": 300}},
+                "tiny": {**particles_tiny, "method": {"val_images": 32, "test_images": 32}},
+            },
+            ("test_psnr_denoised", "test_psnr_noisy"),
             _images,
             "images",
         ),
@@ -166,30 +173,41 @@ def _cases() -> list[Case]:
             _voxels("patch_px"),
             "voxels",
         ),
-        Case(
-            "CryoGEN-II",
-            CryoGEN2,
-            "tomograms-cryogen2",
-            {"paper": {}, "tiny": _TINY_TOMOGRAMS},
-            {
-                "paper": {
-                    "train": {"epochs": 1, "batch_size": 8, "max_steps_per_epoch": 300},
-                    "method": {"cube_px": 64, "channels": [32, 64, 128, 256], "train_subtomograms": 480},
-                },
-                "tiny": {
-                    "train": {"epochs": 1, "batch_size": 2, "max_steps_per_epoch": 2},
-                    "method": {
-                        "cube_px": 16,
-                        "channels": [4, 8],
-                        "train_subtomograms": 4,
-                        "val_subtomograms": 2,
-                        "test_subtomograms": 2,
+        *(
+            Case(
+                f"CryoGEN-II {precision}",
+                CryoGEN2,
+                "tomograms-cryogen2",
+                {"paper": {}, "tiny": _TINY_TOMOGRAMS},
+                {
+                    "paper": {
+                        "train": {"epochs": 1, "batch_size": 8, "max_steps_per_epoch": 300},
+                        "method": {
+                            "cube_px": 64,
+                            "channels": [32, 64, 128, 256],
+                            "critic_channels": [32, 64, 128, 256],
+                            "train_subtomograms": 480,
+                            "precision": precision,
+                        },
+                    },
+                    "tiny": {
+                        "train": {"epochs": 1, "batch_size": 2, "max_steps_per_epoch": 2},
+                        "method": {
+                            "cube_px": 16,
+                            "channels": [4, 8],
+                            "critic_channels": [4, 8],
+                            "train_subtomograms": 4,
+                            "val_subtomograms": 2,
+                            "test_subtomograms": 2,
+                            "precision": precision,
+                        },
                     },
                 },
-            },
-            ("test_fsc_wedge_mean", "val_fsc_wedge_mean"),
-            _voxels("cube_px"),
-            "voxels",
+                ("test_fsc_wedge_mean", "test_input_fsc_wedge_mean"),
+                _voxels("cube_px"),
+                "voxels",
+            )
+            for precision in ("fp32", "bf16")
         ),
     ]
 

@@ -152,3 +152,16 @@ def test_the_modules_a_ray_free_machine_needs_import_without_ray_and_a_job_train
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1].removeprefix("RESULT "))
     assert result["metrics"]["map_correlation"] > 0.3 and Path(result["checkpoint"]).is_dir()
+
+
+def test_the_gpu_suite_trains_every_method_in_process_here_at_its_tiny_scale(tmp_path: Path) -> None:
+    """The suite that the lent GPU machine runs (one try there), on this CPU with Ray and MLflow hidden."""
+    script = REPO_ROOT / "benchmarks" / "gpu_suite.py"
+    hide = _WITHOUT_RAY.replace('name == "ray" or name.startswith("ray.")', 'name.split(".")[0] in ("ray", "mlflow")')
+    run = f"{hide}\nimport runpy\nsys.argv = ['gpu_suite.py', '--device', 'cpu', '--scale', 'tiny', '--out', {str(tmp_path)!r}]\n"
+    run += f"runpy.run_path({str(script)!r}, run_name='__main__')"
+    done = subprocess.run([sys.executable, "-c", run], capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
+    rows = json.loads((tmp_path / "gpu_suite.json").read_text())["rows"]
+    assert len(rows) == 8 and all(row["steps"] > 0 and None not in row["quality"].values() for row in rows), rows
+    assert (tmp_path / "gpu_suite.md").read_text().count("\n| ") == 9

@@ -64,6 +64,7 @@ from cryoray.methods.cryogen2.losses import (
     rotated_wedge_masks,
     training_sample,
 )
+from cryoray.nn.precision import Precision, autocast
 from cryoray.nn.unetpp import UNetPlusPlus3d
 from cryoray.physics import (
     apply_fourier_mask,
@@ -114,6 +115,7 @@ class CryoGEN2Config(BaseModel):
     max_noise: float = Field(0.1, ge=0, description="noise std at σ = 1, in normalised units (σ ~ U(0,1] × this, per step)")
     adversarial_weight: float = Field(0.01, ge=0, description="λ of the adversarial term in epoch 1 (then linear decay)")
     learning_rate: float = Field(2e-3, gt=0, description="Adam peak learning rate (paper 4e-4; see the module doc)")
+    precision: Precision = Field("fp32", description="training forward passes of both networks: fp32 | bf16 | auto")
     critic_learning_rate: float | None = Field(None, gt=0, description="critic's Adam peak lr; None = learning_rate")
     warmup_fraction: float = Field(0.1, ge=0, lt=1, description="linear warm-up over this fraction of the steps (paper 10 %)")
     adam_betas: tuple[float, float] = Field((0.9, 0.999), description="Adam betas of both networks")
@@ -346,7 +348,9 @@ class CryoGEN2(Method[CryoGEN2Config]):
         sample = training_sample(
             subtomograms, geometry["rotations"], geometry["rotated_masks"], geometry["input_mask"], config.max_noise
         )
-        output = state.modules["generator"](sample["input"])
+        with autocast(config.precision, ctx.device):
+            output = state.modules["generator"](sample["input"])
+        output = output.float()  # the masked loss and the wedge filters run in fp32
         losses = masked_reconstruction_terms(output, sample["target"], sample["target_mask"], geometry["input_mask"])
         weights = {"masked_wedge": config.wedge_weight}
         metrics: dict[str, float] = {}
@@ -356,13 +360,16 @@ class CryoGEN2(Method[CryoGEN2Config]):
             real, fake = critic_views(output, subtomograms, geometry)
             critic = state.unwrapped("critic")  # unwrapped: the generator step must not run the critic's DDP hooks
             critic.requires_grad_(False)
-            losses["adversarial"] = generator_adversarial_loss(critic_logits(critic, fake))
+            with autocast(config.precision, ctx.device):
+                fake_logits = critic_logits(critic, fake)
+            losses["adversarial"] = generator_adversarial_loss(fake_logits.float())
             critic.requires_grad_(True)
             weights["adversarial"] = lam
             metrics["lambda"] = lam
         total = ctx.step(state.optimizers["generator"], losses, weights)
         if uses_critic:
-            logits = critic_logits(state.modules["critic"], torch.cat([real, fake.detach()]))  # one forward for DDP
+            with autocast(config.precision, ctx.device):
+                logits = critic_logits(state.modules["critic"], torch.cat([real, fake.detach()])).float()  # one forward for DDP
             critic_loss = discriminator_loss(logits[: len(real)], logits[len(real) :])
             ctx.step(state.optimizers["critic"], {"critic": critic_loss})
             metrics["critic"] = float(critic_loss.detach())
