@@ -11,7 +11,8 @@ import math
 from pathlib import Path
 
 import pytest
-from cryoray.config import JobConfig
+from cryoray.cli import build_parser, job_settings
+from cryoray.config import JobConfig, validate_job_config
 from cryoray.errors import CryorayInputError
 from cryoray.methods import METHODS, load_method
 from cryoray.methods.reconstruct import KnownPoseReconstruction
@@ -93,12 +94,20 @@ def test_a_smoke_sweep_tracks_every_trial_under_one_parent_run(tmp_path, run_com
     assert Path(best["checkpoint_path"]).is_dir() and str(tmp_path / "storage") in best["checkpoint_path"]
     assert result["summary"] == str(out / "summary.csv") and result["best"] == str(out / "best.json")
 
+    # best.yaml is the winner's job config alone: the job's --config takes it unchanged.
+    assert result["best_config"] == str(out / "best.yaml")
+    method = KnownPoseReconstruction()
+    args = build_parser(method).parse_args(["--config", result["best_config"]])
+    job, method_config = validate_job_config(job_settings(method, args), method.config_schema, args.config)
+    assert method_config.learning_rate == pytest.approx(best["job_config"]["method"]["learning_rate"])
+    assert job.train.epochs == best["job_config"]["train"]["epochs"] and job.dataset == best["job_config"]["dataset"]
+
     client = MlflowClient(uri)
     parent = client.get_run(result["mlflow_run_id"])
     assert parent.info.status == "FINISHED" and parent.data.tags["cryoray.method"] == "reconstruct"
     assert parent.data.tags["cryoray.sweep_spec"] == str(SPEC) and parent.data.tags["mlflow.source.git.commit"]
     assert parent.data.params["spec.metric"] == "map_correlation" and parent.data.params["smoke"] == "True"
-    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"summary.csv", "best.json"}
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"summary.csv", "best.json", "best.yaml"}
     children = client.search_runs(
         [parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
     )

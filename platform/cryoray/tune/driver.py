@@ -27,6 +27,7 @@ from cryoray.tune.results import (
     finalise_child_runs,
     summarise_trials,
     write_best,
+    write_best_config,
     write_summary,
 )
 from cryoray.tune.spec import SweepPlan, check_search_space, load_sweep_spec, plan_sweep
@@ -115,10 +116,12 @@ def run_sweep(
             logger.log_artifact(summary_path)
             best = best_trial(plan, trials, summary_path)
             best_path = write_best(out, plan, best, parent)
+            best_config_path = write_best_config(out, plan, best)
         except BaseException:
             logger.finish(succeeded=False)
             raise
         logger.log_artifact(best_path)
+        logger.log_artifact(best_config_path)
         logger.log_metrics({f"best/{plan.spec.metric}": best.final_metric}, step=0)
         logger.finish(succeeded=True)
         return SweepOutcome(
@@ -134,6 +137,7 @@ def run_sweep(
             best=best,
             summary_path=str(summary_path),
             best_path=str(best_path),
+            best_config_path=str(best_config_path),
         )
     finally:
         if started_ray:

@@ -1,4 +1,5 @@
-"""What a finished sweep leaves: one row per trial (``summary.csv``), the best trial (``best.json``), the outcome.
+"""What a finished sweep leaves: one row per trial (``summary.csv``), the best trial (``best.json``), its job config
+as a file any job's ``--config`` takes unchanged (``best.yaml``), the outcome.
 
 Tune kills the actor of a trial its scheduler stops, so such a trial never closes its own MLflow run: the
 driver gives every child run its final status here, after ``fit()``.
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
 from mlflow.entities import RunStatus
 from ray.tune.result_grid import ResultGrid
 
@@ -25,6 +27,7 @@ from cryoray.tune.trial import TRIAL_ID_TAG
 
 SUMMARY_FILE = "summary.csv"
 BEST_FILE = "best.json"
+BEST_CONFIG_FILE = "best.yaml"
 
 
 class SweepFailedError(RuntimeError):
@@ -63,6 +66,7 @@ class SweepOutcome:
     best: TrialSummary
     summary_path: str
     best_path: str
+    best_config_path: str
 
     def result(self) -> dict[str, Any]:
         """The JSON-able summary printed after ``RESULT``."""
@@ -85,6 +89,7 @@ class SweepOutcome:
             "output_dir": self.output_dir,
             "summary": self.summary_path,
             "best": self.best_path,
+            "best_config": self.best_config_path,
         }
 
 
@@ -207,4 +212,17 @@ def write_best(out: Path, plan: SweepPlan, best: TrialSummary, parent: TrackingH
         "checkpoint_path": best.checkpoint_path,
     }
     path.write_text(json.dumps(payload, indent=2) + "\n")
+    return path
+
+
+def write_best_config(out: Path, plan: SweepPlan, best: TrialSummary) -> Path:
+    """``best.yaml``: the best trial's job config alone, so ``jobs/<method>.py --config best.yaml`` runs it as it is
+    (point ``--dataset``, ``train.epochs`` or ``--output-dir`` elsewhere with flags or by editing the file)."""
+    path = out / BEST_CONFIG_FILE
+    header = (
+        f"# Best trial {best.trial_id} of the sweep {plan.spec_path}: {plan.spec.metric} = {best.final_metric:.6g} "
+        f"({plan.spec.mode}).\n# MLflow run {best.child_run_id}; checkpoint {best.checkpoint_path}\n"
+    )
+    plain = json.loads(json.dumps(best.job_config))  # tuples become lists: YAML that safe_load reads back
+    path.write_text(header + yaml.safe_dump(plain, sort_keys=False))
     return path
