@@ -28,7 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tuning/sweep.py", description=__doc__.splitlines()[0])
     parser.add_argument("spec", type=Path, help="sweep spec YAML, e.g. tuning/reconstruct.yaml")
     parser.add_argument("--smoke", action="store_true", help="the spec's smoke block: tiny data and budget (~2 min on 2 CPUs)")
-    parser.add_argument("--output-dir", type=Path, help="summary.csv, best.json, best.yaml, trial outputs (default outputs/sweeps/<sweep>)")
+    parser.add_argument(
+        "--output-dir", type=Path, help="summary.csv, best.json, best.yaml, trial outputs (default outputs/sweeps/<sweep>)"
+    )
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///<cwd>/mlflow.db)")
     parser.add_argument("--storage-path", help="root for Tune state and trial checkpoints (shared storage on clusters)")
     parser.add_argument("--num-samples", type=int, help="override the spec's num_samples")
