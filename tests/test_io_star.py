@@ -7,10 +7,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import starfile
 from cryoray.errors import CryorayInputError
 from cryoray.io.mrc import open_stack_mmap
 from cryoray.io.star import (
     ParticleTable,
+    TomogramFrame,
     read_coordinates,
     read_particles_star,
     write_coordinates,
@@ -216,6 +218,39 @@ def test_coordinates_star_csv_round_trip(tmp_path, shared_data):
     assert "rlnCoordinateZ" in (tmp_path / "picks.star").read_text()
     with pytest.raises(CryorayInputError, match="overwrite=True"):
         write_coordinates(tmp_path / "picks.csv", picks)
+
+
+def test_picks_for_relion5_and_for_warp_relion4_read_back_with_starfile(tmp_path):
+    """RELION 5: rlnTomoName + centred Ångström from size/2; Warp/RELION 4: voxels. Both read back to the same picks."""
+    picks = pd.DataFrame(
+        {
+            "x_px": [0.0, 50.0, 99.5],
+            "y_px": [10.0, 40.0, 79.0],
+            "z_px": [5.0, 20.0, 39.0],
+            "class_id": [1, 2, 2],
+            "score": [0.5, 0.9, 0.7],
+            "tomo_name": ["TS_01", "TS_01", "TS_02"],
+        }
+    )
+    frames = {"TS_01": TomogramFrame((40, 80, 100), 10.0), "TS_02": TomogramFrame((40, 80, 120), 5.0)}
+    relion5 = starfile.read(write_coordinates(tmp_path / "relion5.star", picks, frames=frames))
+    assert list(relion5.columns[:4]) == ["rlnTomoName", *(f"rlnCenteredCoordinate{a}Angst" for a in "XYZ")]
+    assert "rlnCoordinateX" not in relion5 and list(relion5["rlnClassNumber"]) == [1, 2, 2]
+    np.testing.assert_allclose(relion5["rlnCenteredCoordinateXAngst"], [(0 - 50) * 10.0, 0.0, (99.5 - 60) * 5.0])
+    np.testing.assert_allclose(relion5["rlnCenteredCoordinateZAngst"], [(5 - 20) * 10.0, 0.0, (39 - 20) * 5.0])
+    np.testing.assert_allclose(relion5["rlnAutopickFigureOfMerit"], picks["score"])
+
+    relion4 = starfile.read(write_coordinates(tmp_path / "relion4.star", picks))
+    np.testing.assert_allclose(relion4[["rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ"]], picks[["x_px", "y_px", "z_px"]])
+    assert list(relion4["rlnTomoName"]) == list(picks["tomo_name"])
+
+    one = picks[picks["tomo_name"] == "TS_01"].reset_index(drop=True)
+    path = write_coordinates(tmp_path / "ts01.star", one, frames=frames)
+    pd.testing.assert_frame_equal(read_coordinates(path, frames["TS_01"]), read_coordinates(tmp_path / "relion4.star").iloc[:2])
+    with pytest.raises(CryorayInputError, match="rlnCenteredCoordinateXAngst"):
+        read_coordinates(path)  # centred coordinates need their tomogram
+    with pytest.raises(CryorayInputError, match="rlnTomoName"):
+        write_coordinates(tmp_path / "other.star", picks, frames={"TS_01": frames["TS_01"]})
 
 
 def test_plain_csv_picks_and_bad_values(tmp_path):

@@ -21,8 +21,10 @@ single-block files are read; RELION 3.0 files get one optics group per distinct 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -64,6 +66,7 @@ COORDINATE_NAMES = {
     "rlnAnglePsi": "psi_deg",
     "rlnTomoName": "tomo_name",
 }
+COORDINATE_NAMES_INVERSE = {v: k for k, v in COORDINATE_NAMES.items()}
 PARTICLE_COLUMNS = (
     "image_index",
     "image_path",
@@ -88,6 +91,30 @@ _DEFOCUS = ("defocus_u_angstrom", "defocus_v_angstrom", "defocus_angle_deg")
 _CTF_OPTICS = ("voltage_kv", "cs_mm", "amplitude_contrast")
 _OPTICS_VALUES = ("voltage_kv", "cs_mm", "amplitude_contrast", "pixel_size_angstrom", "box_px")
 _CONSUMED_RELION30 = ("rlnImageName", "rlnOriginX", "rlnOriginY", "rlnMagnification", "rlnDetectorPixelSize")
+# Picks STAR conventions. "relion5": RELION 5's tomogram particles, rlnTomoName and rlnCenteredCoordinate{X,Y,Z}Angst,
+# Ångström from the tomogram's centre (size/2 voxels, as RELION 5 and pytom-match-pick place it). "relion4": Warp
+# and RELION 4, rlnCoordinate{X,Y,Z} in the tomogram's voxels. Class, score and angles travel in both.
+PicksFormat = Literal["relion5", "relion4"]
+PICKS_FORMATS: tuple[str, ...] = get_args(PicksFormat)
+_CENTERED_NAMES = {
+    "x_px": "rlnCenteredCoordinateXAngst",
+    "y_px": "rlnCenteredCoordinateYAngst",
+    "z_px": "rlnCenteredCoordinateZAngst",
+}
+_AXIS = {"x_px": 2, "y_px": 1, "z_px": 0}  # index of each coordinate's axis in a (z, y, x) shape
+
+
+@dataclass(frozen=True)
+class TomogramFrame:
+    """What converts voxel coordinates to RELION 5's centred Ångström: the tomogram's (z, y, x) size and voxel size."""
+
+    shape_zyx: tuple[int, int, int]
+    voxel_size_angstrom: float
+
+    def centre_px(self, column: str) -> float:
+        return self.shape_zyx[_AXIS[column]] / 2
+
+
 _COORDINATE_ALIASES = {
     "x_px": ("x_px", "x", "X", "rlnCoordinateX"),
     "y_px": ("y_px", "y", "Y", "rlnCoordinateY"),
@@ -394,23 +421,34 @@ def write_particles_star(path: str | Path, table: ParticleTable | pd.DataFrame, 
     return atomic_write(path, lambda tmp: starfile.write({"optics": optics, "particles": out}, tmp))
 
 
-def _coordinate_block(blocks: dict[str, pd.DataFrame], path: Path) -> pd.DataFrame:
+def _coordinate_block(blocks: dict[str, pd.DataFrame], path: Path, frame: TomogramFrame | None) -> pd.DataFrame:
+    """The picks block; RELION 5's centred Ångström coordinates become voxel columns (which needs ``frame``)."""
     for block in blocks.values():
         if "rlnCoordinateX" in block:
             return block
-    expected = "a data block with rlnCoordinateX/Y/Z (tomogram picks)"
+        if _CENTERED_NAMES["x_px"] in block:
+            if frame is None:
+                expected = "the tomogram's size and voxel size to convert RELION 5 centred coordinates (pass the tomogram)"
+                raise CryorayInputError(path, _CENTERED_NAMES["x_px"], expected, "no tomogram given")
+            converted = block.copy()
+            for column, centred in _CENTERED_NAMES.items():
+                angstrom = _numbers(block, centred, path, "particles")
+                converted[_COORDINATE_ALIASES[column][-1]] = angstrom / frame.voxel_size_angstrom + frame.centre_px(column)
+            return converted
+    expected = "a data block with rlnCoordinateX/Y/Z or rlnCenteredCoordinateX/Y/ZAngst (tomogram picks)"
     raise CryorayInputError(path, "rlnCoordinateX", expected, f"blocks {list(blocks)}")
 
 
-def read_coordinates(path: str | Path) -> pd.DataFrame:
-    """Read tomogram picks from .star (rlnCoordinateX/Y/Z...) or .csv (x,y,z,class...) as x_px, y_px, z_px, class_id...
+def read_coordinates(path: str | Path, frame: TomogramFrame | None = None) -> pd.DataFrame:
+    """Read tomogram picks from .star or .csv (x,y,z,class...) as x_px, y_px, z_px, class_id...
 
-    Coordinates stay in the tomogram's voxel units as the file gives them. class_id is 1 when
-    the file has no class column; score, angles and tomo_name appear when the file has them.
+    A STAR file may hold voxel coordinates (rlnCoordinateX/Y/Z: Warp, RELION 4, cryoray's datasets) or RELION 5's
+    rlnCenteredCoordinateX/Y/ZAngst, converted to voxels with ``frame`` (the tomogram they belong to). class_id is
+    1 when the file has no class column; score, angles and tomo_name appear when the file has them.
     """
     path = Path(path)
     if path.suffix == ".star":
-        raw, block = _coordinate_block(_read_blocks(path), path), "particles"
+        raw, block = _coordinate_block(_read_blocks(path), path, frame), "particles"
     elif path.suffix == ".csv":
         if not path.is_file():
             raise CryorayInputError(path, "file", "an existing CSV file", "no such file")
@@ -440,13 +478,22 @@ def read_coordinates(path: str | Path) -> pd.DataFrame:
     return picks[[c for c in COORDINATE_NAMES.values() if c in picks]].reset_index(drop=True)
 
 
-def write_coordinates(path: str | Path, picks: pd.DataFrame, overwrite: bool = False) -> Path:
-    """Write picks as RELION .star (rlnCoordinateX/Y/Z, rlnClassNumber, ...) or .csv with the normalised names."""
+def write_coordinates(
+    path: str | Path, picks: pd.DataFrame, overwrite: bool = False, frames: Mapping[str, TomogramFrame] | None = None
+) -> Path:
+    """Write picks as .star or as .csv with the normalised names (voxels).
+
+    A STAR file gets RELION 5's columns when ``frames`` (tomogram name → its frame) is given: rlnTomoName and
+    rlnCenteredCoordinateX/Y/ZAngst, which RELION 5 reads (the picks need ``tomo_name``); else voxel coordinates
+    (rlnCoordinateX/Y/Z, which Warp and RELION 4 read). rlnClassNumber, rlnAutopickFigureOfMerit and angles travel
+    when the picks have them.
+    """
     path = Path(path)
     if path.suffix not in (".star", ".csv"):
         raise CryorayInputError(path, "file type", "a .star or .csv file", path.suffix or "no suffix")
     check_can_write(path, overwrite)
-    _require(picks, ["x_px", "y_px", "z_px"], path, "picks")
+    relion5 = frames is not None and path.suffix == ".star"
+    _require(picks, ["x_px", "y_px", "z_px", *(["tomo_name"] if relion5 else [])], path, "picks")
     columns = [c for c in COORDINATE_NAMES.values() if c in picks]
     out = picks[columns].reset_index(drop=True)
     for column in columns:
@@ -455,4 +502,14 @@ def write_coordinates(path: str | Path, picks: pd.DataFrame, overwrite: bool = F
     if path.suffix == ".csv":
         return atomic_write(path, lambda tmp: out.to_csv(tmp, index=False))
     named = out.rename(columns={v: k for k, v in COORDINATE_NAMES.items()})
+    if relion5 and frames is not None:
+        unknown = sorted(set(out["tomo_name"]) - set(frames))
+        if unknown:
+            raise CryorayInputError(path, "rlnTomoName", f"picks of the tomograms {sorted(frames)}", unknown)
+        rows = [frames[name] for name in out["tomo_name"]]
+        voxel = np.array([frame.voxel_size_angstrom for frame in rows])
+        named = named[["rlnTomoName", *(c for c in named if c != "rlnTomoName")]]
+        for position, (column, centred) in enumerate(_CENTERED_NAMES.items(), start=1):
+            centre = np.array([frame.centre_px(column) for frame in rows])
+            named.insert(position, centred, (named.pop(COORDINATE_NAMES_INVERSE[column]).to_numpy() - centre) * voxel)
     return atomic_write(path, lambda tmp: starfile.write({"particles": named}, tmp))

@@ -20,7 +20,7 @@ from cryoray.data.patches import split_entries
 from cryoray.io.figures import write_orthoslices_with_picks
 from cryoray.io.manifest import DatasetManifest
 from cryoray.io.mrc import read_mrc, write_mrc
-from cryoray.io.star import read_coordinates, write_coordinates
+from cryoray.io.star import TomogramFrame, read_coordinates, write_coordinates
 from cryoray.nn.precision import Precision, autocast
 from cryoray.physics.normalize import standardize
 from cryoray.picking import cluster_picks, evaluate_picks, flatten_pick_scores, scores_table, sliding_window_predict
@@ -174,8 +174,10 @@ def write_split_outputs(
     output_dir.mkdir(parents=True, exist_ok=True)
     artifacts: dict[str, str] = {}
     for name, tomogram, picks, truth, _, class_map in per_tomogram:
+        named = picks.assign(tomo_name=name)
+        frames = {name: TomogramFrame(tomogram.shape, manifest.voxel_size_angstrom)}  # RELION 5 columns in the STAR file
         for suffix in ("star", "csv"):
-            path = write_coordinates(output_dir / f"picks_{name}.{suffix}", picks, overwrite=True)
+            path = write_coordinates(output_dir / f"picks_{name}.{suffix}", named, overwrite=True, frames=frames)
             artifacts[f"picks_{name}_{suffix}"] = str(path)
         artifacts[f"class_map_{name}"] = str(
             write_mrc(

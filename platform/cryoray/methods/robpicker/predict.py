@@ -26,7 +26,7 @@ from cryoray.io.figures import write_orthoslices_with_picks
 from cryoray.io.models import Model, read_model
 from cryoray.io.mrc import check_mrc, read_mrc
 from cryoray.io.outputs import RESULT_FILE, atomic_write, check_output_dir, removed_on_failure
-from cryoray.io.star import read_coordinates, write_coordinates
+from cryoray.io.star import PICKS_FORMATS, PicksFormat, TomogramFrame, read_coordinates, write_coordinates
 from cryoray.io.validate import check_positive
 from cryoray.methods.robpicker.inference import PickingSettings, pick_tomogram, score_tomograms
 from cryoray.nn.unet3d import UNet3D
@@ -72,7 +72,12 @@ def tomogram_outputs(name: str) -> tuple[str, str, str]:
 
 
 def pick_file(
-    model: Model, tomogram_path: str, voxel_size_angstrom: float | None, output_dir: str, use_gpu: bool
+    model: Model,
+    tomogram_path: str,
+    voxel_size_angstrom: float | None,
+    output_dir: str,
+    use_gpu: bool,
+    picks_format: PicksFormat = "relion5",
 ) -> dict[str, Any]:
     """Pick one tomogram file; returns its picks (in its own voxel grid) and where they were written."""
     device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
@@ -89,13 +94,15 @@ def pick_file(
     out = Path(output_dir)
     names = {s["class_id"]: s["name"] for s in model.metadata["species"]}
     star, csv, figure = tomogram_outputs(name)  # the driver checked that they may be written
-    files = [str(write_coordinates(out / table, picks, overwrite=True)) for table in (star, csv)]
+    frames = {name: TomogramFrame(tomogram.shape, voxel)} if picks_format == "relion5" else None
+    files = [str(write_coordinates(out / table, picks, overwrite=True, frames=frames)) for table in (star, csv)]
     files.append(str(write_orthoslices_with_picks(out / figure, tomogram, picks, class_names=names, overwrite=True)))
     return {
         "name": name,
         "picks": picks,
         "files": files,
         "shape_zyx": list(tomogram.shape),
+        "voxel_size_angstrom": voxel,
         "resampled_by": scale if resampled else 1.0,
     }
 
@@ -109,7 +116,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--voxel-size-angstrom", type=float, help="use instead of the MRC header's voxel size")
     parser.add_argument("--truth", nargs="+", help="particle lists (.star/.csv), one per tomogram, to score the picks against")
     parser.add_argument("--tolerance-px", type=float, help="distance rule radius (default: the model's tolerance_px)")
-    parser.add_argument("--output-dir", required=True)
+    parser.add_argument(
+        "--picks-format",
+        choices=PICKS_FORMATS,
+        default="relion5",
+        help="picks STAR columns: relion5 (rlnTomoName + rlnCenteredCoordinateX/Y/ZAngst, RELION 5) or relion4 "
+        "(rlnCoordinateX/Y/Z in voxels, Warp and RELION 4); the .csv is always in voxels",
+    )
+    parser.add_argument("--output-dir", required=True, help="where the picks, figures, scores and result.json go")
     parser.add_argument("--use-gpu", action="store_true", help="one GPU per tomogram task")
     parser.add_argument("--overwrite", action="store_true", help="replace picks already in --output-dir")
     return parser
@@ -123,13 +137,15 @@ def _predict(args: argparse.Namespace) -> dict[str, Any]:
     if args.use_gpu:
         check_gpus(1)
     model = load_model(args.model)
-    tomograms = [str(check_mrc(Path(t).resolve(), "volume", args.voxel_size_angstrom).path) for t in args.tomograms]
+    checked = [check_mrc(Path(t).resolve(), "volume", args.voxel_size_angstrom) for t in args.tomograms]
+    tomograms = [str(info.path) for info in checked]
     names = [tomogram_name(t) for t in tomograms]
     if len(set(names)) != len(names):
         raise CryorayInputError(None, "--tomograms", "files with distinct names (outputs are named after them)", names)
     if args.truth and len(args.truth) != len(tomograms):
         raise CryorayInputError(None, "--truth", f"one particle list per tomogram ({len(tomograms)})", len(args.truth))
-    truths = [read_coordinates(t) for t in args.truth] if args.truth else None
+    frames = [TomogramFrame(info.shape, info.voxel_size_angstrom or 1.0) for info in checked]  # RELION 5 truth files
+    truths = [read_coordinates(t, frame) for t, frame in zip(args.truth, frames)] if args.truth else None
     planned = [ALL_PICKS, *(file for name in names for file in tomogram_outputs(name))]
     output_dir = check_output_dir(args.output_dir, "--output-dir", args.overwrite, planned)
     with removed_on_failure(output_dir, [*planned, RESULT_FILE]):
@@ -147,12 +163,19 @@ def _pick_all(
     try:
         task = ray.remote(num_cpus=1, num_gpus=1 if args.use_gpu else 0)(pick_file)
         model_ref = ray.put(model)
-        done = ray.get([task.remote(model_ref, t, args.voxel_size_angstrom, str(output_dir), args.use_gpu) for t in tomograms])
+        done = ray.get(
+            [
+                task.remote(model_ref, t, args.voxel_size_angstrom, str(output_dir), args.use_gpu, args.picks_format)
+                for t in tomograms
+            ]
+        )
     finally:
         if started:
             ray.shutdown()
     all_picks = pd.concat([d["picks"] for d in done], ignore_index=True)
-    write_coordinates(output_dir / ALL_PICKS, all_picks, overwrite=True)
+    frames = {d["name"]: TomogramFrame(tuple(d["shape_zyx"]), d["voxel_size_angstrom"]) for d in done}
+    relion5 = frames if args.picks_format == "relion5" else None
+    write_coordinates(output_dir / ALL_PICKS, all_picks, overwrite=True, frames=relion5)
     names = {s["class_id"]: s["name"] for s in model.metadata["species"]}
     counts = {names.get(int(c), str(c)): int(n) for c, n in all_picks["class_id"].value_counts().sort_index().items()}
     result: dict[str, Any] = {
