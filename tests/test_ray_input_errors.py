@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import ray
 import ray.data
+import starfile
 from cryoray.errors import CryorayInputError
 from cryoray.io.models import MODEL_FILE, write_model_file
 from cryoray.io.mrc import read_mrc
@@ -64,6 +65,12 @@ def test_denoise_writes_complete_outputs_and_refuses_a_second_run(local_ray, tmp
     stack = read_mrc(out / "particles_denoised.mrcs")
     assert stack.data.shape == (10, 16, 16) and np.isfinite(stack.data).all() and stack.voxel_size_angstrom == 6.0
     assert len(read_particles_star(out / "particles_denoised.star").particles) == 10
+    # Every column of the source (poses, CTF, whatever else) is kept; only the image names point at the new stack.
+    source, denoised = starfile.read(tmp_path / "user" / "particles.star"), starfile.read(out / "particles_denoised.star")
+    assert {"rlnAngleRot", "rlnDefocusU"} <= set(source["particles"].columns) <= set(denoised["particles"].columns)
+    for column in source["particles"].columns.drop("rlnImageName"):
+        np.testing.assert_array_equal(denoised["particles"][column].to_numpy(), source["particles"][column].to_numpy(), column)
+    assert denoised["particles"]["rlnImageName"].str.endswith("@particles_denoised.mrcs").all()
     assert json.loads((out / "result.json").read_text())["images"] == 10
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     capsys.readouterr()
