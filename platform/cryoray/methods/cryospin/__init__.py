@@ -21,7 +21,7 @@ while auto-encoding the volume learns from a soft assignment over the best poses
 winner-takes-all loss against that volume, and the pose table starts from the better of the best head and a
 global search. The volume is zero beyond Nyquist (no loss ever sees those coefficients).
 
-Defaults and where the paper and its public code differ (seeds_impl.md §4): the loss is the paper's Gaussian
+Defaults and where the paper and its public code differ: the loss is the paper's Gaussian
 NLL (``loss: l1`` is the code's masked complex L1), the learning rates are the paper's (the code's are 10×
 lower for the decoder), the pose Adam uses the standard betas (the code: (0.9, 0.9)), and the per-image Adam
 moves only the rows of the batch (the code's dense Adam keeps nudging every image with stale momentum).
