@@ -160,7 +160,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--stack", required=True, help=".mrcs particle stack to denoise")
     parser.add_argument("--star", required=True, help="the RELION .star describing the stack (pixel size, one row per image)")
-    parser.add_argument("--output-dir", required=True)
+    parser.add_argument(
+        "--output-dir", required=True, help="where <stack>_denoised.mrcs, <star>_denoised.star and result.json go"
+    )
     parser.add_argument("--batch-size", type=int, default=64, help="images per Ray Data batch")
     parser.add_argument("--use-gpu", action="store_true", help="denoise on one GPU")
     parser.add_argument("--overwrite", action="store_true", help="replace a denoised stack already in --output-dir")

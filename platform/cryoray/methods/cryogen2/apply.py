@@ -127,7 +127,7 @@ def _parser() -> argparse.ArgumentParser:
         help="model.safetensors, a training output folder, a checkpoint folder, or runs:/<id>/outputs/model.safetensors",
     )
     parser.add_argument("--inputs", nargs="+", required=True, help=".mrc subtomograms or tomograms (any size)")
-    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--output-dir", required=True, help="where <input>_cryogen2.mrc and apply_result.json go")
     parser.add_argument("--voxel-size-angstrom", type=float, help="use instead of the MRC header's voxel size")
     parser.add_argument(
         "--tile-px", type=int, help="tile edge (default: the training cube); a multiple of the net's 2**(levels-1)"
