@@ -547,6 +547,13 @@ CASES = [
         "--use-gpu",
         marks=NO_GPU,
     ),
+    case(
+        "job-reconstruct-in-process-with-remote-storage",
+        "job:reconstruct",
+        lambda f, d: job(f, d, "--num-workers", "0", "--storage-path", "s3://bucket/checkpoints"),
+        "--storage-path",
+        "a local folder",
+    ),
     # --- robpicker predict ---
     case(
         "predict-tomogram-missing",

@@ -150,6 +150,10 @@ def _run(method: Method, args: argparse.Namespace, progress: dict[str, str]) -> 
     method.check_dataset(dataset_dir, manifest, method_config)
 
     in_process = job.num_workers == 0
+    if in_process:
+        from cryoray.train.local import local_storage
+
+        local_storage(job)  # bad storage is refused before a tracked run exists
     started_ray = False if in_process else connect_ray()
     tracking_uri = job.tracking_uri or default_tracking_uri(Path.cwd())
     run_name = job.run_name or f"{method.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"

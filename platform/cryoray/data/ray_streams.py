@@ -24,9 +24,8 @@ _REPLICA_KEY = "cryoray.streams.replica"
 def ray_dataset(spec: Stream) -> ray.data.Dataset:
     """The lazy dataset of ``spec``; re-executed (re-shuffled, re-drawn) every time it is iterated."""
     if isinstance(spec, ParquetRows):
-        columns = list(dict.fromkeys([*spec.columns, *([spec.below[0]] if spec.below else [])]))
         shuffle = FileShuffleConfig(seed=spec.seed, reseed_after_execution=True) if spec.shuffle_files else None
-        dataset = ray.data.read_parquet(list(spec.files), columns=columns, shuffle=shuffle)
+        dataset = ray.data.read_parquet(list(spec.files), columns=spec.read_columns, shuffle=shuffle)
         if spec.below is not None:
             dataset = dataset.filter(expr=f"{spec.below[0]} < {spec.below[1]}")
         if spec.limit is not None:
@@ -54,9 +53,9 @@ def set_replica(stream: ray.data.DataIterator, replica: int) -> None:
 class RayShard(BlockStream):
     """A Train worker's shard of a Ray dataset, taken as whole Arrow blocks and batched by cryoray's own code.
 
-    Ray's ``iter_torch_batches`` formats and collates every batch itself; taking the blocks as they arrive
-    (prefetched by Ray) and cutting them here with zero-copy Arrow → numpy views is several times faster per rank
-    (``benchmarks/data_throughput.py``) and batches both routes the same way.
+    Both routes then cut, shuffle, pin and prefetch batches with the same code (``BlockStream``). Per rank it is as
+    fast as Ray's own ``iter_torch_batches``, not faster: on 2 cores Ray Data's read path is the limit
+    (``benchmarks/data_throughput.py``, benchmarks/RESULTS.md).
     """
 
     def __init__(self, iterator: ray.data.DataIterator, prefetch_blocks: int = 2) -> None:

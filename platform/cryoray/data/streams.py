@@ -39,6 +39,11 @@ class ParquetRows:
     below: tuple[str, int] | None = None
     limit: int | None = None
 
+    @property
+    def read_columns(self) -> list[str]:
+        """The columns to read: ``columns`` plus the one ``below`` filters on."""
+        return list(dict.fromkeys([*self.columns, *([self.below[0]] if self.below else [])]))
+
 
 @dataclass(frozen=True)
 class GeneratedRows:
@@ -89,11 +94,10 @@ def arrow_columns(data: pa.RecordBatch | pa.Table) -> dict[str, np.ndarray]:
 
 def _parquet_blocks(spec: ParquetRows, execution: int) -> Iterator[dict[str, np.ndarray]]:
     left = spec.limit
-    columns = list(dict.fromkeys([*spec.columns, *([spec.below[0]] if spec.below else [])]))
     for path in file_order(spec, execution):
         try:
             reader = pq.ParquetFile(path)
-            batches = reader.iter_batches(batch_size=ROW_GROUP_SIZE, columns=columns)
+            batches = reader.iter_batches(batch_size=ROW_GROUP_SIZE, columns=spec.read_columns)
         except (OSError, pa.ArrowInvalid) as exc:
             raise CryorayInputError(path, "parquet", "a readable Parquet shard", str(exc)) from None
         for record_batch in batches:
@@ -104,8 +108,8 @@ def _parquet_blocks(spec: ParquetRows, execution: int) -> Iterator[dict[str, np.
                 block = {k: block[k][keep] for k in spec.columns}
             if left is not None:
                 block = {k: v[:left] for k, v in block.items()}
-                left -= len(next(iter(block.values())))
-            if len(next(iter(block.values()))):
+                left -= _rows(block)
+            if _rows(block):
                 yield block
             if left is not None and left <= 0:
                 return
@@ -216,8 +220,8 @@ def to_torch(batch: Mapping[str, np.ndarray], dtypes: DTypes, device: torch.devi
         if dtype is not None:
             tensor = tensor.to(dtype)
         if device.type == "cuda":
-            tensor = tensor.pin_memory().to(device, non_blocking=True)
-        out[name] = tensor.to(device)
+            tensor = tensor.pin_memory()
+        out[name] = tensor.to(device, non_blocking=device.type == "cuda")
     return out
 
 

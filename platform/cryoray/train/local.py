@@ -27,13 +27,14 @@ from cryoray.train.loop import TrainingOutcome, newest_checkpoint, restore_check
 from cryoray.train.method import Method
 
 
-def local_run_dir(job: JobConfig, run_name: str) -> Path:
-    """Where an in-process run keeps its checkpoints; refuses remote storage (this route writes plain folders)."""
+def local_storage(job: JobConfig) -> Path:
+    """Where in-process runs keep their checkpoints; refuses remote storage (this route writes plain folders).
+    The job checks it on the driver before tracking starts."""
     if "://" in job.checkpoint_storage:
         raise CryorayInputError(
             None, "--storage-path", "a local folder when training in this process (--num-workers 0)", job.checkpoint_storage
         )
-    return Path(job.checkpoint_storage).expanduser().resolve() / run_name
+    return Path(job.checkpoint_storage).expanduser().resolve()
 
 
 def run_local(
@@ -46,7 +47,7 @@ def run_local(
     tracking: TrackingHandle | None,
 ) -> TrainingOutcome:
     """Train ``method`` in this process (CUDA when ``job.use_gpu``); raises ``NonFiniteLossError`` like the runner."""
-    run_dir = local_run_dir(job, run_name)
+    run_dir = local_storage(job) / run_name
     streams = method.datasets(dataset_dir, manifest, method_config, seed=job.train.seed)
     ctx = TrainContext(
         rank=0,
