@@ -11,7 +11,13 @@ Then the encoder alone, supervised by the true poses (d_quat² to them, the pape
 amortised part needs before its poses could stand in for the search. Training quality of the whole methods
 lives in `benchmarks/spr_abinitio.py`.
 
+With ``--oracle-images N``: the pose error floor of the dataset. Its own noisy CTF images are searched globally
+(Hopf level 2 down to 5 and 6, correlation cost over the whole disc) against the *true* map: no ab-initio method
+can place these images better than this at their SNR, so it says how far a method's pose error is from the data's
+limit.
+
 Run: .venv/bin/python benchmarks/cryo2ssnet_benchmark.py [--dataset particles-4ake-32] [--images 64] [--encoder-steps 2000]
+         [--oracle-images 1000]
 """
 
 from __future__ import annotations
@@ -31,7 +37,9 @@ from cryoray.io.manifest import shard_paths
 from cryoray.methods.cryo2ssnet.networks import HartleyDecoder, PoseEncoder
 from cryoray.methods.cryo2ssnet.search import quaternion_distance_squared
 from cryoray.physics import (
+    CTF_PARAMETERS,
     axis_angle_to_matrix,
+    ctf_2d,
     euler_relion_to_matrix,
     geodesic_distance_deg,
     ht2_centered,
@@ -65,7 +73,12 @@ def main() -> None:
     parser.add_argument("--dataset", default="particles-4ake-32")
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--encoder-steps", type=int, default=2000)
+    parser.add_argument("--oracle-images", type=int, default=0, help="only the pose-error floor on this many images")
     args = parser.parse_args()
+    if args.oracle_images:
+        floor = search_floor(args.dataset, args.oracle_images)
+        print("RESULT " + json.dumps({"dataset": args.dataset, "images": args.oracle_images, **floor}))
+        return
     dataset_dir, manifest = resolve_dataset(args.dataset)
     reference = torch.from_numpy(manifest.ground_truth_map(dataset_dir))
     hartley = ht3_centered(reference)
@@ -95,17 +108,50 @@ def main() -> None:
     print("RESULT " + json.dumps(results))
 
 
-def encoder_supervised(dataset: str, steps: int, batch_size: int = 32, held_out: int = 500) -> dict[int, float]:
-    """Median pose error (°) of held-out images against the step count, the encoder trained on the true poses."""
+def dataset_arrays(dataset: str, count: int | None = None) -> tuple[torch.Tensor, pd.DataFrame, torch.Tensor]:
+    """The first ``count`` images (standardised), their metadata and true rotations."""
     dataset_dir, manifest = resolve_dataset(dataset)
     shards = [read_particle_shard(path) for path in shard_paths(dataset_dir, manifest)]
-    images = standardize(torch.from_numpy(np.concatenate([np.asarray(i) for i, _ in shards])), 2)
-    table = pd.concat([t for _, t in shards], ignore_index=True)
+    images = standardize(torch.from_numpy(np.concatenate([np.asarray(i) for i, _ in shards])[:count]), 2)
+    table = pd.concat([t for _, t in shards], ignore_index=True).iloc[: len(images)]
     truth = euler_relion_to_matrix(
         *(torch.tensor(table[c].to_numpy(), dtype=torch.float32) for c in ("rot_deg", "tilt_deg", "psi_deg"))
     )
+    return images, table, truth
+
+
+@torch.no_grad()
+def search_floor(dataset: str, count: int, batch_size: int = 100) -> dict[str, float]:
+    """Median / 90th-percentile pose error (°) of a global search of the images against the true map."""
+    dataset_dir, manifest = resolve_dataset(dataset)
+    hartley = ht3_centered(torch.from_numpy(manifest.ground_truth_map(dataset_dir)))
+    images, table, truth = dataset_arrays(dataset, count)
+    disc = FourierDisc.build(manifest.box_px, manifest.box_px // 2)
+    found: dict[int, list[torch.Tensor]] = {5: [], 6: []}
+    start = time.perf_counter()
+    for lo in range(0, len(images), batch_size):
+        part = slice(lo, lo + batch_size)
+        ctf = None
+        if manifest.has_ctf:
+            columns = {k: torch.tensor(table[k].to_numpy()[part], dtype=torch.float32) for k in CTF_PARAMETERS}
+            ctf = disc.take(ctf_2d(manifest.box_px, manifest.voxel_size_angstrom, **columns))
+        problem = PoseSearch(hartley, disc, disc.take(ht2_centered(images[part])), ctf, "correlation")
+        for level in found:
+            found[level].append(search_poses(problem, width=8, final_level=level, start_level=2)[0])
+    result = {"seconds_per_image": (time.perf_counter() - start) / len(images)}
+    for level, parts in found.items():
+        errors = geodesic_distance_deg(torch.cat(parts), truth)
+        result[f"level{level}_median_error_deg"] = float(errors.median())
+        result[f"level{level}_p90_error_deg"] = float(errors.quantile(0.9))
+        result[f"level{level}_within_10deg"] = float((errors <= 10).float().mean())
+    return result
+
+
+def encoder_supervised(dataset: str, steps: int, batch_size: int = 32, held_out: int = 500) -> dict[int, float]:
+    """Median pose error (°) of held-out images against the step count, the encoder trained on the true poses."""
+    images, _, truth = dataset_arrays(dataset)
     torch.manual_seed(0)
-    encoder = PoseEncoder(manifest.box_px)
+    encoder = PoseEncoder(resolve_dataset(dataset)[1].box_px)
     optimizer = torch.optim.Adam(encoder.parameters(), lr=1e-4)
     generator = torch.Generator().manual_seed(0)
     train = len(images) - held_out

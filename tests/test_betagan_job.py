@@ -1,42 +1,25 @@
-"""The betagan job end to end (one --smoke run through Ray) and the denoise mode's batch worker (its input checks are
+"""The betagan job end to end (one --smoke run through Ray Train) and the denoise mode's batch worker (its input checks are
 in test_bad_inputs.py)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from cryoray.io.models import MODEL_FILE, write_model_file
-from cryoray.methods.betagan import BetaGANConfig, build_generator
+from cryoray.methods.betagan import BetaGAN, BetaGANConfig, build_generator
 from cryoray.methods.betagan.denoise import DenoiseBatch, load_model
 from cryoray.methods.betagan.evaluation import denoise_images
 from cryoray.simulate.particles import simulate_particle_stack, write_particle_dataset
 from cryoray.simulate.phantom import builtin_phantom
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.mark.ray
-def test_smoke_job_trains_scores_and_writes_its_artifacts(tmp_path, result_line):
-    output_dir = tmp_path / "run"
-    command = [
-        sys.executable,
-        "jobs/betagan.py",
-        "--smoke",
-        "--output-dir",
-        str(output_dir),
-        "--tracking-uri",
-        f"sqlite:///{tmp_path}/mlflow.db",
-    ]
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    done = subprocess.run(command, check=False, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = result_line(done.stdout)
+def test_smoke_job_trains_scores_and_writes_its_artifacts(tmp_path, run_job_in_process):
+    argv = ["--smoke", "--output-dir", str(tmp_path / "run"), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]
+    result = run_job_in_process(BetaGAN(), argv).result
     metrics = result["metrics"]
     assert metrics["test_psnr_denoised"] > metrics["test_psnr_noisy"] + 3.0
     assert metrics["test_ssim_denoised"] > metrics["test_ssim_noisy"]

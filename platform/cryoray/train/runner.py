@@ -24,6 +24,7 @@ from ray.train.torch import TorchTrainer
 
 from cryoray.config import JobConfig
 from cryoray.data.ray_streams import RayShard, ray_dataset, set_replica
+from cryoray.data.streams import GeneratedRows, LocalStream
 from cryoray.io.manifest import DatasetManifest
 from cryoray.tracking import RunLogger, TrackingHandle
 from cryoray.train.context import NonFiniteLossError, TrainContext
@@ -46,10 +47,14 @@ def run_training(
     ``callbacks`` are Ray Train controller callbacks, e.g. a sweep trial's ``TuneReportCallback`` that forwards
     every epoch report to Tune.
     """
-    datasets = {
-        name: ray_dataset(spec)
-        for name, spec in method.datasets(dataset_dir, manifest, method_config, seed=job.train.seed).items()
-    }
+    streams = method.datasets(dataset_dir, manifest, method_config, seed=job.train.seed)
+    # Ray Data feeds the split training stream and every generated stream (their blocks are work to spread over the
+    # cluster). A replicated Parquet stream (an evaluation set, the final pass over a dataset) is read by each worker
+    # from the dataset's files, as on the in-process route: every execution of a Ray dataset costs seconds to start
+    # (6 s per epoch on 2 cores for Cryo2SSNet's evaluation set) for a read of milliseconds. The files are where
+    # Ray Data's read tasks would read them, so every node sees them either way.
+    datasets = {name: ray_dataset(spec) for name, spec in streams.items() if name == "train" or isinstance(spec, GeneratedRows)}
+    read_in_worker = {name: spec for name, spec in streams.items() if name not in datasets}
     resources: dict[str, float] = {**job.train.resources_per_worker, "CPU": job.train.cpus_per_worker}
     if job.use_gpu:
         resources["GPU"] = 1
@@ -61,6 +66,7 @@ def run_training(
             "method_config": method_config.model_dump(),
             "dataset_dir": str(dataset_dir),
             "dataset_names": sorted(datasets),
+            "read_in_worker": read_in_worker,
             "epoch_items": method.epoch_items(method_config, manifest),
             "manifest": manifest.model_dump(),
             "tracking": tracking,
@@ -137,6 +143,8 @@ def _worker_loop(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         if name != "train":
             set_replica(shard, ctx.rank)  # each rank its own draws of a replicated stream
         ctx.datasets[name] = RayShard(shard)
+    streams_read_here = {name: LocalStream(spec, replica=ctx.rank) for name, spec in loop_config["read_in_worker"].items()}
+    ctx.datasets.update(streams_read_here)
     torch.manual_seed(job.train.seed * 1009 + ctx.rank)
 
     state = method.setup(method_config, ctx.manifest, ctx)
@@ -161,5 +169,7 @@ def _worker_loop(loop_config: dict[str, Any]) -> dict[str, Any] | None:
 
     logger = RunLogger(loop_config["tracking"] if ctx.is_rank_zero else None)
     start_epoch = 0 if resumed_from is None else resumed_from + 1
+    for stream in streams_read_here.values():
+        stream.execution = start_epoch  # a resumed run reads as it would have without the interruption
     outcome = train_epochs(method, job, method_config, state, ctx, logger, start_epoch, report)
     return None if outcome is None else {**outcome, "resumed_from_epoch": resumed_from}
