@@ -8,7 +8,7 @@ TORCH_VERSION ?= 2.13.0
 TORCH_INDEX ?=
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint install clean
+.PHONY: demo test test-system lint install clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/pytest -q
+
+# The system tests: two Ray nodes with one killed, `ray job submit`, signals to a running job, the tracking server.
+test-system: $(STAMP)
+	$(VENV)/bin/pytest -q -m system
 
 # Format, lint (with the line-length rule) and type checks; CI runs them before the tests.
 LINTED := platform tests benchmarks jobs datasets tuning

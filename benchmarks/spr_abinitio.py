@@ -14,7 +14,7 @@ cryoDRGN's virtualenv (once, ~70 s and 2.2 GB; ../shared/research/peers.md §1):
 Run (writes table.md, curves.csv, curves.png and results.json under --out):
     .venv/bin/python benchmarks/spr_abinitio.py --out benchmarks/out/spr_abinitio \
         [--datasets particles-4ake-32 particles-4ake-32-snr0.1 particles-4ake-d2-32] [--methods cryo2ssnet cryospin] \
-        [--ablations] [--cryodrgn-venv /tmp/peers/cryodrgn] [--cryodrgn-budget-factor 3]
+        [--ablations] [--budget-epochs 30] [--cryodrgn-venv /tmp/peers/cryodrgn] [--cryodrgn-budget-factor 3]
 """
 
 from __future__ import annotations
@@ -54,14 +54,21 @@ PAPER_SEARCH = {
 }
 
 
+def longer_budget(method: str, epochs: int) -> dict:
+    """The job config of a ``epochs``-epoch run: cryoSPIN keeps its default share of auto-encoding (half the run);
+    Cryo2SSNet's schedule is already in fractions of the run."""
+    return {"train": {"epochs": epochs}, **({"method": {"switch_epoch": epochs // 2}} if method == "cryospin" else {})}
+
+
 def run_job(method: str, dataset: str, out: Path, label: str, overrides: dict | None) -> dict:
-    """One job as a user runs it; wall time from launch (Ray start included) and the per-epoch pose error."""
+    """One job as a user runs it, ``overrides`` a job config (``--config``); wall time from launch (Ray start
+    included) and the per-epoch pose error."""
     run_dir = out / f"{label}-{dataset}"
     command = [sys.executable, str(REPO / "jobs" / f"{method}.py"), "--dataset", dataset, "--output-dir", str(run_dir)]
     command += ["--overwrite", "--tracking-uri", f"sqlite:///{out.resolve()}/mlflow.db"]
     if overrides:
         config = out / f"{label}.yaml"
-        config.write_text(json.dumps({"method": overrides}))  # JSON is YAML
+        config.write_text(json.dumps(overrides))  # JSON is YAML
         command += ["--config", str(config)]
     start = time.time()
     finished = subprocess.run(command, capture_output=True, text=True)
@@ -189,6 +196,7 @@ def main() -> None:
     )
     parser.add_argument("--methods", nargs="*", default=["cryo2ssnet", "cryospin"])
     parser.add_argument("--ablations", action="store_true", help="also each method with the paper's search")
+    parser.add_argument("--budget-epochs", type=int, help="each method for this many epochs instead of its default")
     parser.add_argument("--cryodrgn-venv", type=Path, help="virtualenv with cryodrgn 4.3.1 (omit: no cryoDRGN rows)")
     parser.add_argument("--cryodrgn-budget-factor", type=float, default=3.0)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "spr_abinitio")
@@ -201,15 +209,16 @@ def main() -> None:
         write_report(rows, args.out)
         return
     for dataset in args.datasets:
-        labels = [m for m in args.methods] + ([f"{m}-paper-search" for m in args.methods] if args.ablations else [])
+        suffix = f"-{args.budget_epochs}-epochs" if args.budget_epochs else ""
+        labels = [m + suffix for m in args.methods] + ([f"{m}-paper-search" for m in args.methods] if args.ablations else [])
         labels += ["cryodrgn"] if args.cryodrgn_venv is not None else []
         rows = [row for row in rows if not (row["dataset"] == dataset and row["label"] in labels)]  # reruns replace
         for method in args.methods:
-            rows.append({**run_job(method, dataset, args.out, method, None), "dataset": dataset})
+            budget = longer_budget(method, args.budget_epochs) if args.budget_epochs else None
+            rows.append({**run_job(method, dataset, args.out, method + suffix, budget), "dataset": dataset})
             if args.ablations:
-                rows.append(
-                    {**run_job(method, dataset, args.out, f"{method}-paper-search", PAPER_SEARCH[method]), "dataset": dataset}
-                )
+                paper = {"method": PAPER_SEARCH[method]}
+                rows.append({**run_job(method, dataset, args.out, f"{method}-paper-search", paper), "dataset": dataset})
             print(json.dumps({k: rows[-1][k] for k in ("label", "wall_s", "metrics")}, default=float), flush=True)
         if args.cryodrgn_venv is not None:
             ours = [row["wall_s"] for row in rows if row["dataset"] == dataset and row["method"] != "cryodrgn"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,22 +88,9 @@ def run_command(capsys: pytest.CaptureFixture) -> Callable[..., CommandOutcome]:
     return run
 
 
-@pytest.fixture(scope="session")
-def local_ray() -> Iterator[None]:
-    """One private local Ray for the whole session, for every test that runs Ray work in this process: a job joins
-    a Ray this process started and leaves it running, so the runs do not each pay Ray's start and stop (~6 s on
-    2 cores). Tests of how a job starts and ends its own Ray run it in a subprocess."""
-    import ray
-    from cryoray.session import start_local_ray
-
-    start_local_ray(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 @pytest.fixture
-def run_job_in_process(run_command: Callable[..., CommandOutcome], local_ray: None) -> Callable[..., CommandOutcome]:
-    """``run_command`` for a training job: ``run_job_in_process(Method(), argv)``, on the session's Ray."""
+def run_job_in_process(run_command: Callable[..., CommandOutcome]) -> Callable[..., CommandOutcome]:
+    """``run_command`` for a training job: ``run_job_in_process(Method(), argv)``."""
     from cryoray.cli import run_job
 
     def run(method: Any, argv: list[str], expect_success: bool = True) -> CommandOutcome:

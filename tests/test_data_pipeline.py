@@ -25,6 +25,7 @@ from cryoray.io.manifest import read_manifest
 from cryoray.io.mrc import read_mrc
 from cryoray.io.star import read_particles_star
 from cryoray.methods.reconstruct import KnownPoseReconstruction, ReconstructConfig
+from cryoray.session import start_local_ray
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +121,13 @@ def test_a_manifest_with_a_missing_shard_or_wrong_count_is_refused(tmp_path, smo
     (tmp_path / "manifest.json").write_text(json.dumps(raw))
     with pytest.raises(CryorayInputError, match="count: expected the sum of shard counts"):
         read_manifest(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    start_local_ray(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
 
 
 @pytest.mark.ray

@@ -16,7 +16,7 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.system]
 
 
 def _start(tmp_path: Path, epochs: int) -> tuple[subprocess.Popen, Path, list[str]]:

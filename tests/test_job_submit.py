@@ -18,7 +18,7 @@ import pytest
 from local_ray import free_ports, processes_under
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.system]
 
 GCS_PORT = 6391
 DASHBOARD_PORT = 8267

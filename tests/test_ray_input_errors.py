@@ -18,11 +18,19 @@ from cryoray.io.mrc import read_mrc
 from cryoray.io.star import read_particles_star
 from cryoray.methods.betagan import BetaGANConfig, build_generator
 from cryoray.methods.betagan.denoise import run_denoise
-from cryoray.session import run_tool
+from cryoray.session import connect_ray, run_tool
 from cryoray.simulate.particles import simulate_particle_stack, write_particle_dataset
 from cryoray.simulate.phantom import builtin_phantom
 
 pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    started = connect_ray()
+    yield
+    if started:
+        ray.shutdown()
 
 
 def _bad_pixels(*args: object) -> None:

@@ -5,7 +5,7 @@ repeats between runs (README, "Reproducibility")."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from cryoray.data.recipes import resolve_dataset
 from cryoray.methods.cryospin import CryoSPIN
 from cryoray.methods.reconstruct import KnownPoseReconstruction
 from cryoray.methods.robpicker import RobPicker
+from cryoray.session import start_local_ray
 from cryoray.train.loop import TIMING_METRICS
 from cryoray.train.method import Method
 
@@ -38,6 +39,15 @@ CHEAP: dict[type[Method[Any]], dict[str, Any]] = {
     },
     CryoSPIN: {"train": {"epochs": 2, "max_steps_per_epoch": 2}, "method": {"switch_epoch": 1, "align_search_level": 0}},
 }
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    """One private local Ray for the module: a job joins a Ray this process started and leaves it running, so the
+    runs do not each pay Ray's start-up."""
+    start_local_ray(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -37,6 +37,7 @@ def test_credentials_must_be_private_complete_and_strong(tmp_path):
         read_credentials(empty)
 
 
+@pytest.mark.system
 def test_the_server_refuses_anonymous_requests_and_serves_its_user(tmp_path):
     credentials = _credentials(tmp_path / "credentials")
     port = free_ports(1)[0]
