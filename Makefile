@@ -30,7 +30,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/pytest -q
 
-# The system tests: two Ray nodes with one killed, `ray job submit`, signals to a running job, the tracking server.
+# The system tests: two Ray nodes with one killed, `ray job submit`, signals to a running job, the tracking server,
+# a Tune sweep of Train runs.
 test-system: $(STAMP)
 	$(VENV)/bin/pytest -q -m system
 

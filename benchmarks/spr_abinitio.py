@@ -2,8 +2,9 @@
 
 Each method runs as a user runs it (``python jobs/<method>.py --dataset D``: its default settings, 2 Ray workers),
 one after the other on the same machine; its per-epoch pose error comes back from MLflow with wall-clock
-timestamps. Ablation rows rerun a method with the paper's search (``--ablations``). cryoDRGN (its own virtualenv)
-gets the same images as an .mrcs stack and a CTF pickle, runs ``abinit_homo_old`` (``abinit_homo`` of cryoDRGN < 4)
+timestamps. Ablation rows (``--ablations``) rerun a method with one of its departures from the paper undone;
+``--budget-epochs N`` runs each method N epochs instead of its default 10. cryoDRGN (its own virtualenv) gets the
+same images as an .mrcs stack and a CTF pickle, runs ``abinit_homo_old`` (``abinit_homo`` of cryoDRGN < 4)
 for ``--cryodrgn-budget-factor`` × our slowest wall time on that dataset, and every epoch's map and poses are
 scored by the same code as ours (global alignment with hand, FSC against the ground truth, pose error modulo the
 recipe's point group).
@@ -41,16 +42,19 @@ from cryoray.physics import euler_relion_to_matrix
 
 REPO = Path(__file__).resolve().parents[1]
 POSE_METRIC = "epoch/pose_error_median_deg"
-# The paper's search, for the ablation rows (the defaults' departures switched off).
-PAPER_SEARCH = {
+# Ablation rows (``--ablations``): the paper's search (the defaults' departures switched off), and cryoSPIN
+# without the global re-search while auto-decoding.
+ABLATIONS = {
     "cryo2ssnet": {
-        "search_start": "encoder",
-        "soft_assignment_fraction": 0.0,
-        "search_band_start": 1.0,
-        "stage1_loss_band": False,
-        "output_poses": "encoder",
+        "paper-search": {
+            "search_start": "encoder",
+            "soft_assignment_fraction": 0.0,
+            "search_band_start": 1.0,
+            "stage1_loss_band": False,
+            "output_poses": "encoder",
+        }
     },
-    "cryospin": {"pose_proposals": "heads"},
+    "cryospin": {"paper-search": {"pose_proposals": "heads"}, "no-research": {"research_every_epochs": 0}},
 }
 
 
@@ -195,7 +199,7 @@ def main() -> None:
         "--datasets", nargs="+", default=["particles-4ake-32", "particles-4ake-32-snr0.1", "particles-4ake-d2-32"]
     )
     parser.add_argument("--methods", nargs="*", default=["cryo2ssnet", "cryospin"])
-    parser.add_argument("--ablations", action="store_true", help="also each method with the paper's search")
+    parser.add_argument("--ablations", action="store_true", help="also each method's ablation rows (ABLATIONS)")
     parser.add_argument("--budget-epochs", type=int, help="each method for this many epochs instead of its default")
     parser.add_argument("--cryodrgn-venv", type=Path, help="virtualenv with cryodrgn 4.3.1 (omit: no cryoDRGN rows)")
     parser.add_argument("--cryodrgn-budget-factor", type=float, default=3.0)
@@ -210,15 +214,16 @@ def main() -> None:
         return
     for dataset in args.datasets:
         suffix = f"-{args.budget_epochs}-epochs" if args.budget_epochs else ""
-        labels = [m + suffix for m in args.methods] + ([f"{m}-paper-search" for m in args.methods] if args.ablations else [])
+        labels = [m + suffix for m in args.methods]
+        labels += [f"{m}-{name}" for m in args.methods for name in ABLATIONS[m]] if args.ablations else []
         labels += ["cryodrgn"] if args.cryodrgn_venv is not None else []
         rows = [row for row in rows if not (row["dataset"] == dataset and row["label"] in labels)]  # reruns replace
         for method in args.methods:
             budget = longer_budget(method, args.budget_epochs) if args.budget_epochs else None
             rows.append({**run_job(method, dataset, args.out, method + suffix, budget), "dataset": dataset})
-            if args.ablations:
-                paper = {"method": PAPER_SEARCH[method]}
-                rows.append({**run_job(method, dataset, args.out, f"{method}-paper-search", paper), "dataset": dataset})
+            for name, overrides in ABLATIONS[method].items() if args.ablations else ():
+                label = f"{method}-{name}"
+                rows.append({**run_job(method, dataset, args.out, label, {"method": overrides}), "dataset": dataset})
             print(json.dumps({k: rows[-1][k] for k in ("label", "wall_s", "metrics")}, default=float), flush=True)
         if args.cryodrgn_venv is not None:
             ours = [row["wall_s"] for row in rows if row["dataset"] == dataset and row["method"] != "cryodrgn"]

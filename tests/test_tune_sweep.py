@@ -69,6 +69,7 @@ def test_concurrency_fits_the_cluster_locally_and_warns_on_a_joined_one(capsys):
 
 
 @pytest.mark.ray
+@pytest.mark.system
 def test_a_smoke_sweep_tracks_every_trial_under_one_parent_run(tmp_path, run_command):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = tmp_path / "sweep"
