@@ -119,13 +119,6 @@ class CryoSpinConfig(BaseModel):
     search_candidates: int = Field(16, ge=1, le=4608, description="poses per image kept by the soft assignment")
     search_final_level: int = Field(5, ge=0, le=7, description="Hopf level the switch's global search descends to")
     search_width: int = Field(4, ge=1, le=72, description="beam width of the switch's global search")
-    research_every_epochs: int = Field(
-        1,
-        ge=0,
-        description="with heads+search, while auto-decoding: every N epochs search each image globally against the "
-        "current volume and keep the search's pose where it explains the image better (0: never). Local pose steps "
-        "cannot leave a pose 180° off about a pseudo-symmetry axis, which a partly symmetrised volume then keeps",
-    )
     search_band_start: float = Field(0.4, gt=0, le=1, description="search band at the start, fraction of Nyquist")
     search_band_ramp_fraction: float = Field(0.5, ge=0, le=1, description="share of auto-encoding to reach Nyquist")
     temperature_start: float = Field(0.05, gt=0, description="soft-assignment T at the start (cost 1 − correlation)")
@@ -145,7 +138,6 @@ class _WorkerRun:
     batches_per_epoch: int
     mask: torch.Tensor
     head_wins: torch.Tensor
-    poses_replaced_fraction: float | None = None  # by this epoch's global re-search (research_every_epochs)
     eval_indices: list[torch.Tensor] = field(default_factory=list)
     eval_predicted: list[torch.Tensor] = field(default_factory=list)
     eval_true: list[torch.Tensor] = field(default_factory=list)
@@ -270,15 +262,6 @@ class CryoSPIN(Method[CryoSpinConfig]):
                 f"rank {ctx.rank}: auto-decoding, but {int((~table.initialized).sum())} of its images have no pose "
                 "(the checkpoint lacks their pose-table rows)"
             )
-        since_switch = ctx.epoch - config.switch_epoch
-        if (
-            state.extra["switched"]
-            and config.pose_proposals == "heads+search"
-            and config.research_every_epochs
-            and since_switch > 0
-            and since_switch % config.research_every_epochs == 0
-        ):
-            self._research_poses(state, config, ctx)
 
     def train_batches(self, state: TrainState, config: CryoSpinConfig, ctx: TrainContext):
         return iter_owned_batches(
@@ -446,35 +429,6 @@ class CryoSPIN(Method[CryoSpinConfig]):
         )[:, 0]
         return searched, search_loss < loss
 
-    @torch.no_grad()
-    def _research_poses(self, state: TrainState, config: CryoSpinConfig, ctx: TrainContext) -> None:
-        """One in-order pass over this worker's images: a pose the global search beats is replaced by the search's
-        (base rotation, ω = 0, fresh Adam state; the image keeps its shift). The share replaced is reported."""
-        table = _pose_table(state)
-        volume = state.unwrapped("decoder", HartleyVolume).hartley()
-        mask = state.runtime.mask
-        replaced = torch.zeros((), device=ctx.device)
-        for batch in iter_owned_batches(state.runtime.chunks, ctx.runner.batch_size, ctx.device):
-            rows = table.rows(batch["particle_index"])
-            shifts = table.shift_px[rows] if config.learn_shifts else None
-            current = table.rotations(rows)
-            loss = self.head_losses(
-                lambda r: slice_volume_fourier(volume, r),
-                current[:, None],
-                None if shifts is None else shifts[:, None],
-                batch,
-                mask,
-                config,
-                ctx,
-            )[:, 0]
-            searched, better = self._search_if_better(volume, batch, loss, mask, config, ctx)
-            replace = better.nonzero()[:, 0]  # a host sync per batch: this pass runs once per epoch, not per step
-            table.set_poses(rows[replace], searched[replace], None if shifts is None else shifts[replace])
-            replaced += better.sum()
-        if ctx.distributed:
-            dist.all_reduce(replaced)
-        state.runtime.poses_replaced_fraction = float(replaced) / ctx.manifest.count
-
     def _switch_to_auto_decoding(self, state: TrainState, config: CryoSpinConfig, ctx: TrainContext) -> None:
         """Initialise this worker's pose table from each image's best head (the LR schedule lowers the volume's
         step size from the same epoch on)."""
@@ -516,9 +470,6 @@ class CryoSPIN(Method[CryoSpinConfig]):
             )
             metrics.update(evaluation.metrics)
             metrics["auto_decoding"] = float(state.extra["switched"])
-            if runtime.poses_replaced_fraction is not None:
-                metrics["poses_replaced_fraction"] = runtime.poses_replaced_fraction
-                runtime.poses_replaced_fraction = None
             if wins.sum() > 0:
                 fractions = (wins / wins.sum()).cpu().tolist()
                 metrics.update({f"head_{j}_win_fraction": f for j, f in enumerate(fractions)})
