@@ -9,6 +9,7 @@ import inspect
 from pathlib import Path
 
 import pytest
+from cryoray.cli import build_parser
 from cryoray.config import deep_update, read_yaml_config, validate_job_config
 from cryoray.methods import METHODS, load_method
 from cryoray.train.method import Method
@@ -43,6 +44,20 @@ def test_registry_job_scripts_and_method_folders_agree():
         assert isinstance(method, Method) and method.name == name, entry
         assert _job_class(REPO_ROOT / "jobs" / f"{name}.py") == tuple(entry.split(":")), name
         assert not _assignments_to_self(method), f"{name}: run state belongs in TrainState, not on the method"
+
+
+def test_a_job_scripts_help_lists_exactly_the_subcommands_it_dispatches():
+    for name in METHODS:
+        method = load_method(name)
+        script = (REPO_ROOT / "jobs" / f"{name}.py").read_text()
+        dispatched = {
+            node.comparators[0].elts[0].value
+            for node in ast.walk(ast.parse(script))
+            if isinstance(node, ast.Compare) and isinstance(node.comparators[0], ast.List) and "sys.argv" in ast.unparse(node)
+        }
+        assert dispatched == set(method.subcommands), name
+        help_text = build_parser(method).format_help()
+        assert all(f"jobs/{name}.py {sub} --help" in help_text for sub in dispatched), help_text
 
 
 def _assignments_to_self(method: Method) -> list[str]:

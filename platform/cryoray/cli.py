@@ -38,9 +38,12 @@ from cryoray.train.method import Method
 
 
 def build_parser(method: Method) -> argparse.ArgumentParser:
+    listed = [f"  {name:<10} {what} (jobs/{method.name}.py {name} --help)" for name, what in method.subcommands.items()]
     parser = argparse.ArgumentParser(
         prog=f"jobs/{method.name}.py",
         description=f"Train {method.name} on Ray; tracked in MLflow. {(type(method).__doc__ or '').splitlines()[0]}",
+        epilog="subcommands (a trained model on new data):\n" + "\n".join(listed) if listed else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--config", type=Path, help="YAML file (keys of cryoray.config.JobConfig; method settings under 'method:')"

@@ -95,6 +95,8 @@ class Method(ABC, Generic[ConfigT]):
     smoke_preset: ClassVar[dict[str, Any]] = {}
     # Multi-head or partly frozen models leave parameters unused on some steps; DDP must know.
     find_unused_parameters: ClassVar[bool] = False
+    # The job script's subcommands that use a trained model ({"predict": "what it does"}); listed by --help.
+    subcommands: ClassVar[dict[str, str]] = {}
 
     def check_dataset(self, dataset_dir: Path, manifest: DatasetManifest, config: ConfigT) -> None:
         """Driver side, before Ray starts: refuse a dataset this method cannot train on with a ``CryorayInputError``

@@ -178,6 +178,7 @@ class RobPicker(Method[RobPickerConfig]):
     """Cryo-ET particle picking by bi-level meta-learning (see the module docstring)."""
 
     name = "robpicker"
+    subcommands = {"predict": "pick particles in new tomograms, picks as RELION/Warp STAR and CSV"}
     config_schema = RobPickerConfig
     dataset_kind = "tomograms"
     default_dataset = "tomograms-default"
