@@ -151,7 +151,7 @@ def encoder_supervised(dataset: str, steps: int, batch_size: int = 32, held_out:
     """Median pose error (°) of held-out images against the step count, the encoder trained on the true poses."""
     images, _, truth = dataset_arrays(dataset)
     torch.manual_seed(0)
-    encoder = PoseEncoder(resolve_dataset(dataset)[1].box_px)
+    encoder = PoseEncoder(images.shape[-1])
     optimizer = torch.optim.Adam(encoder.parameters(), lr=1e-4)
     generator = torch.Generator().manual_seed(0)
     train = len(images) - held_out

@@ -143,8 +143,6 @@ def _worker_loop(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         if name != "train":
             set_replica(shard, ctx.rank)  # each rank its own draws of a replicated stream
         ctx.datasets[name] = RayShard(shard)
-    streams_read_here = {name: LocalStream(spec, replica=ctx.rank) for name, spec in loop_config["read_in_worker"].items()}
-    ctx.datasets.update(streams_read_here)
     torch.manual_seed(job.train.seed * 1009 + ctx.rank)
 
     state = method.setup(method_config, ctx.manifest, ctx)
@@ -169,7 +167,8 @@ def _worker_loop(loop_config: dict[str, Any]) -> dict[str, Any] | None:
 
     logger = RunLogger(loop_config["tracking"] if ctx.is_rank_zero else None)
     start_epoch = 0 if resumed_from is None else resumed_from + 1
-    for stream in streams_read_here.values():
-        stream.execution = start_epoch  # a resumed run reads as it would have without the interruption
+    # From the resumed epoch on: a resumed run reads as it would have without the interruption.
+    for name, spec in loop_config["read_in_worker"].items():
+        ctx.datasets[name] = LocalStream(spec, replica=ctx.rank, first_execution=start_epoch)
     outcome = train_epochs(method, job, method_config, state, ctx, logger, start_epoch, report)
     return None if outcome is None else {**outcome, "resumed_from_epoch": resumed_from}
