@@ -78,7 +78,7 @@ def run_variant(name: str, settings: dict, dataset: Path, args: argparse.Namespa
         raise RuntimeError(f"{name} failed:\n{completed.stderr[-3000:]}")
     result = json.loads(completed.stdout.strip().splitlines()[-1].removeprefix("RESULT "))
     client = MlflowClient(result["tracking_uri"])
-    history = client.get_metric_history(result["mlflow_run_id"], "epoch/pose_error_median_deg")
+    history = client.get_metric_history(result["mlflow_run_id"], "pose_error_median_deg")
     per_epoch = [round(m.value, 1) for m in sorted(history, key=lambda m: m.step)]
     usage = pd.read_csv(result["artifacts"]["head_usage_csv"])["fraction"].round(2).tolist()
     metrics = result["metrics"]

@@ -41,7 +41,7 @@ from cryoray.methods.single_particle import evaluate_reconstruction
 from cryoray.physics import euler_relion_to_matrix
 
 REPO = Path(__file__).resolve().parents[1]
-POSE_METRIC = "epoch/pose_error_median_deg"
+POSE_METRIC = "pose_error_median_deg"
 # Ablation rows (``--ablations``): the paper's search (the defaults' departures switched off).
 ABLATIONS = {
     "cryo2ssnet": {

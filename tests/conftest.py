@@ -90,10 +90,15 @@ def run_command(capsys: pytest.CaptureFixture) -> Callable[..., CommandOutcome]:
 
 @pytest.fixture
 def run_job_in_process(run_command: Callable[..., CommandOutcome]) -> Callable[..., CommandOutcome]:
-    """``run_command`` for a training job: ``run_job_in_process(Method(), argv)``."""
+    """``run_command`` for a training job: ``run_job_in_process(Method(), argv)``; a finished run must report each
+    of the method's key metrics under its declared name (what a sweep may rank trials by)."""
     from cryoray.cli import run_job
 
     def run(method: Any, argv: list[str], expect_success: bool = True) -> CommandOutcome:
-        return run_command(functools.partial(run_job, method), argv, expect_success)
+        outcome = run_command(functools.partial(run_job, method), argv, expect_success)
+        if outcome.result is not None:
+            missing = set(method.key_metrics) - set(outcome.result["metrics"])
+            assert not missing, f"{method.name} declares key metrics it did not report: {sorted(missing)}"
+        return outcome
 
     return run

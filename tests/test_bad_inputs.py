@@ -1037,6 +1037,20 @@ CASES = [
     case("sweep-unknown-mode", "sweep", lambda f, d: sweep(f, d, lambda raw: raw.update(mode="maximise")), "spec.yaml", "mode"),
     case("sweep-no-metric", "sweep", lambda f, d: sweep(f, d, lambda raw: raw.update(metric=None)), "spec.yaml", "metric"),
     case(
+        "sweep-metric-the-method-does-not-report",
+        "sweep",
+        lambda f, d: sweep(f, d, lambda raw: raw.update(metric="epoch/map_correlation")),
+        "spec.yaml",
+        "metric",
+    ),
+    case(
+        "sweep-minimises-a-correlation",
+        "sweep",
+        lambda f, d: sweep(f, d, lambda raw: raw.update(metric="map_correlation", mode="min")),
+        "spec.yaml",
+        "mode",
+    ),
+    case(
         "sweep-unknown-smoke-scheduler",
         "sweep",
         lambda f, d: sweep(f, d, lambda raw: raw["smoke"].update(scheduler={"type": "hyperband"})),

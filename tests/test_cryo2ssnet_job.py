@@ -22,5 +22,5 @@ def test_smoke_job_writes_map_fsc_poses_and_tracks_resolution_per_epoch(tmp_path
     assert len(poses["particles"]) == 1024 and {"rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"} <= set(poses["particles"].columns)
     assert float(poses["optics"]["rlnImagePixelSize"].iloc[0]) == pytest.approx(8.0)
     assert {"fsc_csv", "fsc_png", "map_aligned", "model"} <= set(artifacts)
-    history = MlflowClient(uri).get_metric_history(result["mlflow_run_id"], "epoch/fsc_resolution_0.5_angstrom")
+    history = MlflowClient(uri).get_metric_history(result["mlflow_run_id"], "fsc_resolution_0.5_angstrom")
     assert len(history) == 2

@@ -53,9 +53,9 @@ def test_smoke_run_learns_and_resumes_with_its_pose_table(tmp_path, run_job_in_p
     assert len(Path(first["artifacts"]["poses"]).read_text().strip().splitlines()) > manifest.count
 
     client = MlflowClient(uri)
-    history = client.get_metric_history(first["mlflow_run_id"], "epoch/pose_error_median_deg")
+    history = client.get_metric_history(first["mlflow_run_id"], "pose_error_median_deg")
     assert sorted(m.step for m in history) == [0, 1, 2]
-    assert client.get_metric_history(first["mlflow_run_id"], "epoch/head_0_win_fraction")
+    assert client.get_metric_history(first["mlflow_run_id"], "head_0_win_fraction")
 
     # Epoch 2 was the first auto-decoding epoch: every image visited once = 5 pose steps.
     run_dir = Path(storage) / "cryospin-resume"

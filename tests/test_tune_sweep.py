@@ -119,7 +119,7 @@ def test_a_smoke_sweep_tracks_every_trial_under_one_parent_run(tmp_path, run_com
         assert child.info.status == row["status"], (child.info.status, row)
         assert child.data.tags["cryoray.trial_id"] == row["trial_id"]
         assert float(child.data.params["method.learning_rate"]) == pytest.approx(float(row["method.learning_rate"]))
-        history = client.get_metric_history(child.info.run_id, "epoch/map_correlation")
+        history = client.get_metric_history(child.info.run_id, "map_correlation")
         assert len({m.step for m in history}) == int(row["epochs_run"])
         assert max(history, key=lambda m: m.step).value == pytest.approx(float(row["final_map_correlation"]))
 

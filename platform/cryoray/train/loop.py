@@ -90,7 +90,7 @@ def train_one_epoch(
         for key, value in step_metrics.items():
             sums[key] += value
         if ctx.global_step % ctx.runner.log_every_steps == 0:
-            logger.log_metrics({f"train/{k}": v for k, v in step_metrics.items()}, step=ctx.global_step)
+            logger.log_metrics(step_metrics, step=ctx.global_step)
         if ctx.runner.max_steps_per_epoch is not None and steps >= ctx.runner.max_steps_per_epoch:
             break
     keys = sorted(sums)
@@ -103,6 +103,9 @@ def train_one_epoch(
     before = time.perf_counter()
     metrics.update(method.evaluate(state, config, ctx))
     metrics["eval_seconds"] = time.perf_counter() - before
+    shared = set(sums) & set(metrics)
+    if shared:  # one name is one metric in the step log, MLflow, Tune and RESULT
+        raise RuntimeError(f"{method.name}: step metrics and epoch metrics share the names {sorted(shared)}")
     return metrics
 
 
@@ -125,7 +128,7 @@ def train_epochs(
         for epoch in range(start_epoch, job.train.epochs):
             ctx.epoch = epoch
             epoch_metrics = train_one_epoch(method, state, config, ctx, logger)
-            logger.log_metrics({f"epoch/{k}": v for k, v in epoch_metrics.items()}, step=epoch)
+            logger.log_metrics(epoch_metrics, step=epoch)
             due = epoch == job.train.epochs - 1 or (epoch + 1) % job.train.checkpoint_every_epochs == 0
 
             def write(directory: Path) -> None:

@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, Protocol, TypeVar, overload
 
 import torch
 from pydantic import BaseModel
@@ -97,6 +97,9 @@ class Method(ABC, Generic[ConfigT]):
     find_unused_parameters: ClassVar[bool] = False
     # The job script's subcommands that use a trained model ({"predict": "what it does"}); listed by --help.
     subcommands: ClassVar[dict[str, str]] = {}
+    # The epoch metrics worth ranking runs by, each with its better direction; the first is the one the console's
+    # evaluation line shows. A sweep may rank trials by these or by a ``train_<step metric>`` epoch mean.
+    key_metrics: ClassVar[dict[str, Literal["min", "max"]]] = {}
 
     def check_dataset(self, dataset_dir: Path, manifest: DatasetManifest, config: ConfigT) -> None:
         """Driver side, before Ray starts: refuse a dataset this method cannot train on with a ``CryorayInputError``

@@ -122,7 +122,7 @@ def run_sweep(
             raise
         logger.log_artifact(best_path)
         logger.log_artifact(best_config_path)
-        logger.log_metrics({f"best/{plan.spec.metric}": best.final_metric}, step=0)
+        logger.log_metrics({plan.spec.metric: best.final_metric}, step=0)  # the best trial's, under its own name
         logger.finish(succeeded=True)
         return SweepOutcome(
             method=method.name,

@@ -17,7 +17,7 @@ from ray import tune
 
 from cryoray.config import JobConfig, deep_update, format_validation_errors, read_yaml_config, validate_job_config
 from cryoray.errors import CryorayInputError
-from cryoray.methods import METHODS
+from cryoray.methods import METHODS, load_method
 from cryoray.train.method import Method
 
 # Per-trial job settings the sweep driver assigns; a spec may not set them.
@@ -104,7 +104,7 @@ class SweepSpec(BaseModel):
     job: str = Field(description="method name, as its job script jobs/<job>.py")
     base: dict[str, Any] = Field(default_factory=dict, description="job settings, as a job's --config YAML")
     search_space: dict[str, Distribution] = Field(min_length=1, description="dotted job key -> distribution")
-    metric: str = Field(description="an epoch metric the method reports, e.g. map_correlation")
+    metric: str = Field(description="a key metric of the method (Method.key_metrics) or train_<step metric>")
     mode: Literal["min", "max"]
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
     num_samples: int = Field(1, ge=1, description="samples of the space; each grid point is run num_samples times")
@@ -135,6 +135,7 @@ def load_sweep_spec(path: str | Path) -> SweepSpec:
         raise CryorayInputError(path, _fields(problems), "a valid sweep spec", "; ".join(problems)) from None
     if spec.job not in METHODS:
         raise CryorayInputError(path, "job", f"a registered method ({', '.join(sorted(METHODS))})", spec.job)
+    _check_metric(spec, path)
     problems = [f"base.{key}: set per trial by the sweep driver" for key in TRIAL_OWNED_KEYS if key in spec.base]
     problems += [f"smoke.base.{key}: set per trial by the sweep driver" for key in TRIAL_OWNED_KEYS if key in spec.smoke.base]
     problems += [
@@ -145,6 +146,19 @@ def load_sweep_spec(path: str | Path) -> SweepSpec:
     if problems:
         raise CryorayInputError(path, _fields(problems), "a valid sweep spec", "; ".join(problems))
     return spec
+
+
+def _check_metric(spec: SweepSpec, path: str | Path) -> None:
+    """The metric must be one the method reports under that name, ranked in its better direction, or the epoch mean
+    of a step metric (``train_<name>``, minimised or maximised as the spec says)."""
+    key_metrics = load_method(spec.job).key_metrics
+    if spec.metric.startswith("train_"):
+        return
+    if spec.metric not in key_metrics:
+        expected = f"one of {spec.job}'s epoch metrics ({', '.join(key_metrics)}) or train_<step metric>"
+        raise CryorayInputError(path, "metric", expected, spec.metric)
+    if spec.mode != key_metrics[spec.metric]:
+        raise CryorayInputError(path, "mode", f"{key_metrics[spec.metric]} ({spec.metric} is better that way)", spec.mode)
 
 
 def plan_sweep(spec: SweepSpec, spec_path: str | Path, method: Method, smoke: bool, num_samples: int | None) -> SweepPlan:

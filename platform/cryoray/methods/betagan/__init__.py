@@ -138,6 +138,7 @@ class BetaGAN(Method[BetaGANConfig]):
     """(α,β)-GAN + λ·ℓ1 robust denoiser of particle images (see the module docstring)."""
 
     name = "betagan"
+    key_metrics = {"val_psnr": "max", "val_ssim": "max", "val_mse": "min"}
     subcommands = {"denoise": "denoise a particle stack described by its STAR file"}
     config_schema = BetaGANConfig
     dataset_kind = "particles"

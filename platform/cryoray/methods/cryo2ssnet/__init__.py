@@ -152,6 +152,7 @@ class Cryo2SSNet(Method[Cryo2SSNetConfig]):
     """Encoder + Hartley decoder + DHBS, two stages."""
 
     name = "cryo2ssnet"
+    key_metrics = {"fsc_resolution_0.5_angstrom": "min", "pose_error_median_deg": "min", "map_correlation": "max"}
     config_schema = Cryo2SSNetConfig
     dataset_kind = "particles"
     default_dataset = "particles-phantom-32"

@@ -256,6 +256,7 @@ class CryoGEN2(Method[CryoGEN2Config]):
     """Cryo-ET missing-wedge restoration with a UNet++ GAN and a wedge-aware masked loss (see the module docstring)."""
 
     name = "cryogen2"
+    key_metrics = {"val_fsc_wedge_mean": "max", "val_fsc_mean": "max"}
     subcommands = {"apply": "restore the missing wedge of new subtomograms or tomograms"}
     config_schema = CryoGEN2Config
     dataset_kind = "tomograms"

@@ -163,6 +163,7 @@ class CryoSPIN(Method[CryoSpinConfig]):
     """cryoSPIN: multi-head pose encoder, then per-image pose auto-decoding, with a Hartley-space volume."""
 
     name = "cryospin"
+    key_metrics = {"pose_error_median_deg": "min", "pose_error_mean_deg": "min"}
     config_schema = CryoSpinConfig
     dataset_kind = "particles"
     default_dataset = "particles-phantom-32"

@@ -65,6 +65,7 @@ class KnownPoseReconstruction(Method[ReconstructConfig]):
     """Voxel-map reconstruction from particle images with known poses and CTF."""
 
     name = "reconstruct"
+    key_metrics = {"map_correlation": "max", "fsc_resolution_0.5_angstrom": "min", "fsc_resolution_0.143_angstrom": "min"}
     config_schema = ReconstructConfig
     dataset_kind = "particles"
     default_dataset = "particles-phantom"

@@ -178,6 +178,7 @@ class RobPicker(Method[RobPickerConfig]):
     """Cryo-ET particle picking by bi-level meta-learning (see the module docstring)."""
 
     name = "robpicker"
+    key_metrics = {"val_f1_macro": "max"}
     subcommands = {"predict": "pick particles in new tomograms, picks as RELION/Warp STAR and CSV"}
     config_schema = RobPickerConfig
     dataset_kind = "tomograms"
