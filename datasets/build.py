@@ -18,6 +18,7 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
+from cryoray import console
 from cryoray.data.recipes import build_recipe, data_root, find_recipe, import_relion, known_recipes
 from cryoray.data.tomogram_import import import_tomograms, load_import_spec
 from cryoray.errors import CryorayInputError
@@ -35,7 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images-per-shard", type=int, default=4096)
     parser.add_argument("--output", type=Path, help="dataset directory (default $CRYORAY_DATA_DIR/<name>)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    console.add_verbosity_flags(parser)
     args = parser.parse_args(argv)
+    console.configure(args.verbosity)
     try:
         if args.list:
             print("\n".join(known_recipes()))

@@ -89,8 +89,10 @@ def test_in_process_training_learns_checkpoints_like_the_runner_and_resumes(
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = tmp_path / "out"
     common = ["--smoke", "--num-workers", "0", "--output-dir", str(out), "--tracking-uri", uri]
-    first = run_job_in_process(KnownPoseReconstruction(), [*common, "--config", _config(tmp_path, 2)]).result
+    normal = run_job_in_process(KnownPoseReconstruction(), [*common, "--config", _config(tmp_path, 2)])
+    first = normal.result
     assert json.loads((out / "result.json").read_text()) == first
+    assert "epoch 1/2 step 10/16 | loss" in normal.err and "epoch 2/2 done in" in normal.err, normal.err
     assert first["metrics"]["map_correlation"] > 0.6 and first["resumed_from_epoch"] is None
     checkpoint = Path(first["checkpoint"])
     assert checkpoint == out / "checkpoints" / first["run_name"] / "epoch_0001"
@@ -98,7 +100,9 @@ def test_in_process_training_learns_checkpoints_like_the_runner_and_resumes(
     assert saved["method"] == "reconstruct" and saved["epoch"] == 1 and "map" in saved["modules"]
 
     resume = ["--config", _config(tmp_path, 3), "--run-name", first["run_name"], "--overwrite"]
-    second = run_job_in_process(KnownPoseReconstruction(), [*common, *resume]).result
+    quiet = run_job_in_process(KnownPoseReconstruction(), [*common, *resume, "--quiet"])
+    second = quiet.result
+    assert quiet.err == "" and quiet.out.splitlines()[-1].startswith("RESULT ")  # --quiet: errors and RESULT only
     assert second["resumed_from_epoch"] == 1 and second["checkpoint"].endswith("epoch_0002")
     assert sorted(p.name for p in checkpoint.parent.iterdir()) == ["epoch_0001", "epoch_0002"]  # checkpoints_to_keep 2
     assert second["metrics"]["map_correlation"] >= first["metrics"]["map_correlation"] - 0.02

@@ -26,11 +26,16 @@ def _config(tmp_path: Path, settings: dict) -> str:
 def test_two_workers_reconstruct_the_map_and_mlflow_holds_the_run(tmp_path, run_job_in_process):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     config = _config(tmp_path, {"train": {"epochs": 5, "batch_size": 64}, "method": {"learning_rate": 0.02}})
-    result = run_job_in_process(
+    outcome = run_job_in_process(
         KnownPoseReconstruction(),
         ["--smoke", "--num-workers", "2", "--config", config, "--output-dir", str(tmp_path / "out"), "--tracking-uri", uri],
-    ).result
+    )
+    result = outcome.result
     assert json.loads((tmp_path / "out" / "result.json").read_text()) == result
+    # The console: rank 0's lines (one per epoch, with the key metric), none of Ray Train's report dicts.
+    epoch_lines = [line for line in outcome.err.splitlines() if " done in " in line]
+    assert len(epoch_lines) == 5 and all("map_correlation" in line for line in epoch_lines), outcome.err[-2000:]
+    assert "samples/s" in outcome.err and "TrainingReport" not in outcome.err and "Reporting training result" not in outcome.err
 
     client = MlflowClient(uri)
     run = client.get_run(result["mlflow_run_id"])

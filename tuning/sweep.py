@@ -18,6 +18,7 @@ import json
 import sys
 from pathlib import Path
 
+from cryoray import console
 from cryoray.errors import CryorayInputError
 from cryoray.session import input_error_in
 from cryoray.tune import SweepFailedError, run_sweep
@@ -34,12 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///<cwd>/mlflow.db)")
     parser.add_argument("--storage-path", help="root for Tune state and trial checkpoints (shared storage on clusters)")
     parser.add_argument("--num-samples", type=int, help="override the spec's num_samples")
+    console.add_verbosity_flags(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the sweep; returns the process exit code (2 bad input, 1 failure)."""
     args = build_parser().parse_args(argv)
+    console.configure(args.verbosity)
     try:
         if args.num_samples is not None and args.num_samples < 1:
             raise CryorayInputError(None, "--num-samples", "an integer >= 1", args.num_samples)

@@ -18,6 +18,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from cryoray import console
 from cryoray.config import deep_update, read_yaml_config, validate_job_config
 from cryoray.data.recipes import REPO_ROOT, resolve_dataset
 from cryoray.io.outputs import RESULT_FILE, atomic_write, check_output_dir
@@ -61,6 +62,7 @@ def build_parser(method: Method) -> argparse.ArgumentParser:
     parser.add_argument(
         "--overwrite", action="store_true", default=None, help="replace an output dir that already holds a result"
     )
+    console.add_verbosity_flags(parser)
     return parser
 
 
@@ -91,6 +93,7 @@ def job_settings(method: Method, args: argparse.Namespace) -> dict[str, Any]:
 def run_job(method: Method, argv: list[str] | None = None) -> int:
     """Run one job end to end; returns the process exit code (130/143 after SIGINT/SIGTERM)."""
     args = build_parser(method).parse_args(argv)
+    console.configure(args.verbosity)
     progress: dict[str, str] = {}  # what _run has fixed so far: run name, output and checkpoint folders
     try:
         with interruptible():

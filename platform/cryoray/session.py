@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from cryoray import console
 from cryoray.errors import CryorayInputError
 
 
@@ -40,10 +41,12 @@ def connect_ray(include_dashboard: bool | None = None) -> bool:
     if ray.is_initialized():
         return False
     previous = signal.getsignal(signal.SIGTERM)
+    logging_config = ray.LoggingConfig(log_level=console.ray_log_level())  # Ray's own lines in every process of the job
     if joins_cluster():
-        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True, configure_logging=False)
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True, configure_logging=False, logging_config=logging_config)
     else:
-        start_local_ray(include_dashboard=include_dashboard, log_to_driver=True)
+        start_local_ray(include_dashboard=include_dashboard, log_to_driver=True, logging_config=logging_config)
+    console.quiet_ray()
     if callable(previous) and threading.current_thread() is threading.main_thread():
         # A local Ray node replaces the SIGTERM handler with one that exits at once; keep ours (``interruptible``),
         # which raises so that the caller reports and shuts Ray down itself.
@@ -141,11 +144,27 @@ def interrupt_signal(exc: BaseException) -> signal.Signals:
     return signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
 
 
-def run_tool(name: str, action: Callable[[], dict[str, Any]]) -> int:
+def gather(refs: list[Any], what: str) -> list[Any]:
+    """``ray.get`` of task ``refs`` in their order, with a progress line as they finish (``what: i/n …``)."""
+    import ray
+
+    def finished() -> Iterator[Any]:
+        pending = list(refs)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            yield ready[0]
+
+    for _ in console.progress(finished(), len(refs), what):
+        pass
+    return ray.get(refs)
+
+
+def run_tool(name: str, action: Callable[[], dict[str, Any]], verbosity: console.Verbosity = "normal") -> int:
     """A job's subcommand (predict, apply, denoise): exit 0 after a last ``RESULT {json}`` line, or 2 with one
     line on stderr naming the file and field of bad input (also when raised inside a Ray task or a Ray Data
     function), the same contract as the training jobs; an interrupt gives one line and 130 (SIGINT) or 143
     (SIGTERM)."""
+    console.configure(verbosity)
     try:
         with interruptible():
             result = action()

@@ -15,6 +15,7 @@ import numpy as np
 import ray.data
 from ray.data import FileShuffleConfig
 
+from cryoray import console
 from cryoray.data.pacing import paced
 from cryoray.data.streams import BlockStream, GeneratedRows, ParquetRows, Stream, arrow_columns, block_rng
 
@@ -41,6 +42,7 @@ def ray_dataset(spec: Stream) -> ray.data.Dataset:
             num_cpus=spec.task_cpus,
         )
     dataset.context.enable_progress_bars = False  # this dataset's own DataContext copy, not the process-wide one
+    dataset.context.print_on_execution_start = console.verbosity() == "verbose"  # a plan line per epoch otherwise
     return paced(dataset)
 
 

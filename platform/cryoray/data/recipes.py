@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from cryoray import console
 from cryoray.data.recipe_common import load_yaml_model, prepare_output, read_recipe_yaml
 from cryoray.data.shards import PARTICLE_COLUMNS, write_particle_shard
 from cryoray.data.tomogram_recipes import build_tomogram_dataset
@@ -163,7 +164,8 @@ def build_particle_dataset(recipe_path: str | Path, out_dir: str | Path, overwri
         volume = rotate_volume(torch.from_numpy(np.asarray(volume, dtype=np.float64)), group).mean(0).float().numpy()
     write_mrc(out_dir / GROUND_TRUTH_MAP, volume, voxel, overwrite=True)
     shards = []
-    for index, start in enumerate(range(0, recipe.n_images, recipe.images_per_shard)):
+    starts = range(0, recipe.n_images, recipe.images_per_shard)
+    for index, start in console.progress(enumerate(starts), len(starts), f"{recipe.name}: image shards simulated"):
         count = min(recipe.images_per_shard, recipe.n_images - start)
         stack = simulate_particle_stack(
             volume,
@@ -237,7 +239,8 @@ def import_relion(
     stacks = {path: open_stack_mmap(path, voxel_size_angstrom=voxel) for path in particles["image_path"].unique()}
     meta = particles.assign(particle_index=np.arange(len(particles)))
     shards = []
-    for index, start in enumerate(range(0, len(meta), images_per_shard)):
+    starts = range(0, len(meta), images_per_shard)
+    for index, start in console.progress(enumerate(starts), len(starts), f"{Path(star_path).name}: image shards imported"):
         chunk = meta.iloc[start : start + images_per_shard]
         images = np.stack([stacks[p].data[i] for p, i in zip(chunk["image_path"], chunk["image_index"])]).astype(np.float32)
         shards.append(write_particle_shard(out_dir, index, images, _with_defaults(chunk)))

@@ -26,6 +26,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from cryoray import console
 from cryoray.data.recipe_common import load_yaml_model, prepare_output
 from cryoray.errors import CryorayInputError
 from cryoray.io.manifest import DatasetManifest, ShardEntry, SpeciesEntry, Split, TomogramEntry, write_manifest
@@ -250,7 +251,8 @@ def build_tomogram_dataset(recipe_path: str | Path, out_dir: str | Path, overwri
         }
     noise = recipe.annotation_noise
     entries, shards = [], []
-    for index, (split, name) in enumerate(_tomogram_plan(recipe)):
+    plan = _tomogram_plan(recipe)
+    for index, (split, name) in console.progress(enumerate(plan), len(plan), f"{recipe.name}: tomograms simulated"):
         simulated = simulate_tomogram(
             species,
             shape,

@@ -35,6 +35,8 @@ class TrainContext:
     epoch: int = 0
     global_step: int = 0
     datasets: dict[str, BlockStream] = field(default_factory=dict)  # per stream: a RayShard or a LocalStream
+    # The gradient norm of each optimiser's last step that the loop logs (computed on those steps only).
+    grad_norms: dict[torch.optim.Optimizer, torch.Tensor] = field(default_factory=dict)
 
     @property
     def is_rank_zero(self) -> bool:
@@ -102,5 +104,9 @@ class TrainContext:
         total = functools.reduce(torch.add, ((weights or {}).get(name, 1.0) * value for name, value in losses.items()))
         optimizer.zero_grad(set_to_none=True)
         total.backward()
+        if (self.global_step + 1) % self.runner.log_every_steps == 0:  # a step the loop logs (it counts after)
+            grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            if grads:
+                self.grad_norms[optimizer] = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
         optimizer.step()
         return total.detach()

@@ -9,6 +9,7 @@ use the same step (scheduler stepping, step counter) too.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections import defaultdict
@@ -21,6 +22,7 @@ import torch
 from pydantic import BaseModel
 
 from cryoray.config import JobConfig, RunnerConfig
+from cryoray.console import LOGGER, epoch_line, step_line
 from cryoray.io.models import (
     read_checkpoint,
     read_sharded_checkpoint,
@@ -78,6 +80,7 @@ def train_one_epoch(
     steps = 0
     method.begin_epoch(state, config, ctx)
     start, waited = time.perf_counter(), 0.0  # data wait: time spent getting the next batch
+    line = _StepLine(start, ctx) if ctx.is_rank_zero and LOGGER.isEnabledFor(logging.INFO) else None
     batches = iter(method.train_batches(state, config, ctx))
     while True:
         before = time.perf_counter()
@@ -91,6 +94,8 @@ def train_one_epoch(
             sums[key] += value
         if ctx.global_step % ctx.runner.log_every_steps == 0:
             logger.log_metrics(step_metrics, step=ctx.global_step)
+            if line is not None:
+                line.log(steps, waited, step_metrics, state)
         if ctx.runner.max_steps_per_epoch is not None and steps >= ctx.runner.max_steps_per_epoch:
             break
     keys = sorted(sums)
@@ -107,6 +112,33 @@ def train_one_epoch(
     if shared:  # one name is one metric in the step log, MLflow, Tune and RESULT
         raise RuntimeError(f"{method.name}: step metrics and epoch metrics share the names {sorted(shared)}")
     return metrics
+
+
+class _StepLine:
+    """Rank 0's training line every ``log_every_steps``: speed and data wait over the steps since the last line."""
+
+    def __init__(self, start: float, ctx: TrainContext) -> None:
+        self.ctx, self.epoch_start, self.last_time, self.last_waited, self.last_steps = ctx, start, start, 0.0, 0
+
+    def log(self, steps: int, waited: float, metrics: dict[str, float], state: TrainState) -> None:
+        ctx, now = self.ctx, time.perf_counter()
+        elapsed = max(now - self.last_time, 1e-9)
+        seconds_per_step = (now - self.epoch_start) / steps
+        norms = {name: float(ctx.grad_norms.pop(opt)) for name, opt in state.optimizers.items() if opt in ctx.grad_norms}
+        text = step_line(
+            epoch=ctx.epoch,
+            epochs=ctx.runner.epochs,
+            step=steps,
+            steps=ctx.steps_per_epoch,
+            metrics=metrics,
+            learning_rates={name: opt.param_groups[0]["lr"] for name, opt in state.optimizers.items()},
+            grad_norms=norms,
+            samples_per_s=(steps - self.last_steps) * ctx.runner.batch_size * ctx.world_size / elapsed,
+            data_wait_fraction=(waited - self.last_waited) / elapsed,
+            eta_s=seconds_per_step * (ctx.total_steps - ctx.global_step),
+        )
+        LOGGER.info(text)
+        self.last_time, self.last_waited, self.last_steps = now, waited, steps
 
 
 def train_epochs(
@@ -129,6 +161,8 @@ def train_epochs(
             ctx.epoch = epoch
             epoch_metrics = train_one_epoch(method, state, config, ctx, logger)
             logger.log_metrics(epoch_metrics, step=epoch)
+            if ctx.is_rank_zero:
+                LOGGER.info(epoch_line(epoch, job.train.epochs, epoch_metrics, method.key_metrics))
             due = epoch == job.train.epochs - 1 or (epoch + 1) % job.train.checkpoint_every_epochs == 0
 
             def write(directory: Path) -> None:

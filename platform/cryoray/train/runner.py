@@ -19,9 +19,20 @@ import ray.train.torch
 import torch
 from pydantic import BaseModel
 from ray.data import ExecutionOptions
-from ray.train import Checkpoint, CheckpointConfig, DataConfig, FailureConfig, Result, RunConfig, ScalingConfig, UserCallback
+from ray.train import (
+    Checkpoint,
+    CheckpointConfig,
+    DataConfig,
+    FailureConfig,
+    LoggingConfig,
+    Result,
+    RunConfig,
+    ScalingConfig,
+    UserCallback,
+)
 from ray.train.torch import TorchTrainer
 
+from cryoray import console
 from cryoray.config import JobConfig
 from cryoray.data.ray_streams import RayShard, ray_dataset, set_replica
 from cryoray.data.streams import GeneratedRows, LocalStream
@@ -70,6 +81,7 @@ def run_training(
             "epoch_items": method.epoch_items(method_config, manifest),
             "manifest": manifest.model_dump(),
             "tracking": tracking,
+            "verbosity": console.verbosity(),
         },
         scaling_config=ScalingConfig(num_workers=job.num_workers, use_gpu=job.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
@@ -78,6 +90,8 @@ def run_training(
             failure_config=FailureConfig(max_failures=job.train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=job.train.checkpoints_to_keep),
             callbacks=callbacks,
+            # Ray Train's own lines (worker group start, every report with its full metric dict) only with --verbose.
+            logging_config=LoggingConfig(log_level=console.ray_log_level()),
         ),
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=["train"], execution_options=_ordered_ingest()),
@@ -125,6 +139,7 @@ def _ordered_ingest() -> ExecutionOptions:
 
 
 def _worker_loop(loop_config: dict[str, Any]) -> dict[str, Any] | None:
+    console.configure_worker(loop_config["verbosity"])
     method: Method[Any] = loop_config["method"]
     job = JobConfig.model_validate(loop_config["job"])
     method_config = method.config_schema.model_validate(loop_config["method_config"])

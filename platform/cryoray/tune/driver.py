@@ -11,6 +11,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
+from cryoray import console
 from cryoray.config import JobConfig
 from cryoray.data.recipes import REPO_ROOT, resolve_dataset
 from cryoray.errors import CryorayInputError
@@ -108,6 +109,8 @@ def run_sweep(
                 tracking_uri=uri,
                 experiment_name=experiment,
                 parent_run_id=parent.run_id if parent else None,
+                # Trials' own step and epoch lines would interleave with Tune's status table: only with --verbose.
+                verbosity="normal" if console.verbosity() == "verbose" else "quiet",
             )
             grid = _tuner(plan, setup, sweep_storage, concurrency, max(job.train.epochs for job in edge_jobs)).fit()
             trials = summarise_trials(grid, plan, method)
@@ -187,5 +190,6 @@ def _tuner(plan: SweepPlan, setup: TrialSetup, sweep_storage: str, concurrency: 
             name="tune",
             storage_path=sweep_storage,
             failure_config=tune.FailureConfig(max_failures=plan.spec.max_trial_failures),
+            verbose=0 if console.verbosity() == "quiet" else None,  # None: Tune's status table
         ),
     )

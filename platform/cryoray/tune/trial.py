@@ -14,6 +14,7 @@ from typing import Any
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from cryoray import console
 from cryoray.config import JobConfig, validate_job_config
 from cryoray.data.recipes import resolve_dataset
 from cryoray.methods import load_method
@@ -36,10 +37,12 @@ class TrialSetup:
     tracking_uri: str
     experiment_name: str
     parent_run_id: str | None
+    verbosity: console.Verbosity
 
 
 def run_trial(sampled: dict[str, Any], setup: TrialSetup) -> None:
     """One trial, in its own light Tune actor: the method trained by the generic runner, with a child run."""
+    console.configure(setup.verbosity)
     context = tune.get_context()
     trial_id = context.get_trial_id()
     method = load_method(setup.method_name)

@@ -26,6 +26,7 @@ import mrcfile
 import numpy as np
 import torch
 
+from cryoray import console
 from cryoray.errors import CryorayInputError
 from cryoray.io.models import Model, read_model
 from cryoray.io.mrc import check_mrc, open_stack_mmap
@@ -146,7 +147,8 @@ def _denoise_into(
         with mrcfile.new_mmap(str(path), shape=(count, box, box), mrc_mode=2, overwrite=True) as out:
             out.set_image_stack()
             out.voxel_size = pixel
-            for batch in stream.iter_batches(batch_size=None, batch_format="numpy"):
+            batches = stream.iter_batches(batch_size=None, batch_format="numpy")
+            for batch in console.progress(batches, -(-count // batch_size), "image batches denoised"):
                 out.data[batch["id"]] = batch["denoised"]
     finally:
         if started:
@@ -166,6 +168,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=64, help="images per Ray Data batch")
     parser.add_argument("--use-gpu", action="store_true", help="denoise on one GPU")
     parser.add_argument("--overwrite", action="store_true", help="replace a denoised stack already in --output-dir")
+    console.add_verbosity_flags(parser)
     return parser
 
 
@@ -181,4 +184,4 @@ def run_denoise(argv: list[str]) -> int:
         model = load_model(args.model)
         return denoise_stack(model, args.stack, args.star, args.output_dir, args.batch_size, args.use_gpu, args.overwrite)
 
-    return run_tool("betagan denoise", denoise)
+    return run_tool("betagan denoise", denoise, args.verbosity)

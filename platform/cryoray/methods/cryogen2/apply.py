@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cryoray import console
 from cryoray.data.subtomograms import DATA_PERCENTILES
 from cryoray.errors import CryorayInputError
 from cryoray.io.models import Model, read_model
@@ -136,6 +137,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
     parser.add_argument("--use-gpu", action="store_true", help="run on the first CUDA device")
     parser.add_argument("--overwrite", action="store_true", help="replace outputs already in --output-dir")
+    console.add_verbosity_flags(parser)
     return parser
 
 
@@ -181,7 +183,7 @@ def _restore_all(
     device = torch.device("cuda" if args.use_gpu else "cpu")
     generator.to(device)
     written = {}
-    for path, name in outputs.items():
+    for path, name in console.progress(outputs.items(), len(outputs), "volumes restored"):
         out = output_dir / name
         mrc = read_mrc(path, args.voxel_size_angstrom)
         restored = restore_volume(
@@ -207,4 +209,4 @@ def _restore_all(
 def run_apply(argv: list[str]) -> int:
     """CLI entry: exit 0 with a ``RESULT`` line, 2 on bad input (one line naming file and field)."""
     args = _parser().parse_args(argv)
-    return run_tool("cryogen2 apply", lambda: _apply(args))
+    return run_tool("cryogen2 apply", lambda: _apply(args), args.verbosity)

@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 from scipy import ndimage
 
+from cryoray import console
 from cryoray.errors import CryorayInputError
 from cryoray.io.figures import write_orthoslices_with_picks
 from cryoray.io.models import Model, read_model
@@ -30,7 +31,7 @@ from cryoray.io.star import PICKS_FORMATS, PicksFormat, TomogramFrame, read_coor
 from cryoray.io.validate import check_positive
 from cryoray.methods.robpicker.inference import PickingSettings, pick_tomogram, score_tomograms
 from cryoray.nn.unet3d import UNet3D
-from cryoray.session import check_gpus, connect_ray, run_tool
+from cryoray.session import check_gpus, connect_ray, gather, run_tool
 
 RESAMPLE_TOLERANCE = 0.02
 ALL_PICKS = "picks.star"
@@ -126,6 +127,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--output-dir", required=True, help="where the picks, figures, scores and result.json go")
     parser.add_argument("--use-gpu", action="store_true", help="one GPU per tomogram task")
     parser.add_argument("--overwrite", action="store_true", help="replace picks already in --output-dir")
+    console.add_verbosity_flags(parser)
     return parser
 
 
@@ -163,11 +165,12 @@ def _pick_all(
     try:
         task = ray.remote(num_cpus=1, num_gpus=1 if args.use_gpu else 0)(pick_file)
         model_ref = ray.put(model)
-        done = ray.get(
+        done = gather(
             [
                 task.remote(model_ref, t, args.voxel_size_angstrom, str(output_dir), args.use_gpu, args.picks_format)
                 for t in tomograms
-            ]
+            ],
+            "tomograms picked",
         )
     finally:
         if started:
@@ -199,4 +202,4 @@ def _pick_all(
 def run_predict(argv: list[str]) -> int:
     """CLI entry: exit 0 with a ``RESULT`` line, 2 on bad input (one line naming file and field), 1 on failure."""
     args = _parser().parse_args(argv)
-    return run_tool("robpicker predict", lambda: _predict(args))
+    return run_tool("robpicker predict", lambda: _predict(args), args.verbosity)
