@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 import psutil
 import yaml
+from mlflow.tracking import MlflowClient
 
 REPO = Path(__file__).resolve().parents[1]
 MODES = ("supervised", "dr_only", "lc_only", "full")
@@ -49,6 +49,7 @@ def run_mode(mode: str, args: argparse.Namespace, out: Path) -> dict:
                     "meta_patches_per_epoch": args.patches_per_epoch // 2,
                     "learning_rate": args.learning_rate,
                     "precision": args.precision,
+                    **json.loads(args.method),
                 },
             }
         )
@@ -72,13 +73,14 @@ def run_mode(mode: str, args: argparse.Namespace, out: Path) -> dict:
     result_line = next((line for line in reversed(output.splitlines()) if line.startswith("RESULT ")), None)
     if process.returncode != 0 or result_line is None:
         raise RuntimeError(f"{mode} failed (exit {process.returncode}); see {out / f'{mode}.log'}")
-    per_epoch = {int(e): round(float(f), 3) for e, f in re.findall(r"'epoch': (\d+), [^}]*?'val_f1_macro': ([0-9.e-]+)", output)}
+    result = json.loads(result_line[len("RESULT ") :])
+    history = MlflowClient(result["tracking_uri"]).get_metric_history(result["mlflow_run_id"], "val_f1_macro")
     return {
         "mode": mode,
         "wall_s": wall,
         "peak_rss_gb": peak / 1e9,
-        "val_f1_per_epoch": [per_epoch[e] for e in sorted(per_epoch)],
-        "result": json.loads(result_line[len("RESULT ") :]),
+        "val_f1_per_epoch": [round(m.value, 3) for m in sorted(history, key=lambda m: m.step)],
+        "result": result,
     }
 
 
@@ -92,6 +94,7 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=0.05, help="SGD step of the segmenter")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument("--method", default="{}", help="JSON of further RobPickerConfig settings, e.g. '{\"meta_interval\": 4}'")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/_work/robpicker_ablation")
     args = parser.parse_args()
     args.out = args.out.resolve()  # the MLflow sqlite URI needs an absolute path

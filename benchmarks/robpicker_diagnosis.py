@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +20,10 @@ import torch
 from cryoray.config import RunnerConfig
 from cryoray.data.patches import draw_patches, patch_source, split_entries
 from cryoray.data.recipes import resolve_dataset
-from cryoray.io.mrc import read_mrc
-from cryoray.io.star import read_coordinates
+from cryoray.io.models import write_model_file
 from cryoray.methods.robpicker import RobPicker, RobPickerConfig
-from cryoray.methods.robpicker.inference import evaluate_split, score_tomograms, segment_tomogram
+from cryoray.methods.robpicker.inference import calibrate_min_cluster_voxels, evaluate_split, score_split, segment_split
 from cryoray.methods.robpicker.predict import build_segmenter, load_model, picking_settings
-from cryoray.picking import cluster_picks
 from cryoray.train.context import TrainContext
 
 
@@ -57,6 +56,18 @@ def run(args: argparse.Namespace, precision: str, labels: str) -> dict:
                 flush=True,
             )
     train_s = time.perf_counter() - start
+    if args.save_model:
+        write_model_file(
+            args.save_model,
+            method.name,
+            {"segmenter": net},
+            {
+                "config": config.model_dump(mode="json"),
+                "num_classes": len(manifest.species) + 1,
+                "species": [s.model_dump(mode="json") for s in manifest.species],
+                "voxel_size_angstrom": manifest.voxel_size_angstrom,
+            },
+        )
     test = evaluate_split(net, dataset_dir, manifest, "test", config.picking(), torch.device("cpu"), "test_")
     per_class = {k.split("/")[-1]: round(v, 3) for k, v in test.items() if "/f1/" in k and "hitbox" in k}
     per_class |= {k: round(v, 3) for k, v in test.items() if "hitbox/precision_macro" in k or "hitbox/recall_macro" in k}
@@ -72,43 +83,35 @@ def run(args: argparse.Namespace, precision: str, labels: str) -> dict:
     }
 
 
-def postprocess_sweep(model_reference: str, dataset: str, sizes: list[int]) -> list[dict]:
-    """Picking of a trained model with clusters below ``min_cluster_voxels`` dropped, per size: val and test macro F1.
+def postprocess_sweep(model_reference: str, dataset: str, sizes: list[int], cluster_modes: list[str]) -> list[dict]:
+    """Picking of a trained model per clustering mode (per class, or on the foreground with a majority vote) with
+    clusters below ``min_cluster_voxels`` dropped, per size, and with per-class sizes calibrated on the validation
+    tomograms (``calibrate_cluster_sizes``): val and test macro F1.
 
-    The net runs once per tomogram; only the clustering and scoring are repeated. Choosing the size on the
-    validation tomogram and reading the test F1 at it is the honest use of the table.
+    The net runs once per tomogram; only the clustering and scoring are repeated. Choosing on the validation
+    tomogram and reading the test F1 at that choice is the honest use of the table.
     """
     model = load_model(model_reference)
     segmenter = build_segmenter(model)
     dataset_dir, manifest = resolve_dataset(dataset)
     settings = picking_settings(model.config)
-    names = {s.class_id: s.name for s in manifest.species}
-    groups = {s.class_id: s.size_group for s in manifest.species}
-    maps = {}
-    with torch.no_grad():
-        for split in ("val", "test"):
-            maps[split] = []
-            for entry in split_entries(manifest, split):
-                probabilities = segment_tomogram(
-                    segmenter, read_mrc(dataset_dir / entry.tomogram).data, settings, torch.device("cpu")
-                )
-                truth = read_coordinates(dataset_dir / entry.particles)
-                instances = np.rint(read_mrc(dataset_dir / entry.labels["instances"]).data).astype(np.int64)
-                maps[split].append((probabilities, truth, instances))
+    segmented = {
+        split: segment_split(segmenter, dataset_dir, manifest, split, settings, torch.device("cpu")) for split in ("val", "test")
+    }
     rows = []
-    for size in sizes:
-        row: dict = {"min_cluster_voxels": size}
-        for split, items in maps.items():
-            scored = []
-            for probabilities, truth, instances in items:
-                class_map = probabilities.argmax(dim=0).numpy()
-                eps, min_voxels = settings.dbscan_eps_px, settings.dbscan_min_voxels
-                picks = cluster_picks(class_map, probabilities.numpy(), eps, min_voxels, min_cluster_voxels=size)
-                scored.append((picks, truth, instances))
-            result = score_tomograms(scored, settings.tolerance_px, names, groups)
-            row[f"{split}_f1_macro"] = round(result["hitbox"]["macro"]["f1"], 3)
-        rows.append(row)
-        print(row, flush=True)
+    for cluster_by in cluster_modes:
+        mode_settings = replace(settings, cluster_by=cluster_by)
+        calibrated = calibrate_min_cluster_voxels(segmented["val"], manifest, mode_settings)
+        for size in [*sizes, "calibrated"]:
+            row: dict = {"cluster_by": cluster_by, "min_cluster_voxels": size if size != "calibrated" else calibrated}
+            for split, items in segmented.items():
+                result, _ = score_split(
+                    items, manifest, replace(mode_settings, min_cluster_voxels=calibrated if size == "calibrated" else size)
+                )
+                row[f"{split}_f1_macro"] = round(result["hitbox"]["macro"]["f1"], 3)
+                row[f"{split}_per_class"] = {e["name"]: round(e["f1"], 2) for e in result["hitbox"]["per_class"].values()}
+            rows.append(row)
+            print(row, flush=True)
     return rows
 
 
@@ -124,12 +127,14 @@ def main() -> None:
     parser.add_argument("--method", default="{}", help="JSON of RobPickerConfig overrides, e.g. '{\"patch_px\": 16}'")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out" / "robpicker_diagnosis.json")
+    parser.add_argument("--save-model", type=Path, help="write the trained segmenter here (one precision and label set)")
     parser.add_argument("--postprocess-model", help="instead of training: sweep min_cluster_voxels for this trained model")
     parser.add_argument("--cluster-sizes", type=int, nargs="+", default=[1, 5, 10, 20, 40, 80, 160])
+    parser.add_argument("--cluster-by", nargs="+", default=["class", "foreground"], choices=["class", "foreground"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.postprocess_model:
-        rows = postprocess_sweep(args.postprocess_model, args.dataset, args.cluster_sizes)
+        rows = postprocess_sweep(args.postprocess_model, args.dataset, args.cluster_sizes, args.cluster_by)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.with_name("robpicker_postprocess.json").write_text(json.dumps(rows, indent=1))
         return

@@ -182,8 +182,31 @@ def test_cluster_picks_edge_cases() -> None:
         cluster_picks(np.ones((4, 4, 4), dtype=np.int64), eps_px=2.0)
     with pytest.raises(ValueError, match="integer class map"):
         cluster_picks(np.zeros((8, 8, 8), dtype=np.float32))
-    with pytest.raises(ValueError, match="no channel"):
+    with pytest.raises(ValueError, match="need channels"):
         cluster_picks(np.full((8, 8, 8), 3), np.zeros((2, 8, 8, 8)))
+    with pytest.raises(ValueError, match="cluster_by"):
+        cluster_picks(np.ones((4, 4, 4), dtype=np.int64), cluster_by="instance")
+
+
+def test_foreground_clustering_gives_a_split_particle_one_pick_of_its_majority_class() -> None:
+    """A ball whose voxels the net split between two classes: per class it is two picks (one false), on the
+    foreground one pick with the class most of its voxels have and that class's mean probability as score."""
+    labels = np.zeros(SHAPE, dtype=np.int64)
+    ball = _ball(SHAPE, BALL_A, 4)
+    labels[ball] = 1
+    labels[ball & (np.indices(SHAPE)[2] >= BALL_A[2] + 2)] = 2  # the far cap of the ball: the minority class
+    probabilities = np.zeros((3, *SHAPE), dtype=np.float32)
+    probabilities[1][labels == 1], probabilities[2][labels == 2] = 0.8, 0.6
+    probabilities[2][labels == 1], probabilities[1][labels == 2] = 0.2, 0.4
+    per_class = cluster_picks(labels, probabilities)
+    assert sorted(per_class["class_id"]) == [1, 2]
+    merged = cluster_picks(labels, probabilities, cluster_by="foreground")
+    assert len(merged) == 1 and merged["class_id"][0] == 1 and merged["n_voxels"][0] == ball.sum()
+    assert merged[["z_px", "y_px", "x_px"]].to_numpy()[0] == pytest.approx(np.argwhere(ball).mean(axis=0))
+    assert merged["score"][0] == pytest.approx(probabilities[1][ball].mean(dtype=np.float64))
+    separate = labels.copy()
+    separate[_ball(SHAPE, BALL_B, 3)] = 2
+    assert sorted(cluster_picks(separate, cluster_by="foreground")["class_id"]) == [1, 2]  # apart, both kept
 
 
 def _touching_particles(seed: int) -> np.ndarray:
@@ -391,3 +414,30 @@ def test_picking_scores_hit_box_rule() -> None:
         picking_scores(pred_xyz, pred_cls, true_xyz, true_cls)
     with pytest.raises(ValueError):
         picking_scores(pred_xyz, pred_cls, true_xyz, true_cls, max_distance_px=4.0, label_map=labels)
+
+
+def test_size_floors_are_calibrated_per_class_on_held_out_tomograms() -> None:
+    """Class 1's particles are big and its map has 3-voxel specks (false picks); class 2's particles are small.
+    Per class, the floor with the best held-out F1 (smallest on ties): specks go, class 2 keeps its particles."""
+    from types import SimpleNamespace
+
+    from cryoray.methods.robpicker.inference import PickingSettings, SegmentedTomogram, calibrate_min_cluster_voxels, score_split
+
+    labels, instances = np.zeros(SHAPE, dtype=np.int64), np.zeros(SHAPE, dtype=np.int64)
+    rows = []
+    for index, (centre, class_id, radius) in enumerate([(BALL_A, 1, 4), ((28, 12, 12), 1, 4), (BALL_B, 2, 2)], start=1):
+        ball = _ball(SHAPE, centre, radius)
+        labels[ball], instances[ball] = class_id, index
+        rows.append({"x_px": centre[2], "y_px": centre[1], "z_px": centre[0], "class_id": class_id})
+    for z in (5, 20, 35):
+        labels[z, 35, 40:43] = 1  # specks of class 1 far from every particle
+    probabilities = torch.from_numpy(np.eye(3, dtype=np.float32)[labels].transpose(3, 0, 1, 2).copy())
+    item = SegmentedTomogram("t", np.zeros(SHAPE, np.float32), probabilities, pd.DataFrame(rows), instances)
+    manifest = SimpleNamespace(species=[SimpleNamespace(class_id=c, name=f"c{c}", size_group="large") for c in (1, 2)])
+    settings = PickingSettings(32, 8, 8, 1.0, 1, 1, 4.0)  # DBSCAN min 1: the specks are clusters
+    sizes = calibrate_min_cluster_voxels([item], manifest, settings)
+    assert 3 < sizes[1] <= _ball(SHAPE, BALL_A, 4).sum() and sizes[2] == 1, sizes
+    before, _ = score_split([item], manifest, settings)
+    after, _ = score_split([item], manifest, PickingSettings(32, 8, 8, 1.0, 1, sizes, 4.0))
+    assert before["hitbox"]["per_class"][1]["f1"] == pytest.approx(2 * 2 / (2 * 2 + 3))  # 2 tp, 3 fp
+    assert after["hitbox"]["macro"]["f1"] == 1.0

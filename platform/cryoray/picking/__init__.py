@@ -6,12 +6,13 @@ each cluster's centre of gravity a pick, and F1 per class by the SHREC hit-box r
 tolerance. ``cryoray.io.figures.write_orthoslices_with_picks`` draws the picks on the tomogram.
 """
 
-from cryoray.picking.clustering import PICK_COLUMNS, cluster_picks, dbscan_voxel_labels
+from cryoray.picking.clustering import PICK_COLUMNS, ClusterBy, cluster_picks, dbscan_voxel_labels
 from cryoray.picking.matching import match_picks, picking_scores
 from cryoray.picking.scoring import evaluate_picks, flatten_pick_scores, scores_table
 from cryoray.picking.sliding_window import sliding_window_predict, tile_starts_px
 
 __all__ = [
+    "ClusterBy",
     "PICK_COLUMNS",
     "cluster_picks",
     "dbscan_voxel_labels",

@@ -19,14 +19,18 @@ grow in the order of their first core voxel and a border voxel keeps the first c
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Literal
+
 import numpy as np
 import pandas as pd
 import torch
 from scipy import ndimage
 
-__all__ = ["PICK_COLUMNS", "cluster_picks", "dbscan_voxel_labels"]
+__all__ = ["PICK_COLUMNS", "ClusterBy", "cluster_picks", "dbscan_voxel_labels"]
 
 PICK_COLUMNS = ("x_px", "y_px", "z_px", "class_id", "score", "n_voxels")
+ClusterBy = Literal["class", "foreground"]
 _UNREACHED = np.iinfo(np.int32).max
 
 
@@ -81,16 +85,20 @@ def cluster_picks(
     eps_px: float = 1.0,
     min_voxels: int = 5,
     background: int = 0,
-    min_cluster_voxels: int = 1,
+    min_cluster_voxels: int | Mapping[int, int] = 1,
+    cluster_by: ClusterBy = "class",
 ) -> pd.DataFrame:
-    """Picks from a (Z, Y, X) integer class map: DBSCAN per non-background class, centre of gravity per cluster.
+    """Picks from a (Z, Y, X) integer class map: DBSCAN, then one pick per cluster at its centre of gravity.
 
-    ``eps_px`` (voxels, below 2) and ``min_voxels`` are DBSCAN's ``eps`` and ``min_samples`` (the voxel itself
-    included); DBSCAN's noise is dropped. ``min_cluster_voxels`` then drops clusters with fewer voxels
-    (DeepFinder-style size filter; default 1 = none, as in the paper). Returns a DataFrame with ``x_px, y_px,
-    z_px`` (mean voxel index of the cluster; x is the last array axis), ``class_id``, ``score`` (mean of
-    ``probabilities[class_id]`` over the cluster's voxels, 1.0 without probabilities) and ``n_voxels``, sorted
-    by score then size, descending, so that the hit-box rule's "first pick claims the particle" favours
+    ``cluster_by="class"`` (the paper) runs DBSCAN per non-background class. ``"foreground"`` runs it once on every
+    non-background voxel and gives each cluster the class most of its voxels have: a particle whose voxels the net
+    splits between two classes (e.g. two large species) is one pick, not two. ``eps_px`` (voxels, below 2) and
+    ``min_voxels`` are DBSCAN's ``eps`` and ``min_samples`` (the voxel itself included); DBSCAN's noise is dropped.
+    ``min_cluster_voxels`` then drops clusters with fewer voxels (DeepFinder-style size filter; default 1 = none,
+    as in the paper), one size for every class or a size per class id (absent classes: 1). Returns a DataFrame
+    with ``x_px, y_px, z_px`` (mean voxel index of the cluster; x is the last array axis), ``class_id``, ``score``
+    (mean of ``probabilities[class_id]`` over the cluster's voxels, 1.0 without probabilities) and ``n_voxels``,
+    sorted by score then size, descending, so that the hit-box rule's "first pick claims the particle" favours
     confident picks.
     """
     labels = _to_numpy(class_map)
@@ -100,18 +108,30 @@ def cluster_picks(
         raise ValueError(
             f"cluster_picks: probabilities must be (C, {', '.join(map(str, labels.shape))}), got {tuple(probabilities.shape)}"
         )
-    if not 0 < eps_px < 2 or min_voxels < 1 or min_cluster_voxels < 1:
+    sizes = min_cluster_voxels if isinstance(min_cluster_voxels, Mapping) else {}
+    default_size = 1 if isinstance(min_cluster_voxels, Mapping) else min_cluster_voxels
+    if not 0 < eps_px < 2 or min_voxels < 1 or min([default_size, *sizes.values()]) < 1:
         raise ValueError(
             f"cluster_picks: need 0 < eps_px < 2, min_voxels >= 1, min_cluster_voxels >= 1, "
             f"got {eps_px}, {min_voxels}, {min_cluster_voxels}"
         )
+    if cluster_by not in ("class", "foreground"):
+        raise ValueError(f"cluster_picks: cluster_by must be 'class' or 'foreground', got {cluster_by!r}")
+    boxes = _class_boxes(labels, background)
+    if probabilities is not None and any(not 0 <= c < probabilities.shape[0] for c in boxes):
+        raise ValueError(
+            f"cluster_picks: classes {sorted(boxes)} need channels in probabilities of {probabilities.shape[0]} classes"
+        )
+    groups: list[tuple[int | None, tuple[slice, ...], np.ndarray]]  # (class or None for a vote, box, mask)
+    if cluster_by == "class":
+        groups = [(class_id, box, labels[box] == class_id) for class_id, box in sorted(boxes.items())]
+    else:
+        whole = tuple(slice(0, n) for n in labels.shape)
+        groups = [(None, whole, labels != background)] if boxes else []
+    channels = None if probabilities is None else _to_numpy(probabilities)
     rows = []
-    for class_id, box in sorted(_class_boxes(labels, background).items()):
-        if probabilities is not None and not 0 <= class_id < probabilities.shape[0]:
-            raise ValueError(
-                f"cluster_picks: class {class_id} has no channel in probabilities of {probabilities.shape[0]} classes"
-            )
-        clusters, n_clusters = dbscan_voxel_labels(labels[box] == class_id, eps_px, min_voxels)
+    for class_id, box, mask in groups:
+        clusters, n_clusters = dbscan_voxel_labels(mask, eps_px, min_voxels)
         if n_clusters == 0:
             continue
         member = np.flatnonzero(clusters)
@@ -120,19 +140,26 @@ def cluster_picks(
         n_voxels = np.bincount(cluster, minlength=n_clusters)
         sums_zyx = np.stack([np.bincount(cluster, weights=zyx[:, a], minlength=n_clusters) for a in range(3)], 1)
         centre_zyx = sums_zyx / n_voxels[:, None]
-        if probabilities is None:
+        if class_id is None:  # majority vote of the cluster's voxel classes
+            voxel_class = labels[tuple(zyx.T)].astype(np.int64)
+            votes = np.zeros((n_clusters, int(voxel_class.max()) + 1), dtype=np.int64)
+            np.add.at(votes, (cluster, voxel_class), 1)
+            cluster_class = votes.argmax(axis=1)
+        else:
+            cluster_class = np.full(n_clusters, class_id, dtype=np.int64)
+        if channels is None:
             score = np.ones(n_clusters)
         else:
-            channel = _to_numpy(probabilities[class_id])
-            score = np.bincount(cluster, weights=channel[tuple(zyx.T)].astype(np.float64), minlength=n_clusters) / n_voxels
-        big = n_voxels >= min_cluster_voxels
+            voxel_score = channels[(cluster_class[cluster], *zyx.T)].astype(np.float64)
+            score = np.bincount(cluster, weights=voxel_score, minlength=n_clusters) / n_voxels
+        big = n_voxels >= np.array([sizes.get(int(c), default_size) for c in cluster_class], dtype=np.int64)
         rows.append(
             pd.DataFrame(
                 {
                     "x_px": centre_zyx[big, 2],
                     "y_px": centre_zyx[big, 1],
                     "z_px": centre_zyx[big, 0],
-                    "class_id": np.full(int(big.sum()), class_id, dtype=np.int64),
+                    "class_id": cluster_class[big],
                     "score": score[big],
                     "n_voxels": n_voxels[big].astype(np.int64),
                 }

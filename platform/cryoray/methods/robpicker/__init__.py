@@ -47,7 +47,14 @@ from cryoray.data.tomogram_recipes import SPLITS
 from cryoray.errors import CryorayInputError
 from cryoray.io.manifest import MANIFEST_NAME, DatasetManifest
 from cryoray.io.models import MODEL_FILE, write_model_file
-from cryoray.methods.robpicker.inference import PickingSettings, evaluate_split, write_split_outputs
+from cryoray.methods.robpicker.inference import (
+    PickingSettings,
+    calibrate_min_cluster_voxels,
+    headline_metrics,
+    score_split,
+    segment_split,
+    write_split_outputs,
+)
 from cryoray.methods.robpicker.networks import (
     LabelCorrection,
     LossReweighting,
@@ -58,6 +65,7 @@ from cryoray.methods.robpicker.networks import (
 from cryoray.nn.bilevel import finite_difference_hypergradient
 from cryoray.nn.precision import Precision, autocast
 from cryoray.nn.unet3d import UNet3D
+from cryoray.picking import ClusterBy
 from cryoray.train.context import TrainContext
 from cryoray.train.method import Method, TrainState
 
@@ -96,6 +104,14 @@ class RobPickerConfig(BaseModel):
     dbscan_eps_px: float = Field(1.0, gt=0, lt=2, description="DBSCAN neighbourhood radius (paper 1 voxel; < 2: a 3×3×3 reach)")
     dbscan_min_voxels: int = Field(5, ge=1, description="DBSCAN min samples (paper 5 voxels)")
     min_cluster_voxels: int = Field(1, ge=1, description="drop clusters smaller than this (1 = paper: no filter)")
+    calibrate_cluster_sizes: bool = Field(
+        False,
+        description="choose min_cluster_voxels per class on the validation tomograms at each evaluation (paper: no "
+        "filter); the test picks and the model file use the sizes of the last one",
+    )
+    cluster_by: ClusterBy = Field(
+        "class", description="class: DBSCAN per class (paper) | foreground: once, each cluster its majority class"
+    )
     tolerance_px: float = Field(4.0, gt=0, description="distance rule: a pick matches a particle within this radius")
     eval_every_epochs: int = Field(1, ge=1, description="validation picking + F1 every this many epochs")
 
@@ -120,14 +136,17 @@ class RobPickerConfig(BaseModel):
     def uses_meta(self) -> bool:
         return self.mode != "supervised"
 
-    def picking(self) -> PickingSettings:
+    def picking(self, min_cluster_voxels: Mapping[int, int] | None = None) -> PickingSettings:
+        """Inference and post-processing settings; ``min_cluster_voxels`` per class (calibrated) replaces the
+        configured floor."""
         return PickingSettings(
             patch_px=self.patch_px,
             overlap_px=self.inference_overlap_px,
             batch_size=self.inference_batch_size,
             dbscan_eps_px=self.dbscan_eps_px,
             dbscan_min_voxels=self.dbscan_min_voxels,
-            min_cluster_voxels=self.min_cluster_voxels,
+            min_cluster_voxels=self.min_cluster_voxels if min_cluster_voxels is None else min_cluster_voxels,
+            cluster_by=self.cluster_by,
             tolerance_px=self.tolerance_px,
             precision=self.precision,
         )
@@ -335,15 +354,34 @@ class RobPicker(Method[RobPickerConfig]):
         return metrics
 
     def evaluate(self, state: TrainState, config: RobPickerConfig, ctx: TrainContext) -> dict[str, float]:
+        """Rank 0 picks the validation tomograms and scores them; with ``calibrate_cluster_sizes`` at the per-class
+        size floors chosen on them (kept in the checkpoint for the test picks and the model file)."""
         if not ctx.epoch_is_due(config.eval_every_epochs):
             return {}
-        segmenter = state.unwrapped("segmenter")
-        scores = (
-            evaluate_split(segmenter, ctx.dataset_dir, ctx.manifest, "val", config.picking(), ctx.device, "val_")
-            if ctx.is_rank_zero
-            else None
-        )
+        scores = None
+        if ctx.is_rank_zero:
+            segmented = segment_split(
+                state.unwrapped("segmenter"), ctx.dataset_dir, ctx.manifest, "val", config.picking(), ctx.device
+            )
+            sizes = (
+                calibrate_min_cluster_voxels(segmented, ctx.manifest, config.picking())
+                if config.calibrate_cluster_sizes
+                else None
+            )
+            if sizes is not None:
+                state.extra["min_cluster_voxels"] = {str(class_id): size for class_id, size in sizes.items()}
+            result, _ = score_split(segmented, ctx.manifest, config.picking(sizes))
+            scores = headline_metrics(result, "val_")
+            if sizes is not None:
+                names = {species.class_id: species.name for species in ctx.manifest.species}
+                scores |= {f"val_min_cluster_voxels/{names[c]}": float(v) for c, v in sizes.items() if c in names}
         return ctx.broadcast_from_rank_zero(scores)
+
+    @staticmethod
+    def _calibrated(state: TrainState) -> dict[int, int] | None:
+        """The per-class size floors of the last calibration, None without one."""
+        saved = state.extra.get("min_cluster_voxels")
+        return None if saved is None else {int(class_id): int(size) for class_id, size in saved.items()}
 
     def test(
         self, state: TrainState, config: RobPickerConfig, ctx: TrainContext, output_dir: Path
@@ -352,7 +390,8 @@ class RobPicker(Method[RobPickerConfig]):
         if not ctx.is_rank_zero:
             return {}, {}
         segmenter = state.unwrapped("segmenter")
-        return write_split_outputs(segmenter, ctx.dataset_dir, ctx.manifest, "test", config.picking(), ctx.device, output_dir)
+        settings = config.picking(self._calibrated(state))
+        return write_split_outputs(segmenter, ctx.dataset_dir, ctx.manifest, "test", settings, ctx.device, output_dir)
 
     def write_artifacts(self, state: TrainState, config: RobPickerConfig, ctx: TrainContext, output_dir: Path) -> dict[str, str]:
         if not ctx.is_rank_zero:
@@ -366,6 +405,7 @@ class RobPicker(Method[RobPickerConfig]):
                 "num_classes": len(ctx.manifest.species) + 1,
                 "species": [s.model_dump(mode="json") for s in ctx.manifest.species],
                 "voxel_size_angstrom": ctx.manifest.voxel_size_angstrom,
+                "min_cluster_voxels": state.extra.get("min_cluster_voxels"),  # calibrated per class, or None
             },
         )
         return {"model": str(path)}

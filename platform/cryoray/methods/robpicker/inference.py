@@ -8,8 +8,8 @@ distance tolerance, instance ids offset), so the counts pool over tomograms exac
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,7 @@ from cryoray.io.mrc import read_mrc, write_mrc
 from cryoray.io.star import TomogramFrame, read_coordinates, write_coordinates
 from cryoray.nn.precision import Precision, autocast
 from cryoray.physics.normalize import standardize
-from cryoray.picking import cluster_picks, evaluate_picks, flatten_pick_scores, scores_table, sliding_window_predict
+from cryoray.picking import ClusterBy, cluster_picks, evaluate_picks, flatten_pick_scores, scores_table, sliding_window_predict
 
 
 @dataclass(frozen=True)
@@ -35,8 +35,9 @@ class PickingSettings:
     batch_size: int
     dbscan_eps_px: float
     dbscan_min_voxels: int
-    min_cluster_voxels: int
+    min_cluster_voxels: int | Mapping[int, int]  # one floor, or one per class id (calibrated on validation)
     tolerance_px: float
+    cluster_by: ClusterBy = "class"
     precision: Precision = "fp32"
 
 
@@ -59,7 +60,11 @@ def pick_tomogram(
     segmenter: torch.nn.Module, tomogram: np.ndarray, settings: PickingSettings, device: torch.device
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """Picks (x_px, y_px, z_px, class_id, score, n_voxels) and the argmax class map (Z, Y, X) uint8."""
-    probabilities = segment_tomogram(segmenter, tomogram, settings, device)
+    return picks_from_probabilities(segment_tomogram(segmenter, tomogram, settings, device), settings)
+
+
+def picks_from_probabilities(probabilities: torch.Tensor, settings: PickingSettings) -> tuple[pd.DataFrame, np.ndarray]:
+    """Picks and the argmax class map of a (C, Z, Y, X) probability volume (argmax, DBSCAN, size floor)."""
     class_map = probabilities.argmax(dim=0).to(torch.uint8).numpy()
     picks = cluster_picks(
         class_map,
@@ -67,12 +72,13 @@ def pick_tomogram(
         eps_px=settings.dbscan_eps_px,
         min_voxels=settings.dbscan_min_voxels,
         min_cluster_voxels=settings.min_cluster_voxels,
+        cluster_by=settings.cluster_by,
     )
     return picks, class_map
 
 
 def score_tomograms(
-    items: list[tuple[pd.DataFrame, pd.DataFrame, np.ndarray | None]],
+    items: Sequence[tuple[pd.DataFrame, pd.DataFrame, np.ndarray | None]],
     tolerance_px: float,
     class_names: Mapping[int, str],
     size_groups: Mapping[int, str],
@@ -122,25 +128,67 @@ def headline_metrics(result: dict, prefix: str) -> dict[str, float]:
     return headline
 
 
-def _split_results(
+@dataclass
+class SegmentedTomogram:
+    """A split's tomogram with its class probabilities and ground truth: picked once per picking setting."""
+
+    name: str
+    tomogram: np.ndarray
+    probabilities: torch.Tensor
+    truth: pd.DataFrame
+    instances: np.ndarray
+
+
+def segment_split(
     segmenter: torch.nn.Module,
     dataset_dir: Path,
     manifest: DatasetManifest,
     split: str,
     settings: PickingSettings,
     device: torch.device,
-) -> tuple[dict, list[tuple[str, np.ndarray, pd.DataFrame, pd.DataFrame, np.ndarray, np.ndarray]]]:
+) -> list[SegmentedTomogram]:
+    with torch.no_grad():
+        return [
+            SegmentedTomogram(
+                name=entry.name,
+                tomogram=(tomogram := read_mrc(dataset_dir / entry.tomogram).data),
+                probabilities=segment_tomogram(segmenter, tomogram, settings, device),
+                truth=read_coordinates(dataset_dir / entry.particles),
+                instances=np.rint(read_mrc(dataset_dir / entry.labels["instances"]).data).astype(np.int64),
+            )
+            for entry in split_entries(manifest, split)
+        ]
+
+
+def score_split(
+    segmented: list[SegmentedTomogram], manifest: DatasetManifest, settings: PickingSettings
+) -> tuple[dict, list[tuple[pd.DataFrame, np.ndarray]]]:
+    """Pick every segmented tomogram with ``settings`` and score the picks pooled: (result, [(picks, class map)])."""
     names = {s.class_id: s.name for s in manifest.species}
     groups = {s.class_id: s.size_group for s in manifest.species}
-    per_tomogram = []
-    for entry in split_entries(manifest, split):
-        tomogram = read_mrc(dataset_dir / entry.tomogram).data
-        picks, class_map = pick_tomogram(segmenter, tomogram, settings, device)
-        truth = read_coordinates(dataset_dir / entry.particles)
-        instances = read_mrc(dataset_dir / entry.labels["instances"]).data
-        per_tomogram.append((entry.name, tomogram, picks, truth, np.rint(instances).astype(np.int64), class_map))
-    result = score_tomograms([(p, t, i) for _, _, p, t, i, _ in per_tomogram], settings.tolerance_px, names, groups)
-    return result, per_tomogram
+    picked = [picks_from_probabilities(item.probabilities, settings) for item in segmented]
+    items = [(picks, item.truth, item.instances) for (picks, _), item in zip(picked, segmented)]
+    return score_tomograms(items, settings.tolerance_px, names, groups), picked
+
+
+# Per-class cluster-size floors (voxels) the calibration tries on the validation tomograms.
+CALIBRATION_SIZES = (1, 5, 10, 20, 40, 80, 160, 320)
+
+
+def calibrate_min_cluster_voxels(
+    segmented: list[SegmentedTomogram], manifest: DatasetManifest, settings: PickingSettings
+) -> dict[int, int]:
+    """For each class, the cluster-size floor of :data:`CALIBRATION_SIZES` with the best F1 on these (validation)
+    tomograms, the smallest on ties: fragments of the net's maps are false picks, and how large they get differs
+    per class (a standard post-processing choice made on held-out data, not on the test set)."""
+    best: dict[int, tuple[float, int]] = {}
+    for size in CALIBRATION_SIZES:
+        result, _ = score_split(segmented, manifest, replace(settings, min_cluster_voxels=size))
+        rule = "hitbox" if "hitbox" in result else "distance"
+        for class_id, entry in result[rule]["per_class"].items():
+            if entry["f1"] > best.get(class_id, (-1.0, 1))[0]:
+                best[class_id] = (entry["f1"], size)
+    return {class_id: size for class_id, (_, size) in sorted(best.items())}
 
 
 def evaluate_split(
@@ -153,8 +201,7 @@ def evaluate_split(
     prefix: str,
 ) -> dict[str, float]:
     """Pick every tomogram of a split and score against its ground truth: flat metrics for MLflow."""
-    with torch.no_grad():
-        result, _ = _split_results(segmenter, dataset_dir, manifest, split, settings, device)
+    result, _ = score_split(segment_split(segmenter, dataset_dir, manifest, split, settings, device), manifest, settings)
     return headline_metrics(result, prefix)
 
 
@@ -168,12 +215,13 @@ def write_split_outputs(
     output_dir: Path,
 ) -> tuple[dict[str, float], dict[str, str]]:
     """Pick and score a split and write picks (.star/.csv), class maps, orthoslice PNGs and the scores table."""
-    with torch.no_grad():
-        result, per_tomogram = _split_results(segmenter, dataset_dir, manifest, split, settings, device)
+    segmented = segment_split(segmenter, dataset_dir, manifest, split, settings, device)
+    result, picked = score_split(segmented, manifest, settings)
     names = {s.class_id: s.name for s in manifest.species}
     output_dir.mkdir(parents=True, exist_ok=True)
     artifacts: dict[str, str] = {}
-    for name, tomogram, picks, truth, _, class_map in per_tomogram:
+    for item, (picks, class_map) in zip(segmented, picked):
+        name, tomogram, truth = item.name, item.tomogram, item.truth
         named = picks.assign(tomo_name=name)
         frames = {name: TomogramFrame(tomogram.shape, manifest.voxel_size_angstrom)}  # RELION 5 columns in the STAR file
         for suffix in ("star", "csv"):

@@ -49,16 +49,19 @@ def build_segmenter(model: Model) -> UNet3D:
     return segmenter.eval()
 
 
-def picking_settings(config: dict[str, Any]) -> PickingSettings:
+def picking_settings(config: dict[str, Any], calibrated: dict[str, int] | None = None) -> PickingSettings:
+    """The picking settings a model was trained with; ``calibrated``: its per-class cluster-size floors."""
+    sizes = None if calibrated is None else {int(class_id): int(size) for class_id, size in calibrated.items()}
     return PickingSettings(
         patch_px=config["patch_px"],
         overlap_px=config["inference_overlap_px"],
         batch_size=config["inference_batch_size"],
         dbscan_eps_px=config["dbscan_eps_px"],
         dbscan_min_voxels=config["dbscan_min_voxels"],
-        min_cluster_voxels=config["min_cluster_voxels"],
+        min_cluster_voxels=config["min_cluster_voxels"] if sizes is None else sizes,
         tolerance_px=config["tolerance_px"],
         precision=config.get("precision", "fp32"),
+        cluster_by=config.get("cluster_by", "class"),
     )
 
 
@@ -87,7 +90,12 @@ def pick_file(
     scale = voxel / model.metadata["voxel_size_angstrom"]
     resampled = abs(scale - 1.0) > RESAMPLE_TOLERANCE
     volume = ndimage.zoom(tomogram, scale, order=1) if resampled else tomogram
-    picks, _ = pick_tomogram(build_segmenter(model).to(device), volume, picking_settings(model.config), device)
+    picks, _ = pick_tomogram(
+        build_segmenter(model).to(device),
+        volume,
+        picking_settings(model.config, model.metadata.get("min_cluster_voxels")),
+        device,
+    )
     if resampled:
         picks[["x_px", "y_px", "z_px"]] = picks[["x_px", "y_px", "z_px"]] / scale
     name = tomogram_name(tomogram_path)
