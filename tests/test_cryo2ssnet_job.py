@@ -23,4 +23,6 @@ def test_smoke_job_writes_map_fsc_poses_and_tracks_resolution_per_epoch(tmp_path
     assert float(poses["optics"]["rlnImagePixelSize"].iloc[0]) == pytest.approx(8.0)
     assert {"fsc_csv", "fsc_png", "map_aligned", "model"} <= set(artifacts)
     history = MlflowClient(uri).get_metric_history(result["mlflow_run_id"], "fsc_resolution_0.5_angstrom")
-    assert len(history) == 2
+    # Two epochs' evaluations, then the final score over every image (RESULT's value) one step later.
+    assert sorted(m.step for m in history) == [0, 1, 2]
+    assert max(history, key=lambda m: m.step).value == pytest.approx(metrics["fsc_resolution_0.5_angstrom"])

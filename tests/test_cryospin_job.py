@@ -54,7 +54,9 @@ def test_smoke_run_learns_and_resumes_with_its_pose_table(tmp_path, run_job_in_p
 
     client = MlflowClient(uri)
     history = client.get_metric_history(first["mlflow_run_id"], "pose_error_median_deg")
-    assert sorted(m.step for m in history) == [0, 1, 2]
+    # Three epochs' evaluations, then the final score over every image (RESULT's value) one step later.
+    assert sorted(m.step for m in history) == [0, 1, 2, 3]
+    assert max(history, key=lambda m: m.step).value == first["metrics"]["pose_error_median_deg"]
     assert client.get_metric_history(first["mlflow_run_id"], "head_0_win_fraction")
 
     # Epoch 2 was the first auto-decoding epoch: every image visited once = 5 pose steps.

@@ -24,6 +24,7 @@ from cryoray.simulate.tomogram import (
     TomogramCtf,
     annotation_noise,
     builtin_species,
+    convex_hull_mask,
     instance_map,
     isotropic_ctf,
     rotate_species,
@@ -194,15 +195,31 @@ def test_shape_labels_are_the_rotated_masks_and_instances_number_the_rows(simula
         _, mask = rotate_species(s, row.rot_deg, row.tilt_deg, row.psi_deg)
         pad, half = s.box_px, s.box_px // 2
         window = tuple(slice(a + pad - half, a + pad + half + 1) for a in centre)
-        np.testing.assert_array_equal(np.pad(instances, pad)[window] == j + 1, mask)
+        hit_box = np.pad(instances, pad)[window] == j + 1
+        assert np.all(hit_box[mask]) and hit_box[half, half, half]  # the mask, and the centre even if hollow
         np.testing.assert_array_equal(np.pad(shape_labels, pad)[window][mask], row.class_id)
-        assert (instances == j + 1).sum() == pytest.approx(s.mask_volume_px, rel=0.15)  # rotation keeps the volume
+        assert mask.sum() == pytest.approx(s.mask_volume_px, rel=0.15)  # rotation keeps the volume
+        assert hit_box.sum() == pytest.approx(s.hit_box.sum(), rel=0.15)
         voxels = np.argwhere(instances == j + 1)
         assert np.linalg.norm(voxels - centre, axis=1).max() <= s.bounding_radius_px
-    # masks never overlap: the labelled volume is the sum of the particles' volumes
-    np.testing.assert_array_equal(shape_labels > 0, instances > 0)
+    # masks never overlap, and each lies in its own hit box
+    assert np.all(instances[shape_labels > 0] > 0)
     for k in range(1, 5):
-        assert (shape_labels == k).sum() == sum((instances == j + 1).sum() for j in np.flatnonzero(table["class_id"] == k))
+        assert (shape_labels == k).sum() == sum(
+            ((instances == j + 1) & (shape_labels == k)).sum() for j in np.flatnonzero(table["class_id"] == k)
+        )
+
+
+def test_hit_boxes_are_convex_hulls_that_hold_a_hollow_particles_centre():
+    ring = np.zeros((15, 15, 15), dtype=bool)
+    z, y, x = np.indices(ring.shape) - 7
+    ring[(np.abs(z) <= 1) & (np.hypot(y, x) >= 4) & (np.hypot(y, x) <= 6)] = True
+    hull = convex_hull_mask(ring)
+    assert not ring[7, 7, 7] and hull[7, 7, 7] and np.all(hull[ring])
+    assert hull.sum() == pytest.approx(3 * np.pi * 6**2, rel=0.15) and not hull[0].any()  # the filled disc, no more
+    flat = np.zeros((5, 5, 5), dtype=bool)
+    flat[2, 1:4, 1:4] = True
+    np.testing.assert_array_equal(convex_hull_mask(flat), flat)
 
 
 def test_sphere_labels_have_the_species_radius(species):

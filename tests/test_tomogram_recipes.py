@@ -95,10 +95,10 @@ def test_built_files_agree_with_each_other(smoke):
         instances = read_mrc(dataset_dir / entry.labels["instances"]).data
         sphere = read_mrc(dataset_dir / entry.labels["sphere"]).data
         np.testing.assert_array_equal(np.unique(instances), np.arange(len(truth) + 1))
-        for j, row in truth.iterrows():  # each instance carries its row's class in the shape labels
-            assert set(np.unique(shape[instances == j + 1])) == {row["class_id"]}
+        for j, row in truth.iterrows():  # each hit box holds its row's class in the shape labels, and its centre
+            assert set(np.unique(shape[instances == j + 1])) - {0} == {row["class_id"]}
             centre = (int(row["z_px"]), int(row["y_px"]), int(row["x_px"]))
-            assert sphere[centre] == row["class_id"]
+            assert sphere[centre] == row["class_id"] and instances[centre] == j + 1
         assert set(np.unique(sphere)) == {0, *species}
         clean = read_mrc(dataset_dir / entry.clean).data
         assert clean.max() > 0.5 and np.var(tomogram.data) > np.var(clean) * 0.5  # noisy at SNR 1

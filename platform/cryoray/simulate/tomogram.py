@@ -64,6 +64,7 @@ import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from scipy import ndimage
+from scipy.spatial import ConvexHull, Delaunay, QhullError
 
 from cryoray.errors import CryorayInputError
 from cryoray.io.atomic import atomic_model_to_density
@@ -166,6 +167,23 @@ class Species:
     def mask_volume_px(self) -> int:
         """Number of voxels inside the (unrotated) mask."""
         return int(self.mask.sum())
+
+    @functools.cached_property
+    def hit_box(self) -> np.ndarray:
+        """The (unrotated) convex hull of the mask: the particle's boundary for SHREC's hit-box rule, which contains
+        the particle's centre even where the mask is hollow there (a ring, a barrel, a pore)."""
+        return convex_hull_mask(self.mask)
+
+
+def convex_hull_mask(mask: np.ndarray) -> np.ndarray:
+    """The voxels of ``mask``'s box inside the convex hull of its voxel centres (the mask itself if flat)."""
+    points = np.argwhere(mask).astype(np.float64)
+    try:
+        hull = Delaunay(points[ConvexHull(points).vertices])
+    except (QhullError, ValueError):  # fewer than 4 voxels, or all in one plane or line
+        return mask.copy()
+    grid = np.indices(mask.shape).reshape(3, -1).T
+    return (hull.find_simplex(grid) >= 0).reshape(mask.shape) | mask
 
 
 # ---------------------------------------------------------------------------------------------- builders
@@ -699,7 +717,12 @@ def sphere_label_map(particles: pd.DataFrame, species: Sequence[Species], shape_
 
 
 def _paint_masks(
-    particles: pd.DataFrame, species: Sequence[Species], shape_zyx: Sequence[int], values: np.ndarray, dtype: type
+    particles: pd.DataFrame,
+    species: Sequence[Species],
+    shape_zyx: Sequence[int],
+    values: np.ndarray,
+    dtype: type,
+    hit_boxes: bool = False,
 ) -> np.ndarray:
     shape = _check_shape(shape_zyx)
     out: np.ndarray = np.zeros(shape, dtype=dtype)
@@ -709,7 +732,7 @@ def _paint_masks(
         raise CryorayInputError(None, "particles", "orientations rot_deg, tilt_deg, psi_deg", f"missing {missing}")
     rotations = _rotation_matrices(*(particles[c].to_numpy() for c in ("rot_deg", "tilt_deg", "psi_deg")))
     for kind, centre, rotation, value in zip(kinds, _centres_zyx(particles), rotations, values):
-        placed = _rotate(kind.mask, rotation, order=0) > 0.5
+        placed = _rotate(kind.hit_box if hit_boxes else kind.mask, rotation, order=0) > 0.5
         volume_slices, box_slices = _window(centre, kind.density.shape, shape)
         out[volume_slices][placed[box_slices]] = value
     return out
@@ -724,11 +747,14 @@ def shape_label_map(particles: pd.DataFrame, species: Sequence[Species], shape_z
 
 
 def instance_map(particles: pd.DataFrame, species: Sequence[Species], shape_zyx: Sequence[int]) -> np.ndarray:
-    """int32 (z, y, x): j + 1 inside the placed mask of row j, 0 elsewhere (SHREC hit-box scoring).
+    """int32 (z, y, x): j + 1 inside the placed hit box of row j (its mask's convex hull), 0 elsewhere: SHREC's
+    hit-box scoring, "the pick within the particle's boundary". With the mask itself, a pick at the exact centre
+    of a hollow particle (a ring, a barrel) would miss it.
 
-    Later rows win where masks overlap (never for a simulated truth list).
+    Later rows win where hit boxes overlap (never for a simulated truth list: they lie within the bounding spheres,
+    which placement keeps apart).
     """
-    return _paint_masks(particles, species, shape_zyx, np.arange(1, len(particles) + 1), np.int32)
+    return _paint_masks(particles, species, shape_zyx, np.arange(1, len(particles) + 1), np.int32, hit_boxes=True)
 
 
 def annotation_noise(

@@ -179,7 +179,7 @@ def train_epochs(
     artifacts = method.write_artifacts(state, config, ctx, output_dir)
     test_metrics, test_artifacts = method.test(state, config, ctx, output_dir)
     artifacts.update(test_artifacts)
-    logger.log_metrics(test_metrics, step=job.train.epochs - 1)
+    logger.log_metrics(test_metrics, step=job.train.epochs)  # one step past the last epoch: a series' last point is RESULT's
     for path in artifacts.values():
         logger.log_artifact(path, artifact_path="outputs")
     if not ctx.is_rank_zero:
