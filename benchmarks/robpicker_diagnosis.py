@@ -140,7 +140,9 @@ def main() -> None:
         return
     rows = [run(args, precision, labels) for precision in args.precisions for labels in args.labels]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "rows": rows}, indent=1))
+    args.out.write_text(
+        json.dumps({"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "rows": rows}, indent=1)
+    )
     print("| precision | train labels | steps | s/step | test macro F1 | per class |")
     print("|---|---|---:|---:|---:|---|")
     for row in rows:
