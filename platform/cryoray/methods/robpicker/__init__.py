@@ -27,6 +27,11 @@ Choices where the paper is silent (logged as MLflow params through the config):
   the label signal while the net is untrained; measured in benchmarks/RESULTS.md, "RobPicker by parts");
 - network forward passes run under bf16 autocast where the hardware has native bf16 (``precision: auto``) and
   in channels_last_3d; losses, the hypergradient's sums and picking stay in fp32;
+- post-processing options, off by default (the paper's argmax, DBSCAN per class, no size filter):
+  ``calibrate_cluster_sizes`` chooses a cluster-size floor per class on the validation tomograms at each evaluation
+  (fragments of the class maps are false picks; a choice made on held-out data, as per-class thresholds are), and
+  ``cluster_by: foreground`` clusters all non-background voxels once and gives each cluster its majority class;
+  measured in benchmarks/RESULTS.md ("RobPicker post-processing");
 - further notes on the meta networks in :mod:`cryoray.methods.robpicker.networks`.
 """
 
