@@ -14,17 +14,32 @@ from cryoray.methods.betagan.denoise import DenoiseBatch, load_model
 from cryoray.methods.betagan.evaluation import denoise_images
 from cryoray.simulate.particles import simulate_particle_stack, write_particle_dataset
 from cryoray.simulate.phantom import builtin_phantom
+from mlflow.tracking import MlflowClient
 
 
 @pytest.mark.ray
-def test_smoke_job_trains_scores_and_writes_its_artifacts(tmp_path, run_job_in_process):
-    argv = ["--smoke", "--output-dir", str(tmp_path / "run"), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]
+def test_smoke_job_trains_scores_and_writes_its_artifacts(tmp_path, run_job_in_process, monkeypatch):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    argv = ["--smoke", "--output-dir", str(tmp_path / "run"), "--tracking-uri", uri, "--register-model", "denoiser"]
     result = run_job_in_process(BetaGAN(), argv).result
     metrics = result["metrics"]
     assert metrics["test_psnr_denoised"] > metrics["test_psnr_noisy"] + 3.0
     assert metrics["test_ssim_denoised"] > metrics["test_ssim_noisy"]
     for name in ("model", "test_metrics", "denoising_grid", "denoised_stack", "denoised_star"):
         assert Path(result["artifacts"][name]).is_file(), name
+
+    # The model is an MLflow logged model of the run with its physical metadata, and version 1 of "denoiser":
+    # models:/ references resolve to the same safetensors file (weights and metadata, nothing executable).
+    client = MlflowClient(uri)
+    version = client.get_model_version("denoiser", "1")
+    logged = client.get_logged_model(version.model_id)
+    assert logged.source_run_id == result["mlflow_run_id"] and logged.params["pixel_size_angstrom"]
+    assert client.get_run(result["mlflow_run_id"]).data.tags["cryoray.registered_model"] == "models:/denoiser/1"
+    client.set_registered_model_alias("denoiser", "champion", "1")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    for reference in ("models:/denoiser/1", "models:/denoiser@champion"):
+        model = load_model(reference)
+        assert model.path.name == MODEL_FILE and model.metadata == load_model(result["artifacts"]["model"]).metadata
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1] / "platform" / "cryoray"
 # Low to high, by the name just below ``cryoray`` ("__init__": the package root, which holds only __version__).
 # physics (pure torch, no cryoray imports) sits below io, whose STAR reader checks CTF parameters with it.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("__init__", "errors"),
+    ("__init__", "errors", "console"),
     ("config",),
     ("physics",),
     ("io",),

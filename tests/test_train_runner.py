@@ -42,6 +42,9 @@ def test_two_workers_reconstruct_the_map_and_mlflow_holds_the_run(tmp_path, run_
     assert run.info.status == "FINISHED"
     assert run.data.params["train.epochs"] == "5" and run.data.params["num_workers"] == "2"
     assert run.data.tags["cryoray.method"] == "reconstruct" and run.data.tags["cryoray.dataset"] == "particles-smoke"
+    assert run.data.tags["mlflow.source.name"].startswith("jobs/reconstruct.py --smoke --num-workers 2")
+    assert run.data.tags["mlflow.user"] and run.data.tags["mlflow.source.type"] in ("LOCAL", "JOB")
+    assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
     loss = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "train_data_mse"), key=lambda m: m.step)]
     correlation = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "map_correlation"), key=lambda m: m.step)]
     assert len(loss) == 5 and loss[-1] < 0.8 * loss[0], loss

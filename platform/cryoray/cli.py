@@ -62,6 +62,9 @@ def build_parser(method: Method) -> argparse.ArgumentParser:
     parser.add_argument(
         "--overwrite", action="store_true", default=None, help="replace an output dir that already holds a result"
     )
+    parser.add_argument(
+        "--register-model", metavar="NAME", help="register the trained model in MLflow's registry (models:/NAME/VERSION)"
+    )
     console.add_verbosity_flags(parser)
     return parser
 
@@ -82,6 +85,7 @@ def job_settings(method: Method, args: argparse.Namespace) -> dict[str, Any]:
         "tracking_uri": args.tracking_uri,
         "storage_path": args.storage_path,
         "run_name": args.run_name,
+        "register_model": args.register_model,
         "overwrite": args.overwrite,
     }
     raw.update({k: v for k, v in flags.items() if v is not None})
@@ -97,7 +101,8 @@ def run_job(method: Method, argv: list[str] | None = None) -> int:
     progress: dict[str, str] = {}  # what _run has fixed so far: run name, output and checkpoint folders
     try:
         with interruptible():
-            result = _run(method, args, progress)
+            command = shlex.join([f"jobs/{method.name}.py", *(sys.argv[1:] if argv is None else argv)])
+            result = _run(method, args, progress, command)
     except (KeyboardInterrupt, Terminated) as exc:
         signum = interrupt_signal(exc)
         return _fail(method, _interrupted(method, sys.argv[1:] if argv is None else argv, progress, signum), code=128 + signum)
@@ -147,7 +152,7 @@ def _fail(method: Method, sentence: str, code: int = 1) -> int:
     return code
 
 
-def _run(method: Method, args: argparse.Namespace, progress: dict[str, str]) -> dict[str, Any]:
+def _run(method: Method, args: argparse.Namespace, progress: dict[str, str], command: str) -> dict[str, Any]:
     job, method_config = validate_job_config(job_settings(method, args), method.config_schema, args.config)
     output_dir = check_output_dir(job.output_dir, "--output-dir", job.overwrite)
     if job.use_gpu:
@@ -174,6 +179,7 @@ def _run(method: Method, args: argparse.Namespace, progress: dict[str, str]) -> 
             "cryoray.dataset": manifest.name,
             "cryoray.dataset_dir": str(dataset_dir),
             "mlflow.source.git.commit": git_sha(REPO_ROOT),
+            "mlflow.source.name": command,
         },
     )
     logger = RunLogger(handle)

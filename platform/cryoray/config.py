@@ -58,6 +58,9 @@ class JobConfig(BaseModel):
     experiment_name: str | None = None
     storage_path: str | None = Field(None, description="Ray Train checkpoint storage; shared (s3://, NFS) on clusters")
     run_name: str | None = Field(None, description="reuse a run name to resume it from its last checkpoint")
+    register_model: str | None = Field(
+        None, min_length=1, description="register the trained model under this name (models:/NAME/VERSION)"
+    )
     overwrite: bool = False
     train: RunnerConfig = Field(default_factory=RunnerConfig)
     method: dict[str, Any] = Field(default_factory=dict)

@@ -64,10 +64,19 @@ def write_model_file(path: Path, method: str, modules: Mapping[str, torch.nn.Mod
     return atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata={METADATA_KEY: text}))
 
 
+def model_metadata(path: str | Path) -> dict[str, Any]:
+    """A model file's physical metadata (voxel size, classes, …) without its config or weights: what the MLflow
+    logged model carries as params."""
+    with safe_open(str(path), framework="pt", device="cpu") as handle:
+        header = json.loads((handle.metadata() or {})[METADATA_KEY])
+    return {key: value for key, value in header.items() if key != "config"}
+
+
 def resolve_model_reference(reference: str) -> Path:
-    """A ``--model`` reference as a local path: MLflow artifact URIs (``runs:/<id>/outputs/model.safetensors``,
-    ``s3://…``) are downloaded to a temporary folder; anything else is a path. A failed download is bad input."""
-    if "://" not in reference and not reference.startswith("runs:/"):
+    """A ``--model`` reference as a local path: MLflow URIs (``runs:/<id>/outputs/model.safetensors``,
+    ``models:/NAME/VERSION``, ``models:/NAME@alias``, ``s3://…``) are downloaded to a temporary folder; anything
+    else is a path. A failed download is bad input."""
+    if "://" not in reference and not reference.startswith(("runs:/", "models:/")):
         return Path(reference)
     import mlflow  # only for remote references: importing it costs seconds
 

@@ -8,9 +8,12 @@ failure is reported once on stderr and logging stops, while training goes on.
 
 from __future__ import annotations
 
+import getpass
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,6 +118,36 @@ class RunLogger:
         except Exception as exc:  # noqa: BLE001
             self._disable(f"uploading {path}", exc)
 
+    def log_model(self, path: str | Path, name: str, params: dict[str, Any], register_as: str | None) -> None:
+        """The model file as an MLflow logged model of this run (the experiment's Models tab lists it, with
+        ``params``: the physical metadata) and, with ``register_as``, a new version of that registered model, so
+        ``predict``/``apply``/``denoise`` take ``models:/NAME/VERSION`` or ``models:/NAME@alias``. Only the model
+        file is logged: no code, no pickle, nothing that runs when it is loaded."""
+        if not self._client or self.handle is None:
+            return
+        try:
+            model = self._client.create_logged_model(
+                self.handle.experiment_id,
+                name=name,
+                source_run_id=self.handle.run_id,
+                params=flatten_params(params),
+                tags={"cryoray.version": __version__, "cryoray.model_file": Path(path).name},
+                model_type="cryoray",
+            )
+            with tempfile.TemporaryDirectory() as folder:
+                shutil.copy2(path, Path(folder) / Path(path).name)
+                self._client.log_model_artifacts(model.model_id, folder)
+            self._client.finalize_logged_model(model.model_id, "READY")
+            if register_as:
+                if not self._client.search_registered_models(filter_string=f"name = '{register_as}'"):
+                    self._client.create_registered_model(register_as, tags={"cryoray.method": name})
+                version = self._client.create_model_version(
+                    register_as, source=model.artifact_location, run_id=self.handle.run_id, model_id=model.model_id
+                )
+                self._client.set_tag(self.handle.run_id, "cryoray.registered_model", f"models:/{register_as}/{version.version}")
+        except Exception as exc:  # noqa: BLE001
+            self._disable("logging the model", exc)
+
     def set_tags(self, tags: dict[str, str]) -> None:
         if not self._client or self.handle is None:
             return
@@ -157,8 +190,17 @@ def start_run(
             if tracking_uri.startswith("sqlite:///"):
                 store_dir = Path(tracking_uri.removeprefix("sqlite:///")).parent
                 artifact_location = (store_dir / "mlartifacts" / experiment_name).as_uri()
-            experiment_id = client.create_experiment(experiment_name, artifact_location=artifact_location)
-        all_tags = {"cryoray.version": __version__, **tags}
+            # The UI opens an experiment of this kind in its model-training view (not the GenAI one).
+            experiment_id = client.create_experiment(
+                experiment_name, artifact_location=artifact_location, tags={"mlflow.experimentKind": "custom_model_development"}
+            )
+        all_tags = {
+            "cryoray.version": __version__,
+            "mlflow.user": getpass.getuser(),
+            "mlflow.source.name": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:500],  # the command that ran
+            "mlflow.source.type": "JOB" if os.environ.get("RAY_JOB_ID") or os.environ.get("RAY_ADDRESS") else "LOCAL",
+            **tags,
+        }
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
         run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)

@@ -24,6 +24,7 @@ from pydantic import BaseModel
 from cryoray.config import JobConfig, RunnerConfig
 from cryoray.console import LOGGER, epoch_line, step_line
 from cryoray.io.models import (
+    model_metadata,
     read_checkpoint,
     read_sharded_checkpoint,
     sharded_checkpoint_files,
@@ -182,6 +183,8 @@ def train_epochs(
     logger.log_metrics(test_metrics, step=job.train.epochs)  # one step past the last epoch: a series' last point is RESULT's
     for path in artifacts.values():
         logger.log_artifact(path, artifact_path="outputs")
+    if "model" in artifacts:
+        logger.log_model(artifacts["model"], method.name, model_metadata(artifacts["model"]), job.register_model)
     if not ctx.is_rank_zero:
         return None
     return {"metrics": {**epoch_metrics, **test_metrics}, "artifacts": artifacts, "epochs_completed": job.train.epochs}
