@@ -56,7 +56,7 @@ def run_mode(mode: str, args: argparse.Namespace, out: Path) -> dict:
     )
     command = [
         sys.executable, str(REPO / "jobs/robpicker.py"),
-        "--dataset", args.dataset, "--config", str(config), "--num-workers", "1",
+        "--dataset", args.dataset, "--config", str(config), "--num-workers", str(args.num_workers),
         "--output-dir", str(out / mode), "--overwrite", "--run-name", f"ablation-{mode}-{int(time.time())}",
         "--tracking-uri", f"sqlite:///{out / 'mlflow.db'}",
     ]  # fmt: skip
@@ -88,7 +88,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="tomograms-shrec")
     parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=8, help="patches per step on each worker")
+    parser.add_argument("--num-workers", type=int, default=1, help="Ray Train workers (1 CPU each)")
     parser.add_argument("--patches-per-epoch", type=int, default=384)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--learning-rate", type=float, default=0.05, help="SGD step of the segmenter")

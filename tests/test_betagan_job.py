@@ -31,9 +31,10 @@ def test_smoke_job_trains_scores_and_writes_its_artifacts(tmp_path, run_job_in_p
     # The model is an MLflow logged model of the run with its physical metadata, and version 1 of "denoiser":
     # models:/ references resolve to the same safetensors file (weights and metadata, nothing executable).
     client = MlflowClient(uri)
-    version = client.get_model_version("denoiser", "1")
-    logged = client.get_logged_model(version.model_id)
-    assert logged.source_run_id == result["mlflow_run_id"] and logged.params["pixel_size_angstrom"]
+    run = client.get_run(result["mlflow_run_id"])
+    (logged,) = client.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'")
+    assert logged.name == "betagan" and float(logged.params["pixel_size_angstrom"]) > 0
+    assert client.get_model_version("denoiser", "1").source == logged.artifact_location
     assert client.get_run(result["mlflow_run_id"]).data.tags["cryoray.registered_model"] == "models:/denoiser/1"
     client.set_registered_model_alias("denoiser", "champion", "1")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
