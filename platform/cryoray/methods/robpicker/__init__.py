@@ -281,7 +281,11 @@ class RobPicker(Method[RobPickerConfig]):
             yield from stream("train")
             return
         meta = _cycle(lambda: stream("meta"))
-        for batch, meta_batch in zip(stream("train"), meta):
+        for batch in stream("train"):
+            if ctx.global_step % config.meta_interval:  # no meta step on this one: draw no validation patches for it
+                yield batch
+                continue
+            meta_batch = next(meta)
             yield {**batch, "meta_patch": meta_batch["patch"], "meta_labels": meta_batch["labels"]}
 
     def _meta_modules(self, state: TrainState) -> tuple[LabelCorrection | None, LossReweighting | None]:
