@@ -42,7 +42,12 @@ def run_mode(mode: str, args: argparse.Namespace, out: Path) -> dict:
     config.write_text(
         yaml.safe_dump(
             {
-                "train": {"epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed, "cpus_per_worker": 1 / args.num_workers},
+                "train": {
+                    "epochs": args.epochs,
+                    "batch_size": args.batch_size,
+                    "seed": args.seed,
+                    "cpus_per_worker": 1 / args.num_workers,
+                },
                 "method": {
                     "mode": mode,
                     "train_patches_per_epoch": args.patches_per_epoch,

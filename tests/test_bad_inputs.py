@@ -548,6 +548,13 @@ CASES = [
         marks=NO_GPU,
     ),
     case(
+        "job-reconstruct-workers-that-leave-no-cpu-for-ray-data",
+        "job:reconstruct",
+        lambda f, d: job(f, d, "--num-workers", "64"),
+        "--num-workers",
+        "64 × 0.5",
+    ),
+    case(
         "job-reconstruct-in-process-with-remote-storage",
         "job:reconstruct",
         lambda f, d: job(f, d, "--num-workers", "0", "--storage-path", "s3://bucket/checkpoints"),

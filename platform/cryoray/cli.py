@@ -24,6 +24,7 @@ from cryoray.data.recipes import REPO_ROOT, resolve_dataset
 from cryoray.io.outputs import RESULT_FILE, atomic_write, check_output_dir
 from cryoray.session import (
     Terminated,
+    check_cpus,
     check_gpus,
     connect_ray,
     input_error_in,
@@ -157,6 +158,8 @@ def _run(method: Method, args: argparse.Namespace, progress: dict[str, str], com
     output_dir = check_output_dir(job.output_dir, "--output-dir", job.overwrite)
     if job.use_gpu:
         check_gpus(max(job.num_workers, 1))
+    if job.num_workers > 0:
+        check_cpus(job.num_workers, job.train.cpus_per_worker)
     dataset_dir, manifest = resolve_dataset(job.dataset)
     method.check_dataset(dataset_dir, manifest, method_config)
 

@@ -90,6 +90,21 @@ def check_gpus(wanted: int, in_this_process: bool = False, source: str | None = 
         raise CryorayInputError(source, field, f"{wanted} GPU(s) {where}", available)
 
 
+def check_cpus(workers: int, cpus_per_worker: float) -> None:
+    """Refuse, before a private local Ray starts, Train workers that reserve so many of this machine's CPUs that
+    none is left for Ray Data's tasks (a Parquet read task takes one): the run would wait forever for its first
+    batch. A joined cluster is not checked (it may autoscale nodes in)."""
+    if joins_cluster():
+        return
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if workers * cpus_per_worker > available - 1:
+        expected = (
+            f"Train workers that leave one of this machine's {available} CPUs to Ray Data "
+            f"(num_workers × train.cpus_per_worker ≤ {available - 1})"
+        )
+        raise CryorayInputError(None, "--num-workers", expected, f"{workers} × {cpus_per_worker:g}")
+
+
 def input_error_in(exc: BaseException) -> CryorayInputError | None:
     """The bad-input error behind ``exc``, when Ray wrapped one raised in a task, a Ray Data function or a Train
     worker (``RayTaskError``, ``TrainingFailedError``, chained exceptions); None for any other failure."""
