@@ -86,16 +86,18 @@ def run_variant(variant: str, args: argparse.Namespace, out: Path) -> dict:
     """One variant in a child process; its result plus wall time and peak memory."""
     command = [sys.executable, __file__, "--run-variant", variant, *sys.argv[1:]]
     start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
-    watched = psutil.Process(process.pid)
-    peak = 0
-    while process.poll() is None:
-        try:
-            peak = max(peak, watched.memory_info().rss)
-        except psutil.Error:
-            pass
-        time.sleep(0.2)
-    output = process.stdout.read()
+    log = out / f"{variant}.log"
+    with log.open("w") as sink:  # to a file, not a pipe: a full pipe would block the child's console until it exits
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+        watched = psutil.Process(process.pid)
+        peak = 0
+        while process.poll() is None:
+            try:
+                peak = max(peak, watched.memory_info().rss)
+            except psutil.Error:
+                pass
+            time.sleep(0.2)
+    output = log.read_text()
     lines = [line for line in output.splitlines() if line.startswith("RESULT ")]
     if process.returncode != 0 or not lines:
         raise RuntimeError(f"variant {variant} failed:\n{output[-3000:]}")

@@ -66,15 +66,16 @@ def run_mode(mode: str, args: argparse.Namespace, out: Path) -> dict:
         "--tracking-uri", f"sqlite:///{out / 'mlflow.db'}",
     ]  # fmt: skip
     start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
-    watched = psutil.Process(process.pid)
-    peak = 0
-    while process.poll() is None:
-        peak = max(peak, tree_rss_bytes(watched))
-        time.sleep(0.5)
-    output = process.stdout.read()
+    log = out / f"{mode}.log"
+    with log.open("w") as sink:  # to a file, not a pipe: a full pipe would block the job's console until it exits
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+        watched = psutil.Process(process.pid)
+        peak = 0
+        while process.poll() is None:
+            peak = max(peak, tree_rss_bytes(watched))
+            time.sleep(0.5)
     wall = time.perf_counter() - start
-    (out / f"{mode}.log").write_text(output)
+    output = log.read_text()
     result_line = next((line for line in reversed(output.splitlines()) if line.startswith("RESULT ")), None)
     if process.returncode != 0 or result_line is None:
         raise RuntimeError(f"{mode} failed (exit {process.returncode}); see {out / f'{mode}.log'}")

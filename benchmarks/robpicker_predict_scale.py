@@ -60,13 +60,14 @@ def predict_row(model: str, out: Path, shape_zyx: tuple[int, int, int]) -> dict:
     command = [sys.executable, str(REPO / "jobs/robpicker.py"), "predict", "--model", model, "--tomograms", str(path)]
     command += ["--output-dir", str(out / "picks"), "--overwrite"]
     start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
-    watched, peak = psutil.Process(process.pid), 0
-    while process.poll() is None:
-        peak = max(peak, tree_rss_bytes(watched))
-        time.sleep(0.5)
-    output = process.stdout.read() if process.stdout else ""
-    (out / "predict.log").write_text(output)
+    log = out / "predict.log"
+    with log.open("w") as sink:  # to a file, not a pipe: a full pipe would block predict's progress lines
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+        watched, peak = psutil.Process(process.pid), 0
+        while process.poll() is None:
+            peak = max(peak, tree_rss_bytes(watched))
+            time.sleep(0.5)
+    output = log.read_text()
     if process.returncode != 0:
         raise RuntimeError(f"predict failed (exit {process.returncode}); see {out / 'predict.log'}")
     result = json.loads(next(line for line in reversed(output.splitlines()) if line.startswith("RESULT "))[7:])
