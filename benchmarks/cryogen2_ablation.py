@@ -5,7 +5,7 @@ in the same order, for the same number of steps (the paper's comparison: CryoGEN
 masked-loss training), using the method's own hooks in one process per variant (no Ray: the numbers are the
 method's, not the cluster's). Scores are the held-out test cubes' FSC against the simulation's wedge-free ground
 truth, inside the missing wedge, over the whole volume and in the measured region, plus PSNR/SSIM; the input row
-is the untouched subtomograms. Wall time and peak resident memory are per variant process.
+is the untouched subtomograms. Wall time and peak resident memory are per variant process tree.
 
     python benchmarks/cryogen2_ablation.py --steps 60 --cube-px 24 --out benchmarks/_work/cryogen2_ablation
 """
@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-import psutil
+from robpicker_ablation import run_logged  # this folder is on sys.path when run as a script
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = ("barycenter", "off")
@@ -85,24 +84,12 @@ def train_variant(args: argparse.Namespace) -> dict:
 def run_variant(variant: str, args: argparse.Namespace, out: Path) -> dict:
     """One variant in a child process; its result plus wall time and peak memory."""
     command = [sys.executable, __file__, "--run-variant", variant, *sys.argv[1:]]
-    start = time.perf_counter()
-    log = out / f"{variant}.log"
-    with log.open("w") as sink:  # to a file, not a pipe: a full pipe would block the child's console until it exits
-        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, text=True, cwd=REPO)
-        watched = psutil.Process(process.pid)
-        peak = 0
-        while process.poll() is None:
-            try:
-                peak = max(peak, watched.memory_info().rss)
-            except psutil.Error:
-                pass
-            time.sleep(0.2)
-    output = log.read_text()
+    returncode, wall, peak, output = run_logged(command, out / f"{variant}.log")
     lines = [line for line in output.splitlines() if line.startswith("RESULT ")]
-    if process.returncode != 0 or not lines:
+    if returncode != 0 or not lines:
         raise RuntimeError(f"variant {variant} failed:\n{output[-3000:]}")
     result = json.loads(lines[-1].removeprefix("RESULT "))
-    result.update(wall_seconds=time.perf_counter() - start, peak_rss_mib=peak / 2**20)
+    result.update(wall_seconds=wall, peak_rss_mib=peak / 2**20)
     (out / f"{variant}.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 

@@ -36,6 +36,19 @@ def tree_rss_bytes(process: psutil.Process) -> int:
     return total
 
 
+def run_logged(command: list[str], log: Path) -> tuple[int, float, int, str]:
+    """Run ``command`` with its output in ``log`` (a file, not a pipe: a full pipe would block the child's console
+    until it exits); returns its exit code, wall seconds, peak resident bytes of its process tree and its output."""
+    start = time.perf_counter()
+    with log.open("w") as sink:
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+        watched, peak = psutil.Process(process.pid), 0
+        while process.poll() is None:
+            peak = max(peak, tree_rss_bytes(watched))
+            time.sleep(0.5)
+    return process.returncode, time.perf_counter() - start, peak, log.read_text()
+
+
 def run_mode(mode: str, args: argparse.Namespace, out: Path) -> dict:
     """One training job in a subprocess; returns its RESULT plus wall time and peak memory."""
     config = out / f"{mode}.yaml"
@@ -65,20 +78,10 @@ def run_mode(mode: str, args: argparse.Namespace, out: Path) -> dict:
         "--output-dir", str(out / mode), "--overwrite", "--run-name", f"ablation-{mode}-{int(time.time())}",
         "--tracking-uri", f"sqlite:///{out / 'mlflow.db'}",
     ]  # fmt: skip
-    start = time.perf_counter()
-    log = out / f"{mode}.log"
-    with log.open("w") as sink:  # to a file, not a pipe: a full pipe would block the job's console until it exits
-        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, text=True, cwd=REPO)
-        watched = psutil.Process(process.pid)
-        peak = 0
-        while process.poll() is None:
-            peak = max(peak, tree_rss_bytes(watched))
-            time.sleep(0.5)
-    wall = time.perf_counter() - start
-    output = log.read_text()
+    returncode, wall, peak, output = run_logged(command, out / f"{mode}.log")
     result_line = next((line for line in reversed(output.splitlines()) if line.startswith("RESULT ")), None)
-    if process.returncode != 0 or result_line is None:
-        raise RuntimeError(f"{mode} failed (exit {process.returncode}); see {out / f'{mode}.log'}")
+    if returncode != 0 or result_line is None:
+        raise RuntimeError(f"{mode} failed (exit {returncode}); see {out / f'{mode}.log'}")
     result = json.loads(result_line[len("RESULT ") :])
     history = MlflowClient(result["tracking_uri"]).get_metric_history(result["mlflow_run_id"], "val_f1_macro")
     return {

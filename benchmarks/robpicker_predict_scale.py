@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 from cryoray.io.mrc import write_mrc
 from cryoray.picking import dbscan_voxel_labels
 from cryoray.simulate.tomogram import builtin_species, simulate_tomogram
-from robpicker_ablation import tree_rss_bytes  # this folder is on sys.path when run as a script
+from robpicker_ablation import run_logged  # this folder is on sys.path when run as a script
 from scipy import ndimage
 from sklearn.cluster import DBSCAN
 
@@ -59,22 +57,14 @@ def predict_row(model: str, out: Path, shape_zyx: tuple[int, int, int]) -> dict:
     path = write_mrc(out / "big.mrc", tomogram.tomogram.astype(np.float32), 10.0, overwrite=True)
     command = [sys.executable, str(REPO / "jobs/robpicker.py"), "predict", "--model", model, "--tomograms", str(path)]
     command += ["--output-dir", str(out / "picks"), "--overwrite"]
-    start = time.perf_counter()
-    log = out / "predict.log"
-    with log.open("w") as sink:  # to a file, not a pipe: a full pipe would block predict's progress lines
-        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, text=True, cwd=REPO)
-        watched, peak = psutil.Process(process.pid), 0
-        while process.poll() is None:
-            peak = max(peak, tree_rss_bytes(watched))
-            time.sleep(0.5)
-    output = log.read_text()
-    if process.returncode != 0:
-        raise RuntimeError(f"predict failed (exit {process.returncode}); see {out / 'predict.log'}")
+    returncode, wall, peak, output = run_logged(command, out / "predict.log")
+    if returncode != 0:
+        raise RuntimeError(f"predict failed (exit {returncode}); see {out / 'predict.log'}")
     result = json.loads(next(line for line in reversed(output.splitlines()) if line.startswith("RESULT "))[7:])
     return {
         "shape_zyx": list(shape_zyx),
         "voxels": int(np.prod(shape_zyx)),
-        "wall_s": round(time.perf_counter() - start, 1),
+        "wall_s": round(wall, 1),
         "peak_rss_gb": round(peak / 1e9, 2),
         "picks": result["tomograms"]["big"]["picks"],
     }
