@@ -97,16 +97,16 @@ def job_settings(method: Method, args: argparse.Namespace) -> dict[str, Any]:
 
 def run_job(method: Method, argv: list[str] | None = None) -> int:
     """Run one job end to end; returns the process exit code (130/143 after SIGINT/SIGTERM)."""
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser(method).parse_args(argv)
     console.configure(args.verbosity)
     progress: dict[str, str] = {}  # what _run has fixed so far: run name, output and checkpoint folders
     try:
         with interruptible():
-            command = shlex.join([f"jobs/{method.name}.py", *(sys.argv[1:] if argv is None else argv)])
-            result = _run(method, args, progress, command)
+            result = _run(method, args, progress, shlex.join([f"jobs/{method.name}.py", *argv]))
     except (KeyboardInterrupt, Terminated) as exc:
         signum = interrupt_signal(exc)
-        return _fail(method, _interrupted(method, sys.argv[1:] if argv is None else argv, progress, signum), code=128 + signum)
+        return _fail(method, _interrupted(method, argv, progress, signum), code=128 + signum)
     except NonFiniteLossError as exc:
         return _fail(method, f"training stopped: {exc}")
     except Exception as exc:

@@ -38,10 +38,10 @@ def configure(verbosity: Verbosity) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
     LOGGER.addHandler(handler)
-    quiet = logging.WARNING if verbosity != "verbose" else logging.NOTSET
-    logging.getLogger("mlflow").setLevel(quiet)
+    verbose = verbosity == "verbose"
+    logging.getLogger("mlflow").setLevel(logging.NOTSET if verbose else logging.WARNING)
     # Ray's notice that the private local cluster uses token authentication: nothing for the user to do.
-    logging.getLogger("ray._private.authentication").setLevel(logging.ERROR if verbosity != "verbose" else logging.NOTSET)
+    logging.getLogger("ray._private.authentication").setLevel(logging.NOTSET if verbose else logging.ERROR)
 
 
 def add_verbosity_flags(parser: argparse.ArgumentParser) -> None:
@@ -85,13 +85,20 @@ def quiet_ray() -> None:
     from ray.util.annotations import RayDeprecationWarning
 
     warnings.filterwarnings("ignore", category=RayDeprecationWarning)
-    ray_dir = os.path.dirname(ray.__file__) + os.sep
-
-    def from_user_or_serious(record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or not record.pathname.startswith(ray_dir)
-
     for handler in logging.getLogger().handlers:
-        handler.addFilter(from_user_or_serious)
+        if not any(isinstance(f, _RayInfoFilter) for f in handler.filters):  # once per handler, however often called
+            handler.addFilter(_RayInfoFilter(os.path.dirname(ray.__file__) + os.sep))
+
+
+class _RayInfoFilter(logging.Filter):
+    """Drops records below WARNING logged from Ray's own source files."""
+
+    def __init__(self, ray_dir: str) -> None:
+        super().__init__()
+        self.ray_dir = ray_dir
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not record.pathname.startswith(self.ray_dir)
 
 
 def format_duration(seconds: float) -> str:
