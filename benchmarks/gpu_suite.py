@@ -3,9 +3,13 @@
 Made for the lent GPU machine (DEVELOPERS.md): it has torch but neither Ray, MLflow nor a package index, so the
 methods run through the in-process route (``cryoray.train.local.run_local``) on the same stream specs and hooks
 as on Ray Train. Per method: steps/s, images or voxels/s, peak GPU memory and the quality figure reached, plus
-RobPicker in fp32 beside bf16 autocast. The data are simulated first by the project's recipes (on the machine's
-CPUs), at sizes like the papers' where the budget allows. Writes ``gpu_suite.md`` (a table for
-benchmarks/RESULTS.md) and ``gpu_suite.json`` into ``--out``.
+RobPicker and CryoGEN-II in fp32 beside bf16 autocast. The data are simulated first by the project's recipes (on
+the machine's CPUs), at sizes like the papers' where the budget allows. Writes ``gpu_suite.md`` (a table for
+benchmarks/RESULTS.md) and ``gpu_suite.json`` into ``--out`` after each case; data and runs go to ``--work``.
+
+The device time is scarce (15 minutes per task, starts included), so each case has a wall-clock cap at paper scale
+(a case past it is stopped and its row keeps the last step line's speed), and ``--step-fraction`` runs every case
+at a fraction of its steps: a first short call measures the speeds that size the step budgets of the real one.
 
 Usage:
     benchmarks/gpu_suite.sh --out "$OUT"                                   # on the GPU machine (installs carried wheels)
@@ -17,16 +21,20 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
+import math
 import platform
+import signal
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
+from cryoray import console
 from cryoray.config import deep_update, validate_job_config
 from cryoray.data.recipes import REPO_ROOT, build_particle_dataset
 from cryoray.data.tomogram_recipes import build_tomogram_dataset
@@ -56,7 +64,7 @@ class Case:
     quality: tuple[str, ...]  # result metrics shown, the first the headline
     items_per_step: Callable[[dict[str, Any], int], float]  # (settings, box or patch edge) -> images or voxels
     unit: str
-    extra: dict[str, Any] = field(default_factory=dict)
+    cap_s: float  # wall-clock cap of the training at paper scale (data building not counted)
 
 
 def _images(settings: dict[str, Any], box: int) -> float:
@@ -81,9 +89,11 @@ _TINY_TOMOGRAMS = {
 
 
 def _cases() -> list[Case]:
+    """The flagship first, then the ab-initio methods: what the cap of the whole call cuts last matters least."""
     robpicker_paper = {
-        "train": {"epochs": 1, "batch_size": 8, "max_steps_per_epoch": 300},
+        "train": {"epochs": 1, "batch_size": 8, "max_steps_per_epoch": 250},
         "method": {
+            "calibrate_cluster_sizes": True,  # the picking that the CPU diagnosis found right (RESULTS.md)
             "patch_px": 64,
             "channels": [32, 48, 64, 64],
             "bottleneck_channels": 128,
@@ -100,22 +110,27 @@ def _cases() -> list[Case]:
     }
     robpicker = {"paper": robpicker_paper, "tiny": robpicker_tiny}
     particles_tiny = {"train": {"epochs": 1, "batch_size": 16, "max_steps_per_epoch": 3}}
+    particles_64 = {"paper": {**_PARTICLES_64["paper"], "snr_linear": 1.0}, "tiny": {**_PARTICLES_64["tiny"], **_TINY_PARTICLES}}
     return [
-        Case(
-            "reconstruct (known poses)",
-            KnownPoseReconstruction,
-            "particles-phantom",
-            {"paper": {**_PARTICLES_64["paper"], "snr_linear": 1.0}, "tiny": {**_PARTICLES_64["tiny"], **_TINY_PARTICLES}},
-            {"paper": {"train": {"epochs": 1, "batch_size": 256, "max_steps_per_epoch": 32}}, "tiny": particles_tiny},
-            ("map_correlation", "fsc_resolution_0.143_angstrom"),
-            _images,
-            "images",
+        *(
+            Case(
+                f"RobPicker {precision}",
+                RobPicker,
+                "tomograms-default",
+                {"paper": {}, "tiny": _TINY_TOMOGRAMS},
+                {scale: deep_update(s, {"method": {"precision": precision}}) for scale, s in robpicker.items()},
+                ("test_f1_macro", "val_f1_macro"),
+                _voxels("patch_px"),
+                "voxels",
+                cap_s=cap_s,
+            )
+            for precision, cap_s in (("fp32", 90.0), ("bf16", 70.0))
         ),
         Case(
             "Cryo2SSNet",
             Cryo2SSNet,
             "particles-phantom",
-            {"paper": {**_PARTICLES_64["paper"], "snr_linear": 1.0}, "tiny": {**_PARTICLES_64["tiny"], **_TINY_PARTICLES}},
+            particles_64,
             {
                 "paper": {
                     "train": {"epochs": 1, "batch_size": 64, "max_steps_per_epoch": 400},
@@ -126,52 +141,21 @@ def _cases() -> list[Case]:
             ("pose_error_median_deg", "fsc_resolution_0.143_angstrom"),
             _images,
             "images",
+            cap_s=60.0,
         ),
         Case(
             "cryoSPIN",
             CryoSPIN,
             "particles-phantom",
-            {"paper": {**_PARTICLES_64["paper"], "snr_linear": 1.0}, "tiny": {**_PARTICLES_64["tiny"], **_TINY_PARTICLES}},
+            particles_64,
             {
-                "paper": {"train": {"epochs": 4, "batch_size": 128}, "method": {"switch_epoch": 2}},
+                "paper": {"train": {"epochs": 8, "batch_size": 128}, "method": {"switch_epoch": 4}},
                 "tiny": {"train": {"epochs": 2, "batch_size": 16, "max_steps_per_epoch": 2}, "method": {"switch_epoch": 1}},
             },
             ("pose_error_median_deg", "fsc_resolution_0.143_angstrom"),
             _images,
             "images",
-        ),
-        Case(
-            "(α,β)-GAN",
-            BetaGAN,
-            "particles-betagan-phantom",
-            {"paper": {}, "tiny": {**_PARTICLES_64["tiny"], **_TINY_PARTICLES}},
-            {
-                "paper": {"train": {"epochs": 1, "batch_size": 64, "max_steps_per_epoch": 300}},
-                "tiny": {**particles_tiny, "method": {"val_images": 32, "test_images": 32}},
-            },
-            ("test_psnr_denoised", "test_psnr_noisy"),
-            _images,
-            "images",
-        ),
-        Case(
-            "RobPicker fp32",
-            RobPicker,
-            "tomograms-default",
-            {"paper": {}, "tiny": _TINY_TOMOGRAMS},
-            {scale: deep_update(s, {"method": {"precision": "fp32"}}) for scale, s in robpicker.items()},
-            ("test_f1_macro", "val_f1_macro"),
-            _voxels("patch_px"),
-            "voxels",
-        ),
-        Case(
-            "RobPicker bf16",
-            RobPicker,
-            "tomograms-default",
-            {"paper": {}, "tiny": _TINY_TOMOGRAMS},
-            {scale: deep_update(s, {"method": {"precision": "bf16"}}) for scale, s in robpicker.items()},
-            ("test_f1_macro", "val_f1_macro"),
-            _voxels("patch_px"),
-            "voxels",
+            cap_s=75.0,
         ),
         *(
             Case(
@@ -181,7 +165,7 @@ def _cases() -> list[Case]:
                 {"paper": {}, "tiny": _TINY_TOMOGRAMS},
                 {
                     "paper": {
-                        "train": {"epochs": 1, "batch_size": 8, "max_steps_per_epoch": 300},
+                        "train": {"epochs": 1, "batch_size": 8, "max_steps_per_epoch": 80},
                         "method": {
                             "cube_px": 64,
                             "channels": [32, 64, 128, 256],
@@ -206,8 +190,34 @@ def _cases() -> list[Case]:
                 ("test_fsc_wedge_mean", "test_input_fsc_wedge_mean"),
                 _voxels("cube_px"),
                 "voxels",
+                cap_s=cap_s,
             )
-            for precision in ("fp32", "bf16")
+            for precision, cap_s in (("fp32", 100.0), ("bf16", 70.0))
+        ),
+        Case(
+            "reconstruct (known poses)",
+            KnownPoseReconstruction,
+            "particles-phantom",
+            particles_64,
+            {"paper": {"train": {"epochs": 1, "batch_size": 256, "max_steps_per_epoch": 32}}, "tiny": particles_tiny},
+            ("map_correlation", "fsc_resolution_0.143_angstrom"),
+            _images,
+            "images",
+            cap_s=25.0,
+        ),
+        Case(
+            "(α,β)-GAN",
+            BetaGAN,
+            "particles-betagan-phantom",
+            {"paper": {}, "tiny": {**_PARTICLES_64["tiny"], **_TINY_PARTICLES}},
+            {
+                "paper": {"train": {"epochs": 1, "batch_size": 64, "max_steps_per_epoch": 300}},
+                "tiny": {**particles_tiny, "method": {"val_images": 32, "test_images": 32}},
+            },
+            ("test_psnr_denoised", "test_psnr_noisy"),
+            _images,
+            "images",
+            cap_s=45.0,
         ),
     ]
 
@@ -228,9 +238,36 @@ def build_dataset(case: Case, scale: Scale, work: Path) -> Path:
     return target
 
 
-def run_case(case: Case, scale: Scale, device: torch.device, work: Path) -> dict[str, Any]:
-    """Train one case and measure it; an error becomes the row's note (the other cases still run)."""
+class CapReached(Exception):
+    """A case ran past its wall-clock cap (raised by SIGALRM in the training loop)."""
+
+
+class _LastStepLine(logging.Handler):
+    """Keeps the newest step line, so a case stopped at its cap still reports its speed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.text = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if " step " in message and "samples/s" in message:
+            self.text = message
+
+
+def _with_step_fraction(settings: dict[str, Any], natural_steps: int, fraction: float) -> dict[str, Any]:
+    """``settings`` with each epoch cut to ``fraction`` of its steps (at least 2), for a short measuring call."""
+    if fraction >= 1.0:
+        return settings
+    capped = settings["train"].get("max_steps_per_epoch") or natural_steps
+    return deep_update(settings, {"train": {"max_steps_per_epoch": max(2, math.ceil(capped * fraction))}})
+
+
+def run_case(case: Case, scale: Scale, device: torch.device, work: Path, fraction: float, cap_s: float | None) -> dict[str, Any]:
+    """Train one case and measure it; an error or the cap becomes the row's note (the other cases still run)."""
     row: dict[str, Any] = {"method": case.label}
+    last_line = _LastStepLine()
+    console.LOGGER.addHandler(last_line)
     try:
         start = time.perf_counter()
         dataset_dir = build_dataset(case, scale, work)
@@ -246,11 +283,20 @@ def run_case(case: Case, scale: Scale, device: torch.device, work: Path) -> dict
         }
         raw["overwrite"] = True
         job, config = validate_job_config(raw, method.config_schema, None)
+        natural = steps_per_epoch(
+            method.epoch_items(config, manifest), 1, job.train.model_copy(update={"max_steps_per_epoch": None})
+        )
+        if fraction < 1.0:
+            raw = deep_update(raw, _with_step_fraction(settings, natural, fraction))
+            job, config = validate_job_config(raw, method.config_schema, None)
         method.check_dataset(dataset_dir, manifest, config)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         start = time.perf_counter()
+        if cap_s is not None:
+            signal.setitimer(signal.ITIMER_REAL, cap_s)
         outcome = run_local(method, job, config, dataset_dir, manifest, f"suite-{time.time_ns()}", None)
+        signal.setitimer(signal.ITIMER_REAL, 0)
         row["run_s"] = time.perf_counter() - start
         steps = steps_per_epoch(method.epoch_items(config, manifest), 1, job.train)
         epoch_s = outcome.metrics["epoch_seconds"]  # the last epoch's training time
@@ -261,9 +307,15 @@ def run_case(case: Case, scale: Scale, device: torch.device, work: Path) -> dict
         row["data_wait"] = outcome.metrics.get("data_wait_fraction")
         row["peak_gpu_gib"] = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
         row["quality"] = {key: outcome.metrics.get(key) for key in case.quality}
+    except CapReached:
+        row["error"] = f"stopped at its {cap_s:.0f} s cap; last step line: {last_line.text or 'none'}"
+        row["peak_gpu_gib"] = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     except Exception as exc:  # noqa: BLE001 - one failing method must not hide the others' numbers
         row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         row["traceback"] = traceback.format_exc()[-3000:]
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        console.LOGGER.removeHandler(last_line)
     return row
 
 
@@ -284,7 +336,8 @@ def markdown(rows: list[dict[str, Any]], header: str) -> str:
     ]
     for row in rows:
         if "error" in row:
-            lines.append(f"| {row['method']} | failed: {row['error']} | | | | | | | |")
+            error = row["error"].replace(" | ", "; ")  # a step line's separators would split the table's cells
+            lines.append(f"| {row['method']} | failed: {error} | | | | | | | |")
             continue
         unit = "images" if "images_per_s" in row else "voxels"
         quality = ", ".join(f"{k} {_cell(v)}" for k, v in row["quality"].items())
@@ -296,6 +349,10 @@ def markdown(rows: list[dict[str, Any]], header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _raise_cap_reached(signum: int, frame: Any) -> None:
+    raise CapReached
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -303,25 +360,34 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--scale", choices=["paper", "tiny"], default=None, help="default: paper on cuda, tiny on cpu")
     parser.add_argument("--only", nargs="*", help="labels (or their first word) of the cases to run")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/out/gpu_suite"), help="where the table, JSON and runs go")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/out/gpu_suite"), help="where the table and JSON go")
+    parser.add_argument("--work", type=Path, default=None, help="where data and runs go (default: OUT/work)")
+    parser.add_argument(
+        "--step-fraction", type=float, default=1.0, help="run each epoch at this fraction of its steps (a measuring call)"
+    )
+    parser.add_argument("--no-caps", action="store_true", help="no wall-clock cap per case (caps apply at paper scale)")
     args = parser.parse_args(argv)
+    console.configure("normal")
     device = torch.device(args.device)
     scale = args.scale or ("paper" if device.type == "cuda" else "tiny")
     cases = [c for c in _cases() if not args.only or c.label in args.only or c.label.split()[0] in args.only]
     args.out.mkdir(parents=True, exist_ok=True)
+    work = args.work or args.out / "work"
     hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+    fraction = f" --step-fraction {args.step_fraction}" if args.step_fraction < 1.0 else ""
     header = (
         f"GPU suite, {time.strftime('%Y-%m-%d')}, {hardware}, torch {torch.__version__}, scale {scale}, "
-        f"command: benchmarks/gpu_suite.py --device {args.device} --scale {scale}"
+        f"command: benchmarks/gpu_suite.py --device {args.device} --scale {scale}{fraction}"
     )
+    signal.signal(signal.SIGALRM, _raise_cap_reached)
     rows = []
     for case in cases:
-        rows.append(run_case(case, scale, device, args.out))
+        cap_s = None if args.no_caps or scale != "paper" else case.cap_s
+        rows.append(run_case(case, scale, device, work, args.step_fraction, cap_s))
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "traceback"}), flush=True)
         (args.out / "gpu_suite.json").write_text(json.dumps({"header": header, "rows": rows}, indent=1))
-    table = markdown(rows, header)
-    (args.out / "gpu_suite.md").write_text(table)
-    print(table)
+        (args.out / "gpu_suite.md").write_text(markdown(rows, header))
+    print(markdown(rows, header))
     return 1 if any("error" in row for row in rows) else 0
 
 

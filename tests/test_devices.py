@@ -94,7 +94,9 @@ def test_fourier_slice_projection(device: torch.device) -> None:
 def test_ctf_from_tensors_and_from_numbers(device: torch.device) -> None:
     tensors = _ctf_batch(2)
     reference = ctf_2d(BOX, 1.5, **tensors)
-    _same(ctf_2d(BOX, 1.5, **{k: v.to(device) for k, v in tensors.items()}), reference, device)
+    # float32 χ of up to hundreds of radians: the GPU's sin/cos and fused multiply-adds round differently (3e-5
+    # measured on an H200), far below any effect on an image.
+    _same(ctf_2d(BOX, 1.5, **{k: v.to(device) for k, v in tensors.items()}), reference, device, atol=1e-4)
     # All numbers: the grid takes the device it is given (the images' device at every call site). Numbers keep
     # the wavelength and phases in double precision, tensors in float32: the two agree to float32 rounding of χ.
     from_numbers = ctf_2d(BOX, 1.5, **CTF_VALUES, device=device)

@@ -13,12 +13,15 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 import yaml
+from cryoray.config import deep_update, validate_job_config
 from cryoray.data.particles import particle_stream
 from cryoray.data.recipes import resolve_dataset
 from cryoray.data.streams import GeneratedRows, LocalStream, ParquetRows
 from cryoray.io.models import read_checkpoint
 from cryoray.methods.reconstruct import KnownPoseReconstruction
+from cryoray.train.local import run_local
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -109,6 +112,28 @@ def test_in_process_training_learns_checkpoints_like_the_runner_and_resumes(
 
 
 # Hides Ray from the interpreter, as on a machine where it is not installed.
+def test_the_in_process_route_learns_checkpoints_and_resumes_on_each_device(tmp_path: Path, device: torch.device) -> None:
+    """``run_local`` itself (no MLflow, no job script): the route the GPU suite takes, on the CPU and on CUDA."""
+    dataset_dir, manifest = resolve_dataset("particles-smoke")
+    method = KnownPoseReconstruction()
+
+    def run(epochs: int) -> Any:
+        settings = {"train": {"epochs": epochs, "batch_size": 64}, "method": {"learning_rate": 0.02}}
+        raw = deep_update(deep_update({"dataset": str(dataset_dir)}, method.default_preset), settings)
+        raw |= {"num_workers": 0, "use_gpu": device.type == "cuda", "output_dir": str(tmp_path), "overwrite": True}
+        job, config = validate_job_config(raw, method.config_schema, None)
+        return run_local(method, job, config, dataset_dir, manifest, "route", None)
+
+    first = run(2)
+    assert first.metrics["map_correlation"] > 0.6 and first.resumed_from_epoch is None
+    assert first.checkpoint_path is not None and first.checkpoint_path.endswith("route/epoch_0001")
+    second = run(3)
+    assert second.resumed_from_epoch == 1 and second.checkpoint_path.endswith("route/epoch_0002")
+    assert second.metrics["map_correlation"] >= first.metrics["map_correlation"] - 0.02
+    saved = read_checkpoint(Path(second.checkpoint_path))
+    assert saved["epoch"] == 2 and "map" in saved["modules"]
+
+
 _WITHOUT_RAY = """
 import sys
 class _NoRay:

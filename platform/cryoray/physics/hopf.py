@@ -174,7 +174,9 @@ def _hopf_children(indices: torch.Tensor, level: int) -> torch.Tensor:
     parent = _quaternions_at(s2, s1, level)
     candidates = _quaternions_at(s2_next, s1_next, level + 1)
     dist = torch.minimum(((candidates - parent[..., None, :]) ** 2).sum(-1), ((candidates + parent[..., None, :]) ** 2).sum(-1))
-    nearest = torch.argsort(dist, dim=-1, stable=True)[..., :8]
+    # Children at equal distance (the grid's symmetry makes exact ties) differ in the last bits between devices:
+    # rounded, ties break by candidate order everywhere, so the CPU and CUDA searches expand the same children.
+    nearest = torch.argsort(torch.round(dist, decimals=9), dim=-1, stable=True)[..., :8]
     return torch.gather(s2_next * n_psi_next + s1_next, -1, nearest)
 
 

@@ -157,6 +157,9 @@ def train_epochs(
     ``epochs_completed``, or ``error`` after a non-finite loss), None on the other ranks."""
     saved_config = {"job": job.model_dump(mode="json"), "method": config.model_dump(mode="json")}
     epoch_metrics: dict[str, float] = {}
+    if ctx.device.type == "cuda":
+        # Fixed patch and batch shapes: cuDNN times its convolution algorithms once per shape and keeps the fastest.
+        torch.backends.cudnn.benchmark = True
     try:
         for epoch in range(start_epoch, job.train.epochs):
             ctx.epoch = epoch
