@@ -65,6 +65,7 @@ class Case:
     items_per_step: Callable[[dict[str, Any], int], float]  # (settings, box or patch edge) -> images or voxels
     unit: str
     cap_s: float  # wall-clock cap of the training at paper scale (data building not counted)
+    in_default_run: bool = True  # False: run only when --only names it
 
 
 def _images(settings: dict[str, Any], box: int) -> float:
@@ -125,6 +126,27 @@ def _cases() -> list[Case]:
                 cap_s=cap_s,
             )
             for precision, cap_s in (("fp32", 90.0), ("bf16", 70.0))
+        ),
+        *(
+            Case(
+                f"RobPicker SHREC-like {mode}",
+                RobPicker,
+                "tomograms-shrec",
+                {"paper": {}, "tiny": {"shape_zyx": [48, 96, 96], "particles_per_species": 1}},
+                {
+                    "paper": deep_update(
+                        robpicker_paper,
+                        {"train": {"max_steps_per_epoch": 400}, "method": {**_shrec(mode), "train_patches_per_epoch": 3200}},
+                    ),
+                    "tiny": deep_update(robpicker_tiny, {"method": _shrec(mode)}),
+                },
+                ("test_f1_macro", "val_f1_macro"),
+                _voxels("patch_px"),
+                "voxels",
+                cap_s=cap_s,
+                in_default_run=False,
+            )
+            for mode, cap_s in (("supervised", 45.0), ("full", 90.0))
         ),
         Case(
             "Cryo2SSNet",
@@ -222,10 +244,25 @@ def _cases() -> list[Case]:
     ]
 
 
-def build_dataset(case: Case, scale: Scale, work: Path) -> Path:
-    """The case's recipe with its overrides, built into ``work`` once (cases sharing a recipe share the data)."""
+def _shrec(mode: str) -> dict[str, Any]:
+    """The SHREC-like comparison (issue 14): the paper's mode against supervised training, bf16, one step budget."""
+    return {"mode": mode, "precision": "bf16"}
+
+
+_SHARED_PREFIX = "../../shared/data/"
+
+
+def build_dataset(case: Case, scale: Scale, work: Path, shared_data: Path) -> Path:
+    """The case's recipe with its overrides, built into ``work`` once (cases sharing a recipe share the data).
+    Species files under the repository's ``../shared/data`` are read from ``shared_data`` instead (the GPU machine
+    gets a carried copy of the few it needs)."""
     recipe = yaml.safe_load((REPO_ROOT / "datasets" / f"{case.recipe}.yaml").read_text())
     recipe = deep_update(recipe, case.recipe_overrides[scale])
+    if isinstance(recipe.get("species"), list):
+        for entry in recipe["species"]:
+            for key in ("map", "mask", "pdb"):
+                if str(entry.get(key, "")).startswith(_SHARED_PREFIX):
+                    entry[key] = str(shared_data / entry[key].removeprefix(_SHARED_PREFIX))
     digest = hashlib.sha1(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:8]
     recipe["name"] = f"{case.recipe}-suite-{digest}"
     target = work / "data" / recipe["name"]
@@ -263,14 +300,16 @@ def _with_step_fraction(settings: dict[str, Any], natural_steps: int, fraction: 
     return deep_update(settings, {"train": {"max_steps_per_epoch": max(2, math.ceil(capped * fraction))}})
 
 
-def run_case(case: Case, scale: Scale, device: torch.device, work: Path, fraction: float, cap_s: float | None) -> dict[str, Any]:
+def run_case(
+    case: Case, scale: Scale, device: torch.device, work: Path, shared_data: Path, fraction: float, cap_s: float | None
+) -> dict[str, Any]:
     """Train one case and measure it; an error or the cap becomes the row's note (the other cases still run)."""
     row: dict[str, Any] = {"method": case.label}
     last_line = _LastStepLine()
     console.LOGGER.addHandler(last_line)
     try:
         start = time.perf_counter()
-        dataset_dir = build_dataset(case, scale, work)
+        dataset_dir = build_dataset(case, scale, work, shared_data)
         row["data_s"] = time.perf_counter() - start
         manifest = read_manifest(dataset_dir)
         method = case.method()
@@ -307,6 +346,7 @@ def run_case(case: Case, scale: Scale, device: torch.device, work: Path, fractio
         row["data_wait"] = outcome.metrics.get("data_wait_fraction")
         row["peak_gpu_gib"] = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
         row["quality"] = {key: outcome.metrics.get(key) for key in case.quality}
+        row["test_metrics"] = {k: v for k, v in outcome.metrics.items() if k.startswith("test_")}  # per class too
     except CapReached:
         row["error"] = f"stopped at its {cap_s:.0f} s cap; last step line: {last_line.text or 'none'}"
         row["peak_gpu_gib"] = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
@@ -366,11 +406,18 @@ def main(argv: list[str] | None = None) -> int:
         "--step-fraction", type=float, default=1.0, help="run each epoch at this fraction of its steps (a measuring call)"
     )
     parser.add_argument("--no-caps", action="store_true", help="no wall-clock cap per case (caps apply at paper scale)")
+    parser.add_argument(
+        "--shared-data", type=Path, default=REPO_ROOT.parent / "shared" / "data", help="the shared data (SHREC-like cases)"
+    )
     args = parser.parse_args(argv)
     console.configure("normal")
     device = torch.device(args.device)
     scale = args.scale or ("paper" if device.type == "cuda" else "tiny")
-    cases = [c for c in _cases() if not args.only or c.label in args.only or c.label.split()[0] in args.only]
+    cases = [
+        c
+        for c in _cases()
+        if (c.in_default_run and not args.only) or (args.only and (c.label in args.only or c.label.split()[0] in args.only))
+    ]
     args.out.mkdir(parents=True, exist_ok=True)
     work = args.work or args.out / "work"
     hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
@@ -383,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for case in cases:
         cap_s = None if args.no_caps or scale != "paper" else case.cap_s
-        rows.append(run_case(case, scale, device, work, args.step_fraction, cap_s))
+        rows.append(run_case(case, scale, device, work, args.shared_data.resolve(), args.step_fraction, cap_s))
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "traceback"}), flush=True)
         (args.out / "gpu_suite.json").write_text(json.dumps({"header": header, "rows": rows}, indent=1))
         (args.out / "gpu_suite.md").write_text(markdown(rows, header))
