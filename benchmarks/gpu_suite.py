@@ -259,7 +259,7 @@ def build_dataset(case: Case, scale: Scale, work: Path, shared_data: Path) -> Pa
     recipe = yaml.safe_load((REPO_ROOT / "datasets" / f"{case.recipe}.yaml").read_text())
     recipe = deep_update(recipe, case.recipe_overrides[scale])
     if isinstance(recipe.get("species"), list):
-        for entry in recipe["species"]:
+        for entry in (e for e in recipe["species"] if isinstance(e, dict)):  # the others name built-in shapes
             for key in ("map", "mask", "pdb"):
                 if str(entry.get(key, "")).startswith(_SHARED_PREFIX):
                     entry[key] = str(shared_data / entry[key].removeprefix(_SHARED_PREFIX))

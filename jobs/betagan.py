@@ -11,12 +11,7 @@ Example usage:
 
 import sys
 
-from cryoray.cli import run_job
-from cryoray.methods.betagan import BetaGAN
+from cryoray.commands import main
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["denoise"]:
-        from cryoray.methods.betagan.denoise import run_denoise
-
-        sys.exit(run_denoise(sys.argv[2:]))
-    sys.exit(run_job(BetaGAN()))
+    sys.exit(main("betagan"))

@@ -9,8 +9,7 @@ Example usage:
 
 import sys
 
-from cryoray.cli import run_job
-from cryoray.methods.cryo2ssnet import Cryo2SSNet
+from cryoray.commands import main
 
 if __name__ == "__main__":
-    sys.exit(run_job(Cryo2SSNet()))
+    sys.exit(main("cryo2ssnet"))

@@ -11,11 +11,7 @@ Example usage:
 
 import sys
 
-from cryoray.cli import run_job
-from cryoray.methods.cryogen2 import CryoGEN2
-from cryoray.methods.cryogen2.apply import run_apply
+from cryoray.commands import main
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["apply"]:
-        sys.exit(run_apply(sys.argv[2:]))
-    sys.exit(run_job(CryoGEN2()))
+    sys.exit(main("cryogen2"))

@@ -11,8 +11,7 @@ Example usage:
 
 import sys
 
-from cryoray.cli import run_job
-from cryoray.methods.cryospin import CryoSPIN
+from cryoray.commands import main
 
 if __name__ == "__main__":
-    sys.exit(run_job(CryoSPIN()))
+    sys.exit(main("cryospin"))

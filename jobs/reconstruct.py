@@ -8,8 +8,7 @@ Example usage:
 
 import sys
 
-from cryoray.cli import run_job
-from cryoray.methods.reconstruct import KnownPoseReconstruction
+from cryoray.commands import main
 
 if __name__ == "__main__":
-    sys.exit(run_job(KnownPoseReconstruction()))
+    sys.exit(main("reconstruct"))

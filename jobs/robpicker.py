@@ -10,11 +10,7 @@ Example usage:
 
 import sys
 
-from cryoray.cli import run_job
-from cryoray.methods.robpicker import RobPicker
-from cryoray.methods.robpicker.predict import run_predict
+from cryoray.commands import main
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["predict"]:
-        sys.exit(run_predict(sys.argv[2:]))
-    sys.exit(run_job(RobPicker()))
+    sys.exit(main("robpicker"))

@@ -10,6 +10,7 @@ import torch
 from cryoray.config import RunnerConfig, deep_update, read_yaml_config, validate_job_config
 from cryoray.data.recipes import resolve_dataset
 from cryoray.errors import CryorayInputError
+from cryoray.methods import METHODS
 from cryoray.methods.betagan import BetaGAN, BetaGANConfig, contaminate, outlier_mask
 from cryoray.methods.betagan.evaluation import (
     clustering_accuracy,
@@ -207,5 +208,5 @@ def test_training_refuses_unpaired_data_a_box_the_generator_cannot_halve_and_too
 def test_shipped_job_configs_validate(name):
     method = BetaGAN()
     path = Path(__file__).resolve().parents[1] / "jobs" / "configs" / name
-    raw = deep_update({"dataset": method.default_dataset, "output_dir": "unused"}, read_yaml_config(path))
+    raw = deep_update({"dataset": METHODS["betagan"].default_dataset, "output_dir": "unused"}, read_yaml_config(path))
     validate_job_config(raw, method.config_schema, path)

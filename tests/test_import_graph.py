@@ -24,7 +24,7 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1] / "platform" / "cryoray"
 # Low to high, by the name just below ``cryoray`` ("__init__": the package root, which holds only __version__).
 # physics (pure torch, no cryoray imports) sits below io, whose STAR reader checks CTF parameters with it.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("__init__", "errors", "console"),
+    ("__init__", "errors", "console", "formats"),
     ("config",),
     ("physics",),
     ("io",),
@@ -38,6 +38,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("methods",),
     ("tune",),
     ("cli",),
+    ("commands",),
 )
 LAYER_OF = {name: level for level, names in enumerate(LAYERS) for name in names}
 

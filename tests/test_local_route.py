@@ -158,6 +158,7 @@ RAY_FREE_MODULES = [
     "cryoray.data.subtomograms",
     "cryoray.train.local",
     "cryoray.cli",
+    "cryoray.commands",
     *(f"cryoray.methods.{name}" for name in ("robpicker", "cryogen2", "cryo2ssnet", "cryospin", "betagan", "reconstruct")),
     "cryoray.methods.robpicker.predict",
     "cryoray.methods.cryogen2.apply",

@@ -6,32 +6,18 @@ from __future__ import annotations
 
 import ast
 import inspect
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from cryoray.cli import build_parser
 from cryoray.config import deep_update, read_yaml_config, validate_job_config
 from cryoray.methods import METHODS, load_method
+from cryoray.methods.parsers import SUBCOMMANDS, job_parser
 from cryoray.train.method import Method
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 METHODS_DIR = REPO_ROOT / "platform" / "cryoray" / "methods"
-
-
-def _job_class(script: Path) -> tuple[str, str]:
-    """(module, class) of the method a job script hands to ``run_job``."""
-    tree = ast.parse(script.read_text())
-    imports = {
-        alias.asname or alias.name: node.module
-        for node in ast.walk(tree)
-        if isinstance(node, ast.ImportFrom)
-        for alias in node.names
-    }
-    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "run_job"]
-    assert len(calls) == 1, f"{script.name}: expected one run_job(...) call"
-    constructed = calls[0].args[0]
-    assert isinstance(constructed, ast.Call) and isinstance(constructed.func, ast.Name), script.name
-    return imports[constructed.func.id], constructed.func.id
 
 
 def test_registry_job_scripts_and_method_folders_agree():
@@ -42,22 +28,43 @@ def test_registry_job_scripts_and_method_folders_agree():
     for name, entry in METHODS.items():
         method = load_method(name)
         assert isinstance(method, Method) and method.name == name, entry
-        assert _job_class(REPO_ROOT / "jobs" / f"{name}.py") == tuple(entry.split(":")), name
+        calls = [
+            ast.unparse(n)
+            for n in ast.walk(ast.parse((REPO_ROOT / "jobs" / f"{name}.py").read_text()))
+            if isinstance(n, ast.Call) and ast.unparse(n.func) == "main"
+        ]
+        assert calls == [f"main('{name}')"], f"jobs/{name}.py must hand its name to cryoray.commands.main"
         assert not _assignments_to_self(method), f"{name}: run state belongs in TrainState, not on the method"
 
 
-def test_a_job_scripts_help_lists_exactly_the_subcommands_it_dispatches():
+def test_a_job_scripts_help_lists_its_subcommands_and_each_parser_names_its_command():
+    assert set(SUBCOMMANDS) <= set(METHODS)
     for name in METHODS:
-        method = load_method(name)
-        script = (REPO_ROOT / "jobs" / f"{name}.py").read_text()
-        dispatched = {
-            node.comparators[0].elts[0].value
-            for node in ast.walk(ast.parse(script))
-            if isinstance(node, ast.Compare) and isinstance(node.comparators[0], ast.List) and "sys.argv" in ast.unparse(node)
-        }
-        assert dispatched == set(method.subcommands), name
-        help_text = build_parser(method).format_help()
-        assert all(f"jobs/{name}.py {sub} --help" in help_text for sub in dispatched), help_text
+        help_text = job_parser(name).format_help()
+        for sub, subcommand in SUBCOMMANDS.get(name, {}).items():
+            assert f"jobs/{name}.py {sub} --help" in help_text, help_text
+            parser = subcommand.parser()
+            assert parser.prog == f"jobs/{name}.py {sub}"
+            assert all(action.help for action in parser._actions), f"{parser.prog}: every option says what it is for"
+
+
+def test_help_and_usage_errors_come_before_torch_ray_and_mlflow_are_imported():
+    """``--help`` is instant because nothing heavy is imported until the arguments parse (the job and each subcommand)."""
+    probe = (
+        "import runpy, sys\n"
+        "sys.argv = sys.argv[1:]\n"
+        "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\nexcept SystemExit as done:\n    code = done.code\n"
+        "heavy = sorted(m for m in ('torch', 'ray', 'mlflow', 'pandas', 'scipy') if m in sys.modules)\n"
+        "print(code, ','.join(heavy) or 'none')\n"
+    )
+    commands = [[f"jobs/{name}.py", "--help"] for name in METHODS]
+    commands += [[f"jobs/{name}.py", sub, "--help"] for name, subs in SUBCOMMANDS.items() for sub in subs]
+    commands += [["jobs/robpicker.py", "--no-such-flag"], ["jobs/robpicker.py", "predict", "--model", "m.safetensors"]]
+    for argv in commands:
+        done = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, cwd=REPO_ROOT, timeout=60)
+        code, heavy = done.stdout.split()[-2:]
+        assert heavy == "none", f"{' '.join(argv)} imported {heavy} before parsing its arguments"
+        assert code == ("0" if argv[-1] == "--help" else "2"), (argv, done.stderr[-500:])
 
 
 def _assignments_to_self(method: Method) -> list[str]:
@@ -78,6 +85,6 @@ def test_every_shipped_job_config_validates_against_its_method(path: Path):
     name = path.stem.split("-")[0]
     assert name in METHODS, f"{path.name}: configs are named <method>-<variant>.yaml"
     method = load_method(name)
-    raw = deep_update({"dataset": method.default_dataset, "output_dir": "unused"}, method.default_preset)
+    raw = deep_update({"dataset": METHODS[name].default_dataset, "output_dir": "unused"}, method.default_preset)
     job, config = validate_job_config(deep_update(raw, read_yaml_config(path)), method.config_schema, path)
     assert job.output_dir == "unused" and isinstance(config, method.config_schema)

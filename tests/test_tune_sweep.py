@@ -11,10 +11,11 @@ import math
 from pathlib import Path
 
 import pytest
-from cryoray.cli import build_parser, job_settings
+from cryoray.cli import job_settings
 from cryoray.config import JobConfig, validate_job_config
 from cryoray.errors import CryorayInputError
 from cryoray.methods import METHODS, load_method
+from cryoray.methods.parsers import job_parser
 from cryoray.methods.reconstruct import KnownPoseReconstruction
 from cryoray.tune.resources import trial_concurrency
 from cryoray.tune.spec import check_search_space, load_sweep_spec, plan_sweep
@@ -34,7 +35,7 @@ def _sweep_cli():
 
 def test_the_registry_resolves_job_names_lazily():
     assert isinstance(load_method("reconstruct"), KnownPoseReconstruction)
-    assert all(":" in target for target in METHODS.values())
+    assert all(":" in entry.cls for entry in METHODS.values())
     with pytest.raises(KeyError, match="reconstruct"):
         load_method("no-such-method")
 
@@ -45,7 +46,7 @@ def test_smoke_merges_its_block_over_the_base():
     full = plan_sweep(spec, SPEC, method, smoke=False, num_samples=None)
     smoke = plan_sweep(spec, SPEC, method, smoke=True, num_samples=None)
     assert full.base["dataset"] == "particles-phantom" and full.num_samples == spec.num_samples
-    assert smoke.base["dataset"] == method.smoke_dataset and smoke.base["num_workers"] == 1
+    assert smoke.base["dataset"] == METHODS["reconstruct"].smoke_dataset and smoke.base["num_workers"] == 1
     assert smoke.base["train"]["batch_size"] == full.base["train"]["batch_size"]  # kept from base
     assert smoke.num_samples == spec.smoke.num_samples and smoke.scheduler.grace_period_epochs == 1
     assert plan_sweep(spec, SPEC, method, smoke=True, num_samples=7).num_samples == 7
@@ -98,7 +99,7 @@ def test_a_smoke_sweep_tracks_every_trial_under_one_parent_run(tmp_path, run_com
     # best.yaml is the winner's job config alone: the job's --config takes it unchanged.
     assert result["best_config"] == str(out / "best.yaml")
     method = KnownPoseReconstruction()
-    args = build_parser(method).parse_args(["--config", result["best_config"]])
+    args = job_parser(method.name).parse_args(["--config", result["best_config"]])
     job, method_config = validate_job_config(job_settings(method, args), method.config_schema, args.config)
     assert method_config.learning_rate == pytest.approx(best["job_config"]["method"]["learning_rate"])
     assert job.train.epochs == best["job_config"]["train"]["epochs"] and job.dataset == best["job_config"]["dataset"]

@@ -1,4 +1,5 @@
-"""The job command line, written once: every ``jobs/<method>.py`` is ``sys.exit(run_job(Method()))``.
+"""A training job end to end, written once: ``jobs/<method>.py`` parses its arguments (``cryoray.commands``) and
+hands them here with its method.
 
 Contract (DESIGN.md): ``--config FILE.yaml``, ``--dataset NAME|PATH``, ``--num-workers N``, ``--use-gpu``,
 ``--output-dir DIR``, ``--tracking-uri URI``, ``--smoke``; the job joins the cluster in ``RAY_ADDRESS`` or
@@ -22,6 +23,8 @@ from cryoray import console
 from cryoray.config import deep_update, read_yaml_config, validate_job_config
 from cryoray.data.recipes import REPO_ROOT, resolve_dataset
 from cryoray.io.outputs import RESULT_FILE, atomic_write, check_output_dir
+from cryoray.methods import METHODS
+from cryoray.methods.parsers import job_parser
 from cryoray.session import (
     Terminated,
     check_cpus,
@@ -39,40 +42,10 @@ from cryoray.train.loop import newest_checkpoint
 from cryoray.train.method import Method
 
 
-def build_parser(method: Method) -> argparse.ArgumentParser:
-    listed = [f"  {name:<10} {what} (jobs/{method.name}.py {name} --help)" for name, what in method.subcommands.items()]
-    parser = argparse.ArgumentParser(
-        prog=f"jobs/{method.name}.py",
-        description=f"Train {method.name} on Ray; tracked in MLflow. {(type(method).__doc__ or '').splitlines()[0]}",
-        epilog="subcommands (a trained model on new data):\n" + "\n".join(listed) if listed else None,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "--config", type=Path, help="YAML file (keys of cryoray.config.JobConfig; method settings under 'method:')"
-    )
-    parser.add_argument("--dataset", help=f"recipe name in datasets/ or a dataset directory (default {method.default_dataset})")
-    parser.add_argument("--num-workers", type=int, help="Ray Train workers (0 = train in this process)")
-    parser.add_argument("--use-gpu", action="store_true", default=None, help="one GPU per worker")
-    parser.add_argument("--output-dir", type=Path, help="where result.json and artifacts go (default outputs/<method>-<time>)")
-    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///<cwd>/mlflow.db)")
-    parser.add_argument("--storage-path", help="Ray Train checkpoint storage (shared storage on multi-node clusters)")
-    parser.add_argument("--run-name", help="reuse a previous run name (same output dir) to resume from its checkpoint")
-    parser.add_argument(
-        "--smoke", action="store_true", help=f"tiny dataset and budget ({method.smoke_dataset}); < 2 minutes on 2 CPUs"
-    )
-    parser.add_argument(
-        "--overwrite", action="store_true", default=None, help="replace an output dir that already holds a result"
-    )
-    parser.add_argument(
-        "--register-model", metavar="NAME", help="register the trained model in MLflow's registry (models:/NAME/VERSION)"
-    )
-    console.add_verbosity_flags(parser)
-    return parser
-
-
 def job_settings(method: Method, args: argparse.Namespace) -> dict[str, Any]:
     """Merge defaults < the method's preset < smoke preset < config file < flags into one raw mapping."""
-    raw: dict[str, Any] = {"dataset": method.smoke_dataset if args.smoke else method.default_dataset}
+    entry = METHODS[method.name]
+    raw: dict[str, Any] = {"dataset": entry.smoke_dataset if args.smoke else entry.default_dataset}
     raw = deep_update(raw, method.default_preset)
     if args.smoke:
         raw = deep_update(raw, method.smoke_preset)
@@ -98,7 +71,7 @@ def job_settings(method: Method, args: argparse.Namespace) -> dict[str, Any]:
 def run_job(method: Method, argv: list[str] | None = None) -> int:
     """Run one job end to end; returns the process exit code (130/143 after SIGINT/SIGTERM)."""
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser(method).parse_args(argv)
+    args = job_parser(method.name).parse_args(argv)
     console.configure(args.verbosity)
     progress: dict[str, str] = {}  # what _run has fixed so far: run name, output and checkpoint folders
     try:

@@ -24,7 +24,6 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -91,11 +90,6 @@ _DEFOCUS = ("defocus_u_angstrom", "defocus_v_angstrom", "defocus_angle_deg")
 _CTF_OPTICS = ("voltage_kv", "cs_mm", "amplitude_contrast")
 _OPTICS_VALUES = ("voltage_kv", "cs_mm", "amplitude_contrast", "pixel_size_angstrom", "box_px")
 _CONSUMED_RELION30 = ("rlnImageName", "rlnOriginX", "rlnOriginY", "rlnMagnification", "rlnDetectorPixelSize")
-# Picks STAR conventions. "relion5": RELION 5's tomogram particles, rlnTomoName and rlnCenteredCoordinate{X,Y,Z}Angst,
-# Ångström from the tomogram's centre (size/2 voxels, as RELION 5 and pytom-match-pick place it). "relion4": Warp
-# and RELION 4, rlnCoordinate{X,Y,Z} in the tomogram's voxels. Class, score and angles travel in both.
-PicksFormat = Literal["relion5", "relion4"]
-PICKS_FORMATS: tuple[str, ...] = get_args(PicksFormat)
 _CENTERED_NAMES = {
     "x_px": "rlnCenteredCoordinateXAngst",
     "y_px": "rlnCenteredCoordinateYAngst",

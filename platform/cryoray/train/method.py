@@ -86,8 +86,6 @@ class Method(ABC, Generic[ConfigT]):
     name: ClassVar[str]
     config_schema: ClassVar[type[BaseModel]]
     dataset_kind: ClassVar[DatasetKind]
-    default_dataset: ClassVar[str]
-    smoke_dataset: ClassVar[str]
     # The method's own defaults for the shared runner settings ({"train": {...}}), e.g. a batch of 3D patches
     # is far smaller than a batch of 2D images.
     default_preset: ClassVar[dict[str, Any]] = {}
@@ -95,8 +93,6 @@ class Method(ABC, Generic[ConfigT]):
     smoke_preset: ClassVar[dict[str, Any]] = {}
     # Multi-head or partly frozen models leave parameters unused on some steps; DDP must know.
     find_unused_parameters: ClassVar[bool] = False
-    # The job script's subcommands that use a trained model ({"predict": "what it does"}); listed by --help.
-    subcommands: ClassVar[dict[str, str]] = {}
     # The epoch metrics worth ranking runs by, each with its better direction; the first is the one the console's
     # evaluation line shows. A sweep may rank trials by these or by a ``train_<step metric>`` epoch mean.
     key_metrics: ClassVar[dict[str, Literal["min", "max"]]] = {}

@@ -163,10 +163,11 @@ def _check_metric(spec: SweepSpec, path: str | Path) -> None:
 
 def plan_sweep(spec: SweepSpec, spec_path: str | Path, method: Method, smoke: bool, num_samples: int | None) -> SweepPlan:
     """Merge the method's preset < base < smoke block (``--smoke``) and the budget overrides into what this launch runs."""
-    base = deep_update(deep_update({"dataset": method.default_dataset}, method.default_preset), spec.base)
+    entry = METHODS[method.name]
+    base = deep_update(deep_update({"dataset": entry.default_dataset}, method.default_preset), spec.base)
     scheduler, samples, concurrency = spec.scheduler, spec.num_samples, spec.max_concurrent_trials
     if smoke:
-        base = deep_update(base, deep_update({"dataset": method.smoke_dataset}, spec.smoke.base))
+        base = deep_update(base, deep_update({"dataset": entry.smoke_dataset}, spec.smoke.base))
         scheduler = spec.smoke.scheduler or scheduler
         samples = spec.smoke.num_samples or samples
         concurrency = spec.smoke.max_concurrent_trials or concurrency

@@ -139,11 +139,8 @@ class BetaGAN(Method[BetaGANConfig]):
 
     name = "betagan"
     key_metrics = {"val_psnr": "max", "val_ssim": "max", "val_mse": "min"}
-    subcommands = {"denoise": "denoise a particle stack described by its STAR file"}
     config_schema = BetaGANConfig
     dataset_kind = "particles"
-    default_dataset = "particles-betagan-phantom"
-    smoke_dataset = "particles-betagan-smoke"
     default_preset = {"train": {"epochs": 4, "batch_size": 32, "log_every_steps": 20}}
     smoke_preset = {
         "num_workers": 2,

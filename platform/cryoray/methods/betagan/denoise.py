@@ -16,7 +16,6 @@ fails leaves none of the files it created.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from pathlib import Path
@@ -34,6 +33,7 @@ from cryoray.io.outputs import RESULT_FILE, atomic_write, check_output_dir, remo
 from cryoray.io.star import ParticleTable, read_particles_star, write_particles_star
 from cryoray.methods.betagan import BetaGANConfig, build_generator
 from cryoray.methods.betagan.evaluation import denormalise, normalise_pair
+from cryoray.methods.parsers import denoise_parser
 from cryoray.session import check_gpus, connect_ray, run_tool
 
 PIXEL_SIZE_TOLERANCE = 0.05
@@ -155,26 +155,9 @@ def _denoise_into(
             ray.shutdown()
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jobs/betagan.py denoise", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--model", required=True, help="model.safetensors, a training output folder, or runs:/<run id>/outputs/model.safetensors"
-    )
-    parser.add_argument("--stack", required=True, help=".mrcs particle stack to denoise")
-    parser.add_argument("--star", required=True, help="the RELION .star describing the stack (pixel size, one row per image)")
-    parser.add_argument(
-        "--output-dir", required=True, help="where <stack>_denoised.mrcs, <star>_denoised.star and result.json go"
-    )
-    parser.add_argument("--batch-size", type=int, default=64, help="images per Ray Data batch")
-    parser.add_argument("--use-gpu", action="store_true", help="denoise on one GPU")
-    parser.add_argument("--overwrite", action="store_true", help="replace a denoised stack already in --output-dir")
-    console.add_verbosity_flags(parser)
-    return parser
-
-
 def run_denoise(argv: list[str]) -> int:
     """CLI entry: exit 0 with a ``RESULT`` line, 2 on bad input (one line naming file and field)."""
-    args = _parser().parse_args(argv)
+    args = denoise_parser().parse_args(argv)
 
     def denoise() -> dict:
         if args.batch_size < 1:

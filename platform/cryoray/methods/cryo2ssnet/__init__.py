@@ -155,8 +155,6 @@ class Cryo2SSNet(Method[Cryo2SSNetConfig]):
     key_metrics = {"fsc_resolution_0.5_angstrom": "min", "pose_error_median_deg": "min", "map_correlation": "max"}
     config_schema = Cryo2SSNetConfig
     dataset_kind = "particles"
-    default_dataset = "particles-phantom-32"
-    smoke_dataset = "particles-smoke"
     default_preset = {"train": {"epochs": 10, "batch_size": 32}, "method": {"denoiser_pretrain_steps": 50, "eval_images": 256}}
     smoke_preset = {
         "num_workers": 2,

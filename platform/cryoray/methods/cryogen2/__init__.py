@@ -257,11 +257,8 @@ class CryoGEN2(Method[CryoGEN2Config]):
 
     name = "cryogen2"
     key_metrics = {"val_fsc_wedge_mean": "max", "val_fsc_mean": "max"}
-    subcommands = {"apply": "restore the missing wedge of new subtomograms or tomograms"}
     config_schema = CryoGEN2Config
     dataset_kind = "tomograms"
-    default_dataset = "tomograms-cryogen2"
-    smoke_dataset = "tomograms-smoke"
     default_preset = {"train": {"epochs": 4, "batch_size": 8, "log_every_steps": 4}}
     smoke_preset = {
         "num_workers": 1,

@@ -31,6 +31,7 @@ from cryoray.io.models import Model, read_model
 from cryoray.io.mrc import check_mrc, read_mrc, write_mrc
 from cryoray.io.outputs import atomic_write, check_output_dir, removed_on_failure
 from cryoray.io.validate import check_positive
+from cryoray.methods.parsers import apply_parser
 from cryoray.nn.unetpp import UNetPlusPlus3d
 from cryoray.session import check_gpus, run_tool
 
@@ -120,27 +121,6 @@ def build_generator(model: Model) -> UNetPlusPlus3d:
     return generator.eval()
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jobs/cryogen2.py apply", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--model",
-        required=True,
-        help="model.safetensors, a training output folder, a checkpoint folder, or runs:/<id>/outputs/model.safetensors",
-    )
-    parser.add_argument("--inputs", nargs="+", required=True, help=".mrc subtomograms or tomograms (any size)")
-    parser.add_argument("--output-dir", required=True, help="where <input>_cryogen2.mrc and apply_result.json go")
-    parser.add_argument("--voxel-size-angstrom", type=float, help="use instead of the MRC header's voxel size")
-    parser.add_argument(
-        "--tile-px", type=int, help="tile edge (default: the training cube); a multiple of the net's 2**(levels-1)"
-    )
-    parser.add_argument("--overlap-px", type=int, help="tile overlap (default: the model's inference_overlap_px)")
-    parser.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
-    parser.add_argument("--use-gpu", action="store_true", help="run on the first CUDA device")
-    parser.add_argument("--overwrite", action="store_true", help="replace outputs already in --output-dir")
-    console.add_verbosity_flags(parser)
-    return parser
-
-
 def _apply(args: argparse.Namespace) -> dict[str, Any]:
     """Check every input (model, volumes, flags, output folder) before restoring anything."""
     if args.voxel_size_angstrom is not None:
@@ -208,5 +188,5 @@ def _restore_all(
 
 def run_apply(argv: list[str]) -> int:
     """CLI entry: exit 0 with a ``RESULT`` line, 2 on bad input (one line naming file and field)."""
-    args = _parser().parse_args(argv)
+    args = apply_parser().parse_args(argv)
     return run_tool("cryogen2 apply", lambda: _apply(args), args.verbosity)

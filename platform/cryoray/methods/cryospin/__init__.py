@@ -166,8 +166,6 @@ class CryoSPIN(Method[CryoSpinConfig]):
     key_metrics = {"pose_error_median_deg": "min", "pose_error_mean_deg": "min"}
     config_schema = CryoSpinConfig
     dataset_kind = "particles"
-    default_dataset = "particles-phantom-32"
-    smoke_dataset = "particles-smoke"
     # The built-in default is sized for a CPU box (jobs/configs/cryospin-paper.yaml has the paper's run).
     default_preset = {
         "train": {"epochs": 10, "batch_size": 32, "cpus_per_worker": 0.5},

@@ -68,8 +68,6 @@ class KnownPoseReconstruction(Method[ReconstructConfig]):
     key_metrics = {"map_correlation": "max", "fsc_resolution_0.5_angstrom": "min", "fsc_resolution_0.143_angstrom": "min"}
     config_schema = ReconstructConfig
     dataset_kind = "particles"
-    default_dataset = "particles-phantom"
-    smoke_dataset = "particles-smoke"
     smoke_preset = {"num_workers": 2, "train": {"epochs": 3, "batch_size": 64}}
 
     def check_dataset(self, dataset_dir: Path, manifest: DatasetManifest, config: ReconstructConfig) -> None:

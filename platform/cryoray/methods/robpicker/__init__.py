@@ -203,11 +203,8 @@ class RobPicker(Method[RobPickerConfig]):
 
     name = "robpicker"
     key_metrics = {"val_f1_macro": "max"}
-    subcommands = {"predict": "pick particles in new tomograms, picks as RELION/Warp STAR and CSV"}
     config_schema = RobPickerConfig
     dataset_kind = "tomograms"
-    default_dataset = "tomograms-default"
-    smoke_dataset = "tomograms-smoke"
     default_preset = {"train": {"epochs": 10, "batch_size": 8, "log_every_steps": 5}}
     smoke_preset = {
         "num_workers": 2,

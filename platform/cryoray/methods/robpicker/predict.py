@@ -21,14 +21,15 @@ import pandas as pd
 import torch
 from scipy import ndimage
 
-from cryoray import console
 from cryoray.errors import CryorayInputError
+from cryoray.formats import PicksFormat
 from cryoray.io.figures import write_orthoslices_with_picks
 from cryoray.io.models import Model, read_model
 from cryoray.io.mrc import check_mrc, read_mrc
 from cryoray.io.outputs import RESULT_FILE, atomic_write, check_output_dir, removed_on_failure
-from cryoray.io.star import PICKS_FORMATS, PicksFormat, TomogramFrame, read_coordinates, write_coordinates
+from cryoray.io.star import TomogramFrame, read_coordinates, write_coordinates
 from cryoray.io.validate import check_positive
+from cryoray.methods.parsers import predict_parser
 from cryoray.methods.robpicker.inference import PickingSettings, pick_tomogram, score_tomograms
 from cryoray.nn.unet3d import UNet3D
 from cryoray.session import check_gpus, connect_ray, gather, run_tool
@@ -116,29 +117,6 @@ def pick_file(
     }
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jobs/robpicker.py predict", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--model", required=True, help="model.safetensors, a training output folder, or runs:/<run id>/outputs/model.safetensors"
-    )
-    parser.add_argument("--tomograms", nargs="+", required=True, help=".mrc tomograms to pick (any size)")
-    parser.add_argument("--voxel-size-angstrom", type=float, help="use instead of the MRC header's voxel size")
-    parser.add_argument("--truth", nargs="+", help="particle lists (.star/.csv), one per tomogram, to score the picks against")
-    parser.add_argument("--tolerance-px", type=float, help="distance rule radius (default: the model's tolerance_px)")
-    parser.add_argument(
-        "--picks-format",
-        choices=PICKS_FORMATS,
-        default="relion5",
-        help="picks STAR columns: relion5 (rlnTomoName + rlnCenteredCoordinateX/Y/ZAngst, RELION 5) or relion4 "
-        "(rlnCoordinateX/Y/Z in voxels, Warp and RELION 4); the .csv is always in voxels",
-    )
-    parser.add_argument("--output-dir", required=True, help="where the picks, figures, scores and result.json go")
-    parser.add_argument("--use-gpu", action="store_true", help="one GPU per tomogram task")
-    parser.add_argument("--overwrite", action="store_true", help="replace picks already in --output-dir")
-    console.add_verbosity_flags(parser)
-    return parser
-
-
 def _predict(args: argparse.Namespace) -> dict[str, Any]:
     """Check every input on the driver (model, tomograms, truth, flags, output folder), then pick on Ray."""
     for flag, value in (("--voxel-size-angstrom", args.voxel_size_angstrom), ("--tolerance-px", args.tolerance_px)):
@@ -209,5 +187,5 @@ def _pick_all(
 
 def run_predict(argv: list[str]) -> int:
     """CLI entry: exit 0 with a ``RESULT`` line, 2 on bad input (one line naming file and field), 1 on failure."""
-    args = _parser().parse_args(argv)
+    args = predict_parser().parse_args(argv)
     return run_tool("robpicker predict", lambda: _predict(args), args.verbosity)
