@@ -128,7 +128,14 @@ def main() -> None:
 
     start = time.perf_counter()
     rows = [score(0, 0.0)]
-    print(json.dumps({"twofold_angle_deg": float(matrix_to_axis_angle(twofold).norm().rad2deg()), "symmetry_correlation": symmetry_correlation}))
+    print(
+        json.dumps(
+            {
+                "twofold_angle_deg": float(matrix_to_axis_angle(twofold).norm().rad2deg()),
+                "symmetry_correlation": symmetry_correlation,
+            }
+        )
+    )
     print(json.dumps(rows[-1]), flush=True)
     for iteration in range(1, args.iterations + 1):
         for mine, other in (halves, halves[::-1]):

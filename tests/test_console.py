@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import logging
+import sys
 
 import pytest
 from cryoray import console
@@ -50,6 +52,25 @@ def test_progress_yields_every_item_and_reports_the_end(caplog):
     finally:
         console.LOGGER.propagate = False
     assert [r.getMessage().split(",")[0] for r in caplog.records] == ["tomograms: 5/5 (100%)"]
+
+
+def test_progress_on_a_terminal_is_one_bar_redrawn_in_place(monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    console.configure("normal")
+    assert list(console.progress(range(3), 3, "shards")) == [0, 1, 2]
+    text = terminal.getvalue()
+    assert text.startswith("\rshards: [") and text.endswith("\n") and text.count("\n") == 1
+    assert "[####################] 3/3 (100%)" in text
+    console.configure("quiet")
+    terminal.truncate(0)
+    terminal.seek(0)
+    assert list(console.progress(range(3), 3, "shards")) == [0, 1, 2] and terminal.getvalue() == ""
+    console.configure("normal")
 
 
 def test_quiet_leaves_only_warnings_and_errors():

@@ -151,15 +151,25 @@ def epoch_line(epoch: int, epochs: int, metrics: Mapping[str, float], key_metric
 
 
 def progress(items: Iterable[T], total: int, what: str, every_s: float = 10.0) -> Iterator[T]:
-    """Yield ``items`` and log ``what: i/total (p %), ETA`` at most every ``every_s`` seconds and at the end: a
-    progress report that reads the same on a terminal, in a log file and in ``ray job logs``."""
+    """Yield ``items`` and report ``what: i/total (p %), elapsed, ETA``. On a terminal, a bar redrawn in place (at
+    most ten times a second, ended by a newline); elsewhere (a log file, ``ray job logs``), a plain log line at most
+    every ``every_s`` seconds and at the end. Nothing under ``--quiet``."""
+    bar = LOGGER.isEnabledFor(logging.INFO) and sys.stderr.isatty()
     start = last = time.perf_counter()
     done = 0
     for item in items:
         yield item
         done += 1
         now = time.perf_counter()
-        if done == total or now - last >= every_s:
+        if done == total or now - last >= (0.1 if bar else every_s):
             last = now
-            elapsed, eta = format_duration(now - start), format_duration((now - start) / done * (total - done))
-            LOGGER.info(f"{what}: {done}/{total} ({done / max(total, 1):.0%}), {elapsed} elapsed, ETA {eta}")
+            share = done / max(total, 1)
+            counts = f"{done}/{total} ({share:.0%}), {format_duration(now - start)} elapsed"
+            eta = f"ETA {format_duration((now - start) / done * (total - done))}"
+            if bar:
+                filled = round(20 * share)
+                sys.stderr.write(f"\r{what}: [{'#' * filled}{'.' * (20 - filled)}] {counts}, {eta}\x1b[K")
+                sys.stderr.write("\n" if done == total else "")
+                sys.stderr.flush()
+            else:
+                LOGGER.info(f"{what}: {counts}, {eta}")

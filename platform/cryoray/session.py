@@ -45,6 +45,9 @@ def connect_ray(include_dashboard: bool | None = None) -> bool:
     if joins_cluster():
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True, configure_logging=False, logging_config=logging_config)
     else:
+        # Ray Data's own logger (its "execution finished" line per dataset, from the split coordinator's process)
+        # reads this when Ray Data is imported in each worker; the private Ray's workers inherit it from here.
+        os.environ.setdefault("RAY_DATA_LOG_LEVEL", console.ray_log_level())
         start_local_ray(include_dashboard=include_dashboard, log_to_driver=True, logging_config=logging_config)
     console.quiet_ray()
     if callable(previous) and threading.current_thread() is threading.main_thread():
