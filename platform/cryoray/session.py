@@ -45,9 +45,10 @@ def connect_ray(include_dashboard: bool | None = None) -> bool:
     if joins_cluster():
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True, configure_logging=False, logging_config=logging_config)
     else:
-        # Ray Data's own logger (its "execution finished" line per dataset, from the split coordinator's process)
-        # reads this when Ray Data is imported in each worker; the private Ray's workers inherit it from here.
-        os.environ.setdefault("RAY_DATA_LOG_LEVEL", console.ray_log_level())
+        # Ray Data's own logger in every worker (its "execution finished" line per dataset and its notice that the
+        # progress bars the runner turned off are off, from the split coordinators' processes) reads this when Ray
+        # Data is imported there; the private Ray's workers inherit it from here. --verbose shows them.
+        os.environ.setdefault("RAY_DATA_LOG_LEVEL", "INFO" if console.verbosity() == "verbose" else "ERROR")
         start_local_ray(include_dashboard=include_dashboard, log_to_driver=True, logging_config=logging_config)
     console.quiet_ray()
     if callable(previous) and threading.current_thread() is threading.main_thread():
