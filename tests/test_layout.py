@@ -27,4 +27,4 @@ def test_top_level_folders_are_not_packages():
 def test_every_method_job_is_a_thin_entry_point():
     for job in (REPO_ROOT / "jobs").glob("*.py"):
         text = job.read_text()
-        assert "run_job(" in text and len(text.splitlines()) < 40, job
+        assert f'main("{job.stem}")' in text and len(text.splitlines()) < 40, job
