@@ -40,6 +40,8 @@ def configure(verbosity: Verbosity) -> None:
     LOGGER.addHandler(handler)
     verbose = verbosity == "verbose"
     logging.getLogger("mlflow").setLevel(logging.NOTSET if verbose else logging.WARNING)
+    if not verbose:  # MLflow sets its logger's level again when first imported, from this variable (default INFO)
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     # Ray's notice that the private local cluster uses token authentication: nothing for the user to do.
     logging.getLogger("ray._private.authentication").setLevel(logging.NOTSET if verbose else logging.ERROR)
 
