@@ -209,9 +209,9 @@ def _prefetched(source: Iterator[Any], depth: int) -> Iterator[Any]:
 DTypes = torch.dtype | Mapping[str, torch.dtype] | None
 
 
-def to_torch(batch: Mapping[str, np.ndarray], dtypes: DTypes, device: torch.device | str) -> dict[str, torch.Tensor]:
-    """Tensors on ``device``: one copy on the host (pinned for CUDA, so the copy to the GPU is asynchronous)."""
-    device = torch.device(device)
+def host_tensors(batch: Mapping[str, np.ndarray], dtypes: DTypes, pin: bool) -> dict[str, torch.Tensor]:
+    """CPU tensors of a numpy batch with one host copy; ``pin``: in page-locked memory, so that the copy to a GPU is
+    asynchronous."""
     out: dict[str, torch.Tensor] = {}
     for name, values in batch.items():
         dtype = dtypes.get(name) if isinstance(dtypes, Mapping) else dtypes
@@ -219,9 +219,7 @@ def to_torch(batch: Mapping[str, np.ndarray], dtypes: DTypes, device: torch.devi
         tensor = torch.from_numpy(np.ascontiguousarray(writable))
         if dtype is not None:
             tensor = tensor.to(dtype)
-        if device.type == "cuda":
-            tensor = tensor.pin_memory()
-        out[name] = tensor.to(device, non_blocking=device.type == "cuda")
+        out[name] = tensor.pin_memory() if pin else tensor
     return out
 
 
@@ -229,8 +227,8 @@ class BlockStream(ABC):
     """Batches of tensors from a stream of numpy blocks: what a method iterates on either route.
 
     The blocks are cut into batches (optionally shuffled in a window first, like Ray's local shuffle buffer),
-    turned into tensors without a per-row step (Arrow → numpy views → one host copy), and made ``prefetch_batches``
-    ahead in a thread while the model steps.
+    turned into tensors without a per-row step (Arrow → numpy views → one host copy, pinned for a GPU), and made
+    ``prefetch_batches`` ahead in a thread while the model steps.
     """
 
     @abstractmethod
@@ -255,9 +253,14 @@ class BlockStream(ABC):
         drop_last: bool = False,
     ) -> Iterator[dict[str, torch.Tensor]]:
         """Batches of tensors on ``device``, made ``prefetch_batches`` ahead, optionally shuffled in a window."""
+        device = torch.device(device)
+        pin = device.type == "cuda"
         batches = _rebatch(self.blocks(), batch_size, drop_last, local_shuffle_buffer_size, local_shuffle_seed)
-        for batch in _prefetched(batches, prefetch_batches):
-            yield to_torch(batch, dtypes, device)
+        # The host copies (and page-locking for a GPU) happen in the prefetch thread, while the model steps; here
+        # only the asynchronous copy to the device (measured on an H200: the small 2D methods waited 18-42 % of
+        # their time for data when all of it ran here).
+        for batch in _prefetched((host_tensors(b, dtypes, pin) for b in batches), prefetch_batches):
+            yield batch if device.type == "cpu" else {k: v.to(device, non_blocking=pin) for k, v in batch.items()}
 
 
 class LocalStream(BlockStream):
