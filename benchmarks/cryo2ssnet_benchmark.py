@@ -81,6 +81,8 @@ def main() -> None:
     parser.add_argument("--oracle-images", type=int, default=0, help="only the pose-error floor on this many images")
     parser.add_argument("--search-map", type=Path, help="with --oracle-images: search against this map, not the truth")
     args = parser.parse_args()
+    if args.search_map is not None and not args.oracle_images:
+        parser.error("--search-map needs --oracle-images N (the images to search against it)")
     if args.oracle_images:
         floor = search_floor(args.dataset, args.oracle_images, args.search_map)
         where = {"search_map": str(args.search_map) if args.search_map else "ground truth"}

@@ -292,14 +292,6 @@ class _LastStepLine(logging.Handler):
             self.text = message
 
 
-def _with_step_fraction(settings: dict[str, Any], natural_steps: int, fraction: float) -> dict[str, Any]:
-    """``settings`` with each epoch cut to ``fraction`` of its steps (at least 2), for a short measuring call."""
-    if fraction >= 1.0:
-        return settings
-    capped = settings["train"].get("max_steps_per_epoch") or natural_steps
-    return deep_update(settings, {"train": {"max_steps_per_epoch": max(2, math.ceil(capped * fraction))}})
-
-
 def run_case(
     case: Case, scale: Scale, device: torch.device, work: Path, shared_data: Path, fraction: float, cap_s: float | None
 ) -> dict[str, Any]:
@@ -322,11 +314,9 @@ def run_case(
         }
         raw["overwrite"] = True
         job, config = validate_job_config(raw, method.config_schema, None)
-        natural = steps_per_epoch(
-            method.epoch_items(config, manifest), 1, job.train.model_copy(update={"max_steps_per_epoch": None})
-        )
-        if fraction < 1.0:
-            raw = deep_update(raw, _with_step_fraction(settings, natural, fraction))
+        if fraction < 1.0:  # each epoch cut to this fraction of its steps (at least 2), for a short measuring call
+            budget = steps_per_epoch(method.epoch_items(config, manifest), 1, job.train)
+            raw = deep_update(raw, {"train": {"max_steps_per_epoch": max(2, math.ceil(budget * fraction))}})
             job, config = validate_job_config(raw, method.config_schema, None)
         method.check_dataset(dataset_dir, manifest, config)
         if device.type == "cuda":
