@@ -441,3 +441,41 @@ def test_size_floors_are_calibrated_per_class_on_held_out_tomograms() -> None:
     after, _ = score_split([item], manifest, PickingSettings(32, 8, 8, 1.0, 1, sizes, 4.0))
     assert before["hitbox"]["per_class"][1]["f1"] == pytest.approx(2 * 2 / (2 * 2 + 3))  # 2 tp, 3 fp
     assert after["hitbox"]["macro"]["f1"] == 1.0
+
+
+def test_auto_clustering_is_chosen_on_held_out_tomograms_and_travels_to_predict() -> None:
+    """A net that splits one particle between two classes: per class it is picked twice, over the foreground once,
+    so ``cluster_by: auto`` chooses the foreground there; on a net that splits nothing the two tie and the paper's
+    per-class clustering stays. The model file's choice is what ``predict`` picks with."""
+    from types import SimpleNamespace
+
+    from cryoray.methods.robpicker import RobPickerConfig
+    from cryoray.methods.robpicker.inference import Calibration, SegmentedTomogram, calibrate_picking, score_split
+    from cryoray.methods.robpicker.predict import picking_settings
+
+    labels, instances = np.zeros(SHAPE, dtype=np.int64), np.zeros(SHAPE, dtype=np.int64)
+    rows = []
+    for index, (centre, class_id) in enumerate([(BALL_A, 1), (BALL_B, 2)], start=1):
+        ball = _ball(SHAPE, centre, 4)
+        labels[ball], instances[ball] = class_id, index
+        rows.append({"x_px": centre[2], "y_px": centre[1], "z_px": centre[0], "class_id": class_id})
+    manifest = SimpleNamespace(species=[SimpleNamespace(class_id=c, name=f"c{c}", size_group="large") for c in (1, 2)])
+    config = RobPickerConfig(cluster_by="auto", dbscan_min_voxels=1)
+
+    def segmented(class_map: np.ndarray) -> list[SegmentedTomogram]:
+        probabilities = torch.from_numpy(np.eye(3, dtype=np.float32)[class_map].transpose(3, 0, 1, 2).copy())
+        return [SegmentedTomogram("t", np.zeros(SHAPE, np.float32), probabilities, pd.DataFrame(rows), instances)]
+
+    split = labels.copy()
+    split[_ball(SHAPE, BALL_A, 4) & (np.indices(SHAPE)[2] >= BALL_A[2] + 2)] = 2  # ball A's far cap: class 2
+    chosen = calibrate_picking(segmented(split), manifest, config.picking(), config.cluster_options, False)
+    assert chosen == Calibration("foreground", None)
+    per_class, _ = score_split(segmented(split), manifest, config.picking())
+    merged, _ = score_split(segmented(split), manifest, config.picking(chosen))
+    assert per_class["hitbox"]["macro"]["f1"] < 1.0 == merged["hitbox"]["macro"]["f1"]
+    assert calibrate_picking(segmented(labels), manifest, config.picking(), config.cluster_options, False).cluster_by == "class"
+    model_config = config.model_dump(mode="json")
+    assert picking_settings(model_config).cluster_by == "class"  # auto without a calibration: the paper's
+    assert (
+        picking_settings(model_config, {"cluster_by": "foreground", "min_cluster_voxels": {"1": 20}}).cluster_by == "foreground"
+    )

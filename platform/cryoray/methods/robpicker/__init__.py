@@ -30,7 +30,9 @@ Choices where the paper is silent (logged as MLflow params through the config):
 - post-processing options, off by default (the paper's argmax, DBSCAN per class, no size filter):
   ``calibrate_cluster_sizes`` chooses a cluster-size floor per class on the validation tomograms at each evaluation
   (fragments of the class maps are false picks; a choice made on held-out data, as per-class thresholds are), and
-  ``cluster_by: foreground`` clusters all non-background voxels once and gives each cluster its majority class;
+  ``cluster_by: foreground`` clusters all non-background voxels once and gives each cluster its majority class,
+  and ``cluster_by: auto`` chooses between the two on the validation tomograms at each evaluation (kept in the
+  model file for ``predict``);
   measured in benchmarks/RESULTS.md ("RobPicker post-processing");
 - further notes on the meta networks in :mod:`cryoray.methods.robpicker.networks`.
 """
@@ -53,8 +55,9 @@ from cryoray.errors import CryorayInputError
 from cryoray.io.manifest import MANIFEST_NAME, DatasetManifest
 from cryoray.io.models import MODEL_FILE, write_model_file
 from cryoray.methods.robpicker.inference import (
+    Calibration,
     PickingSettings,
-    calibrate_min_cluster_voxels,
+    calibrate_picking,
     headline_metrics,
     score_split,
     segment_split,
@@ -114,8 +117,10 @@ class RobPickerConfig(BaseModel):
         description="choose min_cluster_voxels per class on the validation tomograms at each evaluation (paper: no "
         "filter); the test picks and the model file use the sizes of the last one",
     )
-    cluster_by: ClusterBy = Field(
-        "class", description="class: DBSCAN per class (paper) | foreground: once, each cluster its majority class"
+    cluster_by: ClusterBy | Literal["auto"] = Field(
+        "class",
+        description="class: DBSCAN per class (paper) | foreground: once, each cluster its majority class | auto: the "
+        "better of the two on the validation tomograms",
     )
     tolerance_px: float = Field(4.0, gt=0, description="distance rule: a pick matches a particle within this radius")
     eval_every_epochs: int = Field(1, ge=1, description="validation picking + F1 every this many epochs")
@@ -141,17 +146,27 @@ class RobPickerConfig(BaseModel):
     def uses_meta(self) -> bool:
         return self.mode != "supervised"
 
-    def picking(self, min_cluster_voxels: Mapping[int, int] | None = None) -> PickingSettings:
-        """Inference and post-processing settings; ``min_cluster_voxels`` per class (calibrated) replaces the
-        configured floor."""
+    @property
+    def cluster_options(self) -> tuple[ClusterBy, ...]:
+        """The clusterings a calibration chooses from (the paper's first: it wins ties)."""
+        return ("class", "foreground") if self.cluster_by == "auto" else (self.cluster_by,)
+
+    @property
+    def calibrates(self) -> bool:
+        return self.calibrate_cluster_sizes or self.cluster_by == "auto"
+
+    def picking(self, calibration: Calibration | None = None) -> PickingSettings:
+        """Inference and post-processing settings; a calibration's clustering and floors replace the configured
+        ones (``auto`` without one clusters per class, as the paper)."""
+        sizes = None if calibration is None else calibration.min_cluster_voxels
         return PickingSettings(
             patch_px=self.patch_px,
             overlap_px=self.inference_overlap_px,
             batch_size=self.inference_batch_size,
             dbscan_eps_px=self.dbscan_eps_px,
             dbscan_min_voxels=self.dbscan_min_voxels,
-            min_cluster_voxels=self.min_cluster_voxels if min_cluster_voxels is None else min_cluster_voxels,
-            cluster_by=self.cluster_by,
+            min_cluster_voxels=self.min_cluster_voxels if sizes is None else sizes,
+            cluster_by=self.cluster_options[0] if calibration is None else calibration.cluster_by,
             tolerance_px=self.tolerance_px,
             precision=self.precision,
         )
@@ -360,8 +375,8 @@ class RobPicker(Method[RobPickerConfig]):
         return metrics
 
     def evaluate(self, state: TrainState, config: RobPickerConfig, ctx: TrainContext) -> dict[str, float]:
-        """Rank 0 picks the validation tomograms and scores them; with ``calibrate_cluster_sizes`` at the per-class
-        size floors chosen on them (kept in the checkpoint for the test picks and the model file)."""
+        """Rank 0 picks the validation tomograms and scores them; with ``calibrate_cluster_sizes`` or ``cluster_by:
+        auto`` with the post-processing chosen on them (kept in the checkpoint for the test picks and the model file)."""
         if not ctx.epoch_is_due(config.eval_every_epochs):
             return {}
         scores = None
@@ -369,25 +384,34 @@ class RobPicker(Method[RobPickerConfig]):
             segmented = segment_split(
                 state.unwrapped("segmenter"), ctx.dataset_dir, ctx.manifest, "val", config.picking(), ctx.device
             )
-            sizes = (
-                calibrate_min_cluster_voxels(segmented, ctx.manifest, config.picking())
-                if config.calibrate_cluster_sizes
+            calibration = (
+                calibrate_picking(
+                    segmented, ctx.manifest, config.picking(), config.cluster_options, config.calibrate_cluster_sizes
+                )
+                if config.calibrates
                 else None
             )
-            if sizes is not None:
-                state.extra["min_cluster_voxels"] = {str(class_id): size for class_id, size in sizes.items()}
-            result, _ = score_split(segmented, ctx.manifest, config.picking(sizes))
+            result, _ = score_split(segmented, ctx.manifest, config.picking(calibration))
             scores = headline_metrics(result, "val_")
-            if sizes is not None:
+            if calibration is not None:
+                sizes = calibration.min_cluster_voxels
+                state.extra["cluster_by"] = calibration.cluster_by
+                state.extra["min_cluster_voxels"] = None if sizes is None else {str(c): v for c, v in sizes.items()}
+                scores["val_cluster_by_foreground"] = float(calibration.cluster_by == "foreground")
                 names = {species.class_id: species.name for species in ctx.manifest.species}
-                scores |= {f"val_min_cluster_voxels/{names[c]}": float(v) for c, v in sizes.items() if c in names}
+                scores |= {f"val_min_cluster_voxels/{names[c]}": float(v) for c, v in (sizes or {}).items() if c in names}
         return ctx.broadcast_from_rank_zero(scores)
 
     @staticmethod
-    def _calibrated(state: TrainState) -> dict[int, int] | None:
-        """The per-class size floors of the last calibration, None without one."""
-        saved = state.extra.get("min_cluster_voxels")
-        return None if saved is None else {int(class_id): int(size) for class_id, size in saved.items()}
+    def _calibrated(state: TrainState, config: RobPickerConfig) -> Calibration | None:
+        """The post-processing of the last calibration, None without one."""
+        sizes, cluster_by = state.extra.get("min_cluster_voxels"), state.extra.get("cluster_by")
+        if sizes is None and cluster_by is None:
+            return None
+        return Calibration(
+            cluster_by or config.cluster_options[0],
+            None if sizes is None else {int(class_id): int(size) for class_id, size in sizes.items()},
+        )
 
     def test(
         self, state: TrainState, config: RobPickerConfig, ctx: TrainContext, output_dir: Path
@@ -396,7 +420,7 @@ class RobPicker(Method[RobPickerConfig]):
         if not ctx.is_rank_zero:
             return {}, {}
         segmenter = state.unwrapped("segmenter")
-        settings = config.picking(self._calibrated(state))
+        settings = config.picking(self._calibrated(state, config))
         return write_split_outputs(segmenter, ctx.dataset_dir, ctx.manifest, "test", settings, ctx.device, output_dir)
 
     def write_artifacts(self, state: TrainState, config: RobPickerConfig, ctx: TrainContext, output_dir: Path) -> dict[str, str]:
@@ -412,6 +436,7 @@ class RobPicker(Method[RobPickerConfig]):
                 "species": [s.model_dump(mode="json") for s in ctx.manifest.species],
                 "voxel_size_angstrom": ctx.manifest.voxel_size_angstrom,
                 "min_cluster_voxels": state.extra.get("min_cluster_voxels"),  # calibrated per class, or None
+                "cluster_by": state.extra.get("cluster_by"),  # chosen on validation, or None
             },
         )
         return {"model": str(path)}

@@ -50,9 +50,13 @@ def build_segmenter(model: Model) -> UNet3D:
     return segmenter.eval()
 
 
-def picking_settings(config: dict[str, Any], calibrated: dict[str, int] | None = None) -> PickingSettings:
-    """The picking settings a model was trained with; ``calibrated``: its per-class cluster-size floors."""
+def picking_settings(config: dict[str, Any], metadata: dict[str, Any] | None = None) -> PickingSettings:
+    """The picking settings a model was trained with; ``metadata``: the model file's, whose clustering and
+    per-class cluster-size floors (chosen on validation) replace the configured ones."""
+    metadata = metadata or {}
+    calibrated = metadata.get("min_cluster_voxels")
     sizes = None if calibrated is None else {int(class_id): int(size) for class_id, size in calibrated.items()}
+    cluster_by = metadata.get("cluster_by") or config.get("cluster_by", "class")
     return PickingSettings(
         patch_px=config["patch_px"],
         overlap_px=config["inference_overlap_px"],
@@ -62,7 +66,7 @@ def picking_settings(config: dict[str, Any], calibrated: dict[str, int] | None =
         min_cluster_voxels=config["min_cluster_voxels"] if sizes is None else sizes,
         tolerance_px=config["tolerance_px"],
         precision=config.get("precision", "fp32"),
-        cluster_by=config.get("cluster_by", "class"),
+        cluster_by="class" if cluster_by == "auto" else cluster_by,
     )
 
 
@@ -94,7 +98,7 @@ def pick_file(
     picks, _ = pick_tomogram(
         build_segmenter(model).to(device),
         volume,
-        picking_settings(model.config, model.metadata.get("min_cluster_voxels")),
+        picking_settings(model.config, model.metadata),
         device,
     )
     if resampled:
