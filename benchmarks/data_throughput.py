@@ -14,6 +14,8 @@ Paths measured per box size (steady state = the second pass over the data, page 
                    cryoray's settings (row groups of 1024, prefetch 4, 0.5 CPU per worker)
   ray_trainer_base the same with the settings the first measurement used (row groups of 128, prefetch 1,
                    a row-wise map, 1 CPU per worker would deadlock here so 0.5)
+  worker_trainer   the same 2-worker TorchTrainer, each worker reading its own equal part of the shards with
+                   pyarrow (``parquet_feed: worker``: LocalStream with ``part``), per rank
   model_step       known-pose reconstruction training step (projection + CTF + backward), batch 64
 """
 
@@ -160,12 +162,18 @@ def rate_local_stream(folder: Path, manifest: DatasetManifest) -> float:
 
 
 def _consume(config: dict) -> float:
-    shard = ray.train.get_dataset_shard("train")
     device = torch.device("cpu")
+    context = ray.train.get_context()
+    if config["feed"] == "worker":  # as the runner hands a worker its part with ``parquet_feed: worker``
+        stream = LocalStream(config["spec"], part=(context.get_world_rank(), context.get_world_size()))
+    else:
+        shard = ray.train.get_dataset_shard("train")
     rates = []
-    for _ in range(2):
+    for epoch in range(2):
         start, n = time.perf_counter(), 0
-        if config["cryoray"]:  # as the runner hands a shard to a method
+        if config["feed"] == "worker":
+            batches = iter_particle_batches(stream, BATCH, device, RunnerConfig().shuffle_buffer_images, epoch)
+        elif config["feed"] == "ray":  # as the runner hands a shard to a method
             batches = iter_particle_batches(RayShard(shard), BATCH, device)
         else:
             batches = shard.iter_torch_batches(batch_size=BATCH, dtypes=torch.float32, prefetch_batches=1)
@@ -175,17 +183,21 @@ def _consume(config: dict) -> float:
     return rates[-1]
 
 
-def rate_ray_trainer(folder: Path, manifest: DatasetManifest, cryoray_settings: bool) -> float:
-    """Steady-state images/s of rank 0 of a 2-worker TorchTrainer reading its streaming split."""
-    ds = ray_dataset(particle_stream(folder, manifest))
-    if not cryoray_settings:  # a row-wise identity map: the per-row Python overhead of the first measurement
-        ds = ds.map(lambda row: row)
+def rate_ray_trainer(folder: Path, manifest: DatasetManifest, feed: str) -> float:
+    """Steady-state images/s of rank 0 of a 2-worker TorchTrainer: its streaming split of Ray Data with cryoray's
+    settings (``ray``) or the first ones (``ray_base``), or its own part of the shards (``worker``)."""
+    spec = particle_stream(folder, manifest)
+    datasets = {}
+    if feed != "worker":
+        datasets["train"] = ray_dataset(spec)
+        if feed == "ray_base":  # a row-wise identity map: the per-row Python overhead of the first measurement
+            datasets["train"] = datasets["train"].map(lambda row: row)
     trainer = TorchTrainer(
         _consume,
-        train_loop_config={"cryoray": cryoray_settings},
+        train_loop_config={"feed": feed, "spec": spec},
         scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
         run_config=ray.train.RunConfig(storage_path=tempfile.mkdtemp(), name=f"bench-{time.time_ns()}"),
-        datasets={"train": ds},
+        datasets=datasets,
     )
     return float(trainer.fit().return_value)
 
@@ -245,12 +257,15 @@ def main() -> None:
         row["local_stream"] = rate_local_stream(folder, manifest)
         row["ray_driver"] = rate_ray_driver(folder, manifest)
         row["ray_driver_mrcs_shards"] = rate_ray_driver(folder, manifest, mrcs_shards=True)
-        row["ray_trainer_per_rank"] = rate_ray_trainer(folder, manifest, cryoray_settings=True)
-        row["ray_trainer_base_per_rank"] = rate_ray_trainer(base_folder, base_manifest, cryoray_settings=False)
+        row["ray_trainer_per_rank"] = rate_ray_trainer(folder, manifest, "ray")
+        row["ray_trainer_base_per_rank"] = rate_ray_trainer(base_folder, base_manifest, "ray_base")
+        row["worker_trainer_per_rank"] = rate_ray_trainer(folder, manifest, "worker")
         row["model_step"] = rate_model_step(box)
         row["ratio_trainer_over_model"] = row["ray_trainer_per_rank"] / row["model_step"]
         row["ratio_trainer_over_base"] = row["ray_trainer_per_rank"] / row["ray_trainer_base_per_rank"]
         row["ratio_mmap_over_trainer"] = row["mmap_loader"] / row["ray_trainer_per_rank"]
+        row["ratio_worker_over_ray_trainer"] = row["worker_trainer_per_rank"] / row["ray_trainer_per_rank"]
+        row["ratio_mmap_over_worker_trainer"] = row["mmap_loader"] / row["worker_trainer_per_rank"]
         report[f"{box}px"] = row
         print(json.dumps({f"{box}px": row}, indent=1), flush=True)
     print("REPORT " + json.dumps(report))

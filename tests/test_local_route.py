@@ -3,6 +3,7 @@ checkpoints in the Ray runner's form, resume), and every module a GPU machine wi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -51,6 +52,31 @@ def test_a_parquet_stream_filters_limits_and_keeps_the_file_order_when_asked() -
     assert sorted(_indices(LocalStream(below))) == list(range(300))
     first = ParquetRows(files=spec.files[:1], columns=spec.columns, shuffle_files=False, limit=70)
     assert _indices(LocalStream(first)) == list(range(70)) == _indices(LocalStream(first))
+
+
+def test_workers_reading_their_own_parts_get_equal_disjoint_shares_that_change_per_epoch() -> None:
+    """``parquet_feed: worker``: three workers' parts of one execution are equal, disjoint and cover every row but
+    the remainder (as Ray's equal split); the next execution deals the rows anew; filters and limits apply first."""
+    dataset_dir, manifest = resolve_dataset("particles-smoke")
+    spec = particle_stream(dataset_dir, manifest, columns=("image", "particle_index"), seed=5)
+    assert len(spec.files) > 1  # parts cut across files
+
+    def parts(stream_spec: ParquetRows, execution: int, count: int) -> list[list[int]]:
+        return [_indices(LocalStream(stream_spec, first_execution=execution, part=(i, count))) for i in range(count)]
+
+    epoch0, epoch1 = parts(spec, 0, 3), parts(spec, 1, 3)
+    for epoch in (epoch0, epoch1):
+        assert [len(p) for p in epoch] == [manifest.count // 3] * 3
+        seen = [i for p in epoch for i in p]
+        assert len(set(seen)) == len(seen) == manifest.count - manifest.count % 3
+    assert epoch0 != epoch1 and epoch0 == parts(spec, 0, 3)
+    assert [i for p in parts(spec, 0, 1) for i in p] == _indices(LocalStream(spec))  # one part: the whole stream
+    below = dataclasses.replace(spec, below=("particle_index", 301), limit=200)
+    halves = parts(below, 0, 2)
+    assert [len(p) for p in halves] == [100, 100] and all(i < 301 for p in halves for i in p)
+    assert sorted(halves[0] + halves[1]) == sorted(_indices(LocalStream(below)))
+    with pytest.raises(ValueError, match="part"):
+        LocalStream(spec, part=(2, 2))
 
 
 def _draw(ids: np.ndarray, rng: np.random.Generator, scale: float) -> dict[str, np.ndarray]:

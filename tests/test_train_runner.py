@@ -24,8 +24,11 @@ def _config(tmp_path: Path, settings: dict) -> str:
 
 
 def test_two_workers_reconstruct_the_map_and_mlflow_holds_the_run(tmp_path, run_job_in_process):
+    """The workers read their own parts of the training shards here (``parquet_feed: worker``); the cryoSPIN job
+    test trains on Ray Data's split."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    config = _config(tmp_path, {"train": {"epochs": 5, "batch_size": 64}, "method": {"learning_rate": 0.02}})
+    train = {"epochs": 5, "batch_size": 64, "parquet_feed": "worker"}
+    config = _config(tmp_path, {"train": train, "method": {"learning_rate": 0.02}})
     outcome = run_job_in_process(
         KnownPoseReconstruction(),
         ["--smoke", "--num-workers", "2", "--config", config, "--output-dir", str(tmp_path / "out"), "--tracking-uri", uri],
@@ -41,6 +44,7 @@ def test_two_workers_reconstruct_the_map_and_mlflow_holds_the_run(tmp_path, run_
     run = client.get_run(result["mlflow_run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.params["train.epochs"] == "5" and run.data.params["num_workers"] == "2"
+    assert run.data.params["train.parquet_feed"] == "worker"
     assert run.data.tags["cryoray.method"] == "reconstruct" and run.data.tags["cryoray.dataset"] == "particles-smoke"
     assert run.data.tags["mlflow.source.name"].startswith("jobs/reconstruct.py --smoke --num-workers 2")
     assert run.data.tags["mlflow.user"] and run.data.tags["mlflow.source.type"] in ("LOCAL", "JOB")

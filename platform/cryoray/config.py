@@ -7,7 +7,7 @@ the command-line flags.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, field_validator
@@ -28,6 +28,12 @@ class RunnerConfig(BaseModel):
     log_every_steps: int = Field(default=10, ge=1)
     seed: int = 0
     shuffle_buffer_images: int | None = Field(default=1024, ge=1, description="local shuffle buffer per worker")
+    parquet_feed: Literal["ray_data", "worker"] = Field(
+        default="ray_data",
+        description="who reads a stored (Parquet) training stream: ray_data, read tasks split across the workers "
+        "(reading spread over the cluster's CPUs) | worker, each worker its own equal part of the row groups "
+        "(no object store: several times faster per worker on few CPUs; every node must see the files)",
+    )
     cpus_per_worker: float = Field(
         default=0.5, gt=0, description="CPUs reserved per Train worker; keep some free for Ray Data read tasks"
     )

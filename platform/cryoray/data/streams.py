@@ -23,7 +23,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from cryoray.data.shards import ROW_GROUP_SIZE
 from cryoray.errors import CryorayInputError
 
 
@@ -92,27 +91,58 @@ def arrow_columns(data: pa.RecordBatch | pa.Table) -> dict[str, np.ndarray]:
     return columns
 
 
-def _parquet_blocks(spec: ParquetRows, execution: int) -> Iterator[dict[str, np.ndarray]]:
-    left = spec.limit
+RowGroups = dict[str, list[tuple[int, int]]]  # per file: (row group index, rows the stream takes from it)
+
+
+def parquet_row_groups(spec: ParquetRows) -> RowGroups:
+    """Each file's row groups and how many of their rows ``spec`` takes (``below`` applied; read from the footer,
+    or from the filter column alone), so that a worker can find its equal part without reading the images."""
+    groups: RowGroups = {}
+    for path in spec.files:
+        try:
+            reader = pq.ParquetFile(path)
+            if spec.below is None:
+                groups[path] = [(i, reader.metadata.row_group(i).num_rows) for i in range(reader.num_row_groups)]
+            else:
+                name, value = spec.below
+                groups[path] = [
+                    (i, int(np.count_nonzero(arrow_columns(reader.read_row_group(i, columns=[name]))[name] < value)))
+                    for i in range(reader.num_row_groups)
+                ]
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise CryorayInputError(path, "parquet", "a readable Parquet shard", str(exc)) from None
+    return groups
+
+
+def _parquet_blocks(
+    spec: ParquetRows, groups: RowGroups, execution: int, part: tuple[int, int]
+) -> Iterator[dict[str, np.ndarray]]:
+    """One execution's rows, row group by row group; ``part`` (index, count) takes that equal part of them (the
+    rows in this execution's file order, cut into ``count`` equal runs, the remainder dropped, as Ray's equal split
+    does), reading only the row groups it overlaps."""
+    index, count = part
+    total = sum(rows for path in spec.files for _, rows in groups[path])
+    total = total if spec.limit is None else min(total, spec.limit)
+    share = total if count == 1 else total // count
+    start, end = index * share, (index + 1) * share
+    offset = 0
     for path in file_order(spec, execution):
         try:
             reader = pq.ParquetFile(path)
-            batches = reader.iter_batches(batch_size=ROW_GROUP_SIZE, columns=spec.read_columns)
+            for group, rows in groups[path]:
+                first, offset = offset, offset + rows
+                if offset <= start or not rows:
+                    continue
+                if first >= end:
+                    return
+                block = arrow_columns(reader.read_row_group(group, columns=spec.read_columns))
+                if spec.below is not None:
+                    name, value = spec.below
+                    keep = block[name] < value
+                    block = {k: block[k][keep] for k in spec.columns}
+                yield {k: v[max(start - first, 0) : min(end, offset) - first] for k, v in block.items()}
         except (OSError, pa.ArrowInvalid) as exc:
             raise CryorayInputError(path, "parquet", "a readable Parquet shard", str(exc)) from None
-        for record_batch in batches:
-            block = arrow_columns(record_batch)
-            if spec.below is not None:
-                name, value = spec.below
-                keep = block[name] < value
-                block = {k: block[k][keep] for k in spec.columns}
-            if left is not None:
-                block = {k: v[:left] for k, v in block.items()}
-                left -= _rows(block)
-            if _rows(block):
-                yield block
-            if left is not None and left <= 0:
-                return
 
 
 def _generated_blocks(spec: GeneratedRows, execution: int, replica: int) -> Iterator[dict[str, np.ndarray]]:
@@ -264,19 +294,27 @@ class BlockStream(ABC):
 
 
 class LocalStream(BlockStream):
-    """A stream spec read or drawn in this process (the in-process route).
+    """A stream spec read or drawn in this process (the in-process route, and a Train worker's own reads).
 
-    Each iteration is one execution (one epoch): ``execution`` counts them, from ``first_execution``.
+    Each iteration is one execution (one epoch): ``execution`` counts them, from ``first_execution``. ``part``
+    (index, count) of a Parquet stream reads only that equal part of each execution's rows: a worker's split of a
+    training stream read by the worker itself (``parquet_feed: worker``).
     """
 
-    def __init__(self, spec: Stream, replica: int = 0, first_execution: int = 0) -> None:
+    def __init__(self, spec: Stream, replica: int = 0, first_execution: int = 0, part: tuple[int, int] = (0, 1)) -> None:
+        if not 0 <= part[0] < part[1]:
+            raise ValueError(f"LocalStream: part must be (index, count) with 0 <= index < count, got {part}")
         self.spec = spec
         self.replica = replica
         self.execution = first_execution
+        self.part = part
+        self._groups: RowGroups | None = None
 
     def blocks(self) -> Iterator[dict[str, np.ndarray]]:
         execution = self.execution
         self.execution += 1
         if isinstance(self.spec, ParquetRows):
-            return _parquet_blocks(self.spec, execution)
+            if self._groups is None:
+                self._groups = parquet_row_groups(self.spec)
+            return _parquet_blocks(self.spec, self._groups, execution, self.part)
         return _generated_blocks(self.spec, execution, self.replica)

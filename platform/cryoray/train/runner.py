@@ -64,7 +64,11 @@ def run_training(
     # from the dataset's files, as on the in-process route: every execution of a Ray dataset costs seconds to start
     # (6 s per epoch on 2 cores for Cryo2SSNet's evaluation set) for a read of milliseconds. The files are where
     # Ray Data's read tasks would read them, so every node sees them either way.
-    datasets = {name: ray_dataset(spec) for name, spec in streams.items() if name == "train" or isinstance(spec, GeneratedRows)}
+    # With ``parquet_feed: worker`` a stored training stream is read in the workers too, each its equal part.
+    by_ray = {name for name, spec in streams.items() if isinstance(spec, GeneratedRows)}
+    if job.train.parquet_feed == "ray_data":
+        by_ray |= {"train"} & set(streams)
+    datasets = {name: ray_dataset(streams[name]) for name in by_ray}
     read_in_worker = {name: spec for name, spec in streams.items() if name not in datasets}
     resources: dict[str, float] = {**job.train.resources_per_worker, "CPU": job.train.cpus_per_worker}
     if job.use_gpu:
@@ -184,6 +188,7 @@ def _worker_loop(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     start_epoch = 0 if resumed_from is None else resumed_from + 1
     # From the resumed epoch on: a resumed run reads as it would have without the interruption.
     for name, spec in loop_config["read_in_worker"].items():
-        ctx.datasets[name] = LocalStream(spec, replica=ctx.rank, first_execution=start_epoch)
+        part = (ctx.rank, ctx.world_size) if name == "train" else (0, 1)  # the training stream is split
+        ctx.datasets[name] = LocalStream(spec, replica=ctx.rank, first_execution=start_epoch, part=part)
     outcome = train_epochs(method, job, method_config, state, ctx, logger, start_epoch, report)
     return None if outcome is None else {**outcome, "resumed_from_epoch": resumed_from}
