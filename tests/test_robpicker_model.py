@@ -157,7 +157,12 @@ def test_cosine_schedule_anneals_the_segmenter_step_to_zero_over_the_run() -> No
 
     dataset_dir, manifest = resolve_dataset("tomograms-smoke")
     ctx = TrainContext(
-        rank=0, world_size=1, device=torch.device("cpu"), dataset_dir=dataset_dir, manifest=manifest, runner=RunnerConfig(epochs=2)
+        rank=0,
+        world_size=1,
+        device=torch.device("cpu"),
+        dataset_dir=dataset_dir,
+        manifest=manifest,
+        runner=RunnerConfig(epochs=2),
     )
     ctx.steps_per_epoch = 5
     method = RobPicker()
