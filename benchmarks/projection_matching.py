@@ -19,16 +19,14 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-import starfile
 import torch
 from cryo2ssnet_benchmark import dataset_arrays
 from cryoray.data.recipes import resolve_dataset
-from cryoray.physics import CTF_PARAMETERS, ctf_2d, euler_relion_to_matrix, rotation_error_after_alignment
+from cryoray.physics import CTF_PARAMETERS, ctf_2d, rotation_error_after_alignment
 from cryoray.physics.fourier import ht2_centered, ht3_centered
 from cryoray.physics.metrics import fourier_shell_correlation, fsc_resolution_angstrom
 from cryoray.physics.pose_search import FourierDisc, PoseSearch, search_poses
-from symmetry_breaking import reconstruct
+from symmetry_breaking import reconstruct, run_rotations
 
 
 @torch.no_grad()
@@ -74,11 +72,7 @@ def main() -> None:
     _, manifest = resolve_dataset(args.dataset)
     images, table, truth = dataset_arrays(args.dataset)
     ctf = {k: torch.tensor(table[k].to_numpy(), dtype=torch.float32) for k in CTF_PARAMETERS}
-    poses = starfile.read(args.run / "poses.star")["particles"].sort_values("rlnImageId")
-    assert (poses["rlnImageId"].to_numpy() == np.arange(1, len(images) + 1)).all(), "one pose per image, in order"
-    rotations = euler_relion_to_matrix(
-        *(torch.tensor(poses[c].to_numpy(), dtype=torch.float32) for c in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"))
-    )
+    rotations = run_rotations(args.run, len(images))
     pixel, box = manifest.voxel_size_angstrom, manifest.box_px
     halves = [torch.arange(0, len(images), 2), torch.arange(1, len(images), 2)]
 

@@ -68,6 +68,14 @@ def pseudo_twofold(volume: torch.Tensor, min_angle_deg: float = 120.0) -> tuple[
     return rotation, float(scores(rotation[None])[0])
 
 
+def run_rotations(run: Path, count: int) -> torch.Tensor:
+    """The (count, 3, 3) poses a job wrote to ``poses.star`` in its output folder, in image order."""
+    poses = starfile.read(run / "poses.star")["particles"].sort_values("rlnImageId")
+    assert (poses["rlnImageId"].to_numpy() == np.arange(1, count + 1)).all(), "one pose per image, in order"
+    angles = (torch.tensor(poses[c].to_numpy(), dtype=torch.float32) for c in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"))
+    return euler_relion_to_matrix(*angles)
+
+
 def reconstruct(
     images: torch.Tensor, rotations: torch.Tensor, ctf: dict[str, torch.Tensor], pixel: float, l2: float, steps: int
 ) -> torch.Tensor:
@@ -112,11 +120,7 @@ def main() -> None:
         rotations = truth.float()
         start_map = reconstruct(images, rotations, ctf, pixel, args.l2, args.lsq_steps)
     else:
-        poses = starfile.read(args.run / "poses.star")["particles"].sort_values("rlnImageId")
-        assert (poses["rlnImageId"].to_numpy() == np.arange(1, len(images) + 1)).all(), "one pose per image, in order"
-        rotations = euler_relion_to_matrix(
-            *(torch.tensor(poses[c].to_numpy(), dtype=torch.float32) for c in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"))
-        )
+        rotations = run_rotations(args.run, len(images))
         start_map = torch.from_numpy(np.asarray(read_mrc(args.run / "map.mrc").data))
     twofold, symmetry_correlation = pseudo_twofold(start_map)
     alternative = rotations @ twofold.T  # the pose that projects the map's F-symmetric part identically

@@ -144,35 +144,3 @@ def test_hypergradient_scales_with_inner_lr_and_vanishes_without_coupling() -> N
     unrelated = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
     zero = finite_difference_hypergradient(lower, upper, params, [unrelated], 1e-3, epsilon=1e-6).grads
     assert torch.equal(zero[0], torch.zeros(3, dtype=torch.float64))
-
-
-def test_cosine_schedule_anneals_the_segmenter_step_to_zero_over_the_run() -> None:
-    """``lr_schedule: cosine``: half the step at mid-run and 0 at the last step, through the runner's per-step
-    scheduler stepping; the meta networks' Adam and the paper's constant default are untouched."""
-    from cryoray.config import RunnerConfig
-    from cryoray.data.recipes import resolve_dataset
-    from cryoray.methods.robpicker import RobPicker, RobPickerConfig
-    from cryoray.train.context import TrainContext
-    from cryoray.train.loop import take_step
-
-    dataset_dir, manifest = resolve_dataset("tomograms-smoke")
-    ctx = TrainContext(
-        rank=0,
-        world_size=1,
-        device=torch.device("cpu"),
-        dataset_dir=dataset_dir,
-        manifest=manifest,
-        runner=RunnerConfig(epochs=2),
-    )
-    ctx.steps_per_epoch = 5
-    method = RobPicker()
-    constant = method.setup(RobPickerConfig(learning_rate=0.2), manifest, ctx)
-    assert constant.schedulers == {}
-    config = RobPickerConfig(mode="supervised", learning_rate=0.2, lr_schedule="cosine", patch_px=16, channels=[4, 8])
-    state = method.setup(config, manifest, ctx)
-    batch = {"patch": torch.randn(2, 16, 16, 16), "labels": torch.zeros(2, 16, 16, 16, dtype=torch.long)}
-    steps = []
-    for _ in range(ctx.total_steps):
-        take_step(method, state, batch, config, ctx)
-        steps.append(state.optimizers["segmenter"].param_groups[0]["lr"])
-    assert steps[4] == pytest.approx(0.1) and steps[-1] == pytest.approx(0.0, abs=1e-12)

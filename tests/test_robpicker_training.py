@@ -16,11 +16,13 @@ from cryoray.data.patches import (
     split_entries,
 )
 from cryoray.data.recipes import resolve_dataset
+from cryoray.io.manifest import DatasetManifest
 from cryoray.io.mrc import read_mrc, write_mrc
 from cryoray.methods.robpicker import RobPicker, RobPickerConfig
 from cryoray.methods.robpicker.inference import evaluate_split
 from cryoray.methods.robpicker.predict import run_predict
 from cryoray.train.context import TrainContext
+from cryoray.train.loop import take_step
 
 STEPS = 60
 
@@ -53,6 +55,12 @@ def _patch_batch(source, rng: np.random.Generator, n: int, patch_px: int, sampli
     return {"patch": torch.from_numpy(drawn["patch"]), "labels": torch.from_numpy(drawn["labels"]).long()}
 
 
+def _one_worker(dataset_dir: Path, manifest: DatasetManifest, runner: RunnerConfig) -> TrainContext:
+    return TrainContext(
+        rank=0, world_size=1, device=torch.device("cpu"), dataset_dir=dataset_dir, manifest=manifest, runner=runner
+    )
+
+
 def test_segmenter_reaches_f1_0_8_on_the_smoke_set_in_200_steps() -> None:
     """The segmentation net alone (the method's supervised step, default widths, 32³ patches) picks the held-out
     smoke tomogram. Measured: test macro F1 0.97-1.0 after 150-400 steps (benchmarks/robpicker_diagnosis.py)."""
@@ -61,9 +69,7 @@ def test_segmenter_reaches_f1_0_8_on_the_smoke_set_in_200_steps() -> None:
     dataset_dir, manifest = resolve_dataset("tomograms-smoke")
     method = RobPicker()
     config = RobPickerConfig(mode="supervised", learning_rate=0.2)
-    ctx = TrainContext(
-        rank=0, world_size=1, device=torch.device("cpu"), dataset_dir=dataset_dir, manifest=manifest, runner=RunnerConfig()
-    )
+    ctx = _one_worker(dataset_dir, manifest, RunnerConfig())
     state = method.setup(config, manifest, ctx)
     train = patch_source(dataset_dir, split_entries(manifest, "train"), "sphere", "annotations")
     for _ in range(200):
@@ -74,6 +80,37 @@ def test_segmenter_reaches_f1_0_8_on_the_smoke_set_in_200_steps() -> None:
     assert scores["test_f1_macro"] >= 0.8, scores
 
 
+def test_cosine_schedule_anneals_the_segmenter_step_to_zero_over_the_run() -> None:
+    """``lr_schedule: cosine``: half the step at mid-run and 0 at the last step, through the runner's per-step
+    scheduler stepping; the meta networks' Adam and the paper's constant default are untouched."""
+    from cryoray.config import RunnerConfig
+    from cryoray.data.recipes import resolve_dataset
+    from cryoray.methods.robpicker import RobPicker, RobPickerConfig
+    from cryoray.train.context import TrainContext
+
+    dataset_dir, manifest = resolve_dataset("tomograms-smoke")
+    ctx = TrainContext(
+        rank=0,
+        world_size=1,
+        device=torch.device("cpu"),
+        dataset_dir=dataset_dir,
+        manifest=manifest,
+        runner=RunnerConfig(epochs=2),
+    )
+    ctx.steps_per_epoch = 5
+    method = RobPicker()
+    constant = method.setup(RobPickerConfig(learning_rate=0.2), manifest, ctx)
+    assert constant.schedulers == {}
+    config = RobPickerConfig(mode="supervised", learning_rate=0.2, lr_schedule="cosine", patch_px=16, channels=[4, 8])
+    state = method.setup(config, manifest, ctx)
+    batch = {"patch": torch.randn(2, 16, 16, 16), "labels": torch.zeros(2, 16, 16, 16, dtype=torch.long)}
+    steps = []
+    for _ in range(ctx.total_steps):
+        take_step(method, state, batch, config, ctx)
+        steps.append(state.optimizers["segmenter"].param_groups[0]["lr"])
+    assert steps[4] == pytest.approx(0.1) and steps[-1] == pytest.approx(0.0, abs=1e-12)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Train the full method (meta steps included) for a few dozen steps and keep what the tests need."""
@@ -81,14 +118,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     dataset_dir, manifest = resolve_dataset("tomograms-smoke")
     method = RobPicker()
     config = RobPickerConfig(**{**RobPicker.smoke_preset["method"], "mode": "full", "learning_rate": 0.1})
-    ctx = TrainContext(
-        rank=0,
-        world_size=1,
-        device=torch.device("cpu"),
-        dataset_dir=dataset_dir,
-        manifest=manifest,
-        runner=RunnerConfig(epochs=1),
-    )
+    ctx = _one_worker(dataset_dir, manifest, RunnerConfig(epochs=1))
     state = method.setup(config, manifest, ctx)
     segmenter = state.unwrapped("segmenter")
     f1_before = evaluate_split(segmenter, dataset_dir, manifest, "val", config.picking(), ctx.device, "val_")["val_f1_macro"]
