@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from cryoray.methods.robpicker.inference import evaluate_split
 from cryoray.methods.robpicker.predict import run_predict
 from cryoray.train.context import TrainContext
 from cryoray.train.loop import take_step
+from cryoray.train.method import TrainState
 
 STEPS = 60
 
@@ -117,11 +119,10 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     torch.manual_seed(0)
     dataset_dir, manifest = resolve_dataset("tomograms-smoke")
     method = RobPicker()
-    config = RobPickerConfig(**{**RobPicker.smoke_preset["method"], "mode": "full", "learning_rate": 0.1})
-    ctx = _one_worker(dataset_dir, manifest, RunnerConfig(epochs=1))
+    config = RobPickerConfig(**{**RobPicker.smoke_preset["method"], "mode": "full", "learning_rate": 0.1, "keep_best": True})
+    ctx = _one_worker(dataset_dir, manifest, RunnerConfig(epochs=2))
     state = method.setup(config, manifest, ctx)
-    segmenter = state.unwrapped("segmenter")
-    f1_before = evaluate_split(segmenter, dataset_dir, manifest, "val", config.picking(), ctx.device, "val_")["val_f1_macro"]
+    f1_before = method.evaluate(state, config, ctx)["val_f1_macro"]  # epoch 1's evaluation: the untrained net
     train = patch_source(dataset_dir, split_entries(manifest, "train"), "sphere", "annotations")
     val = patch_source(dataset_dir, split_entries(manifest, "val"), "shape", "particles")
     history = []
@@ -138,10 +139,15 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
         }
         history.append(method.train_step(state, batch, config, ctx))
         ctx.global_step += 1
-    f1_after = evaluate_split(segmenter, dataset_dir, manifest, "val", config.picking(), ctx.device, "val_")["val_f1_macro"]
+    ctx.epoch = 1
+    f1_after = method.evaluate(state, config, ctx)["val_f1_macro"]
     out = tmp_path_factory.mktemp("robpicker")
     artifacts = method.write_artifacts(state, config, ctx, out)
     return {
+        "method": method,
+        "state": state,
+        "config": config,
+        "ctx": ctx,
         "history": history,
         "f1_before": f1_before,
         "f1_after": f1_after,
@@ -158,6 +164,24 @@ def test_full_robpicker_learns(trained: dict) -> None:
     assert all(np.isfinite(h["hypergradient_norm"]) and h["hypergradient_norm"] > 0 for h in history)
     assert all(0 < h["weight"] < 1 and 0 < h["alpha"] < 1 for h in history)
     assert trained["f1_after"] > trained["f1_before"] + 0.1, (trained["f1_before"], trained["f1_after"])
+
+
+def test_keep_best_tests_and_saves_the_net_of_the_best_evaluation(trained: dict, tmp_path: Path) -> None:
+    """``keep_best``: a last epoch that went wrong (here the live net zeroed, in a copy of the state) does not reach
+    the test picks: they use the net and post-processing of the best evaluation, and say which epoch that was."""
+    method, state, config, ctx = trained["method"], trained["state"], trained["config"], trained["ctx"]
+    best = state.extra["best"]
+    assert best["epoch"] == 1 and best["val_f1_macro"] == pytest.approx(trained["f1_after"])
+    broken = TrainState(modules={"segmenter": copy.deepcopy(state.unwrapped("segmenter"))}, optimizers={}, extra=state.extra)
+    with torch.no_grad():
+        for parameter in broken.modules["segmenter"].parameters():
+            parameter.zero_()
+    kept, record = method._final(broken, config)
+    assert record is best and all(torch.equal(kept.state_dict()[k], v) for k, v in best["segmenter"].items())
+    metrics, _ = method.test(broken, config, ctx, tmp_path)
+    assert metrics["selected_epoch"] == 2 and metrics["test_f1_macro"] > 0.1, metrics
+    last, _ = method.test(broken, config.model_copy(update={"keep_best": False}), ctx, tmp_path / "last")
+    assert last["test_f1_macro"] == 0.0 and "selected_epoch" not in last
 
 
 @pytest.mark.ray

@@ -23,6 +23,8 @@ Choices where the paper is silent (logged as MLflow params through the config):
 - the lower learning rate default is 0.05, not the paper's 1e-4: the paper ran 10,000 SGD iterations of 25
   patches of 64³ on an A100; the CPU budgets of our default and benchmark sets are ~100× smaller and at
   1e-4 the U-Net does not leave its initial state. ``jobs/configs/robpicker-paper.yaml`` has the paper values;
+- ``keep_best`` makes the test picks and the model file use the net of the evaluation with the best validation F1
+  (model selection on held-out data; off by default);
 - ``lr_schedule: cosine`` anneals the segmentation net's step to 0 over the run (off by default; at our high
   step the last epochs' validation F1 jumps by ±0.1 without it: benchmarks/RESULTS.md);
 - the label-correction mix α starts at ``initial_alpha`` 0.05 (PyTorch's default init gives 0.5, which halves
@@ -41,10 +43,11 @@ Choices where the paper is silent (logged as MLflow params through the config):
 
 from __future__ import annotations
 
+import copy
 import functools
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
@@ -129,6 +132,11 @@ class RobPickerConfig(BaseModel):
     )
     tolerance_px: float = Field(4.0, gt=0, description="distance rule: a pick matches a particle within this radius")
     eval_every_epochs: int = Field(1, ge=1, description="validation picking + F1 every this many epochs")
+    keep_best: bool = Field(
+        False,
+        description="test picks and the model file use the net (and post-processing) of the evaluation with the best "
+        "validation F1, not the last epoch's",
+    )
 
     @model_validator(mode="after")
     def _patch_fits_depth(self) -> RobPickerConfig:
@@ -408,12 +416,33 @@ class RobPicker(Method[RobPickerConfig]):
                 scores["val_cluster_by_foreground"] = float(calibration.cluster_by == "foreground")
                 names = {species.class_id: species.name for species in ctx.manifest.species}
                 scores |= {f"val_min_cluster_voxels/{names[c]}": float(v) for c, v in (sizes or {}).items() if c in names}
+            best = state.extra.get("best")
+            if config.keep_best and (best is None or scores["val_f1_macro"] > best["val_f1_macro"]):
+                weights = {k: v.detach().clone() for k, v in state.unwrapped("segmenter").state_dict().items()}
+                state.extra["best"] = {
+                    "epoch": ctx.epoch,
+                    "val_f1_macro": scores["val_f1_macro"],
+                    "segmenter": weights,
+                    "cluster_by": state.extra.get("cluster_by"),
+                    "min_cluster_voxels": state.extra.get("min_cluster_voxels"),
+                }
         return ctx.broadcast_from_rank_zero(scores)
 
+    def _final(self, state: TrainState, config: RobPickerConfig) -> tuple[torch.nn.Module, dict[str, Any]]:
+        """The net the test picks and the model file use, and the record of its post-processing: the last epoch's,
+        or with ``keep_best`` the best evaluation's."""
+        segmenter = state.unwrapped("segmenter")
+        best = state.extra.get("best") if config.keep_best else None
+        if best is None:
+            return segmenter, state.extra
+        kept = copy.deepcopy(segmenter)
+        kept.load_state_dict(best["segmenter"])
+        return kept, best
+
     @staticmethod
-    def _calibrated(state: TrainState, config: RobPickerConfig) -> Calibration | None:
-        """The post-processing of the last calibration, None without one."""
-        sizes, cluster_by = state.extra.get("min_cluster_voxels"), state.extra.get("cluster_by")
+    def _calibrated(record: Mapping[str, Any], config: RobPickerConfig) -> Calibration | None:
+        """The post-processing a calibration recorded (``cluster_by``, ``min_cluster_voxels``), None without one."""
+        sizes, cluster_by = record.get("min_cluster_voxels"), record.get("cluster_by")
         if sizes is None and cluster_by is None:
             return None
         return Calibration(
@@ -427,24 +456,30 @@ class RobPicker(Method[RobPickerConfig]):
         """Pick the held-out test tomograms on rank 0: picks, class maps, orthoslices, scores table, F1."""
         if not ctx.is_rank_zero:
             return {}, {}
-        segmenter = state.unwrapped("segmenter")
-        settings = config.picking(self._calibrated(state, config))
-        return write_split_outputs(segmenter, ctx.dataset_dir, ctx.manifest, "test", settings, ctx.device, output_dir)
+        segmenter, record = self._final(state, config)
+        settings = config.picking(self._calibrated(record, config))
+        metrics, artifacts = write_split_outputs(
+            segmenter, ctx.dataset_dir, ctx.manifest, "test", settings, ctx.device, output_dir
+        )
+        if "epoch" in record:
+            metrics["selected_epoch"] = float(record["epoch"] + 1)  # the kept evaluation's epoch, counted from 1
+        return metrics, artifacts
 
     def write_artifacts(self, state: TrainState, config: RobPickerConfig, ctx: TrainContext, output_dir: Path) -> dict[str, str]:
         if not ctx.is_rank_zero:
             return {}
+        segmenter, record = self._final(state, config)
         path = write_model_file(
             output_dir / MODEL_FILE,
             self.name,
-            {"segmenter": state.unwrapped("segmenter")},
+            {"segmenter": segmenter},
             {
                 "config": config.model_dump(mode="json"),
                 "num_classes": len(ctx.manifest.species) + 1,
                 "species": [s.model_dump(mode="json") for s in ctx.manifest.species],
                 "voxel_size_angstrom": ctx.manifest.voxel_size_angstrom,
-                "min_cluster_voxels": state.extra.get("min_cluster_voxels"),  # calibrated per class, or None
-                "cluster_by": state.extra.get("cluster_by"),  # chosen on validation, or None
+                "min_cluster_voxels": record.get("min_cluster_voxels"),  # calibrated per class, or None
+                "cluster_by": record.get("cluster_by"),  # chosen on validation, or None
             },
         )
         return {"model": str(path)}
