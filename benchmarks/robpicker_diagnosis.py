@@ -83,7 +83,9 @@ def run(args: argparse.Namespace, precision: str, labels: str) -> dict:
     }
 
 
-def postprocess_sweep(model_reference: str, dataset: str, sizes: list[int], cluster_modes: list[str]) -> list[dict]:
+def postprocess_sweep(
+    model_reference: str, dataset: str, sizes: list[int], cluster_modes: list[str], test_time_flips: bool = False
+) -> list[dict]:
     """Picking of a trained model per clustering mode (per class, or on the foreground with a majority vote) with
     clusters below ``min_cluster_voxels`` dropped, per size, and with per-class sizes calibrated on the validation
     tomograms (``calibrate_cluster_sizes``): val and test macro F1.
@@ -94,7 +96,7 @@ def postprocess_sweep(model_reference: str, dataset: str, sizes: list[int], clus
     model = load_model(model_reference)
     segmenter = build_segmenter(model)
     dataset_dir, manifest = resolve_dataset(dataset)
-    settings = picking_settings(model.config)
+    settings = replace(picking_settings(model.config), test_time_flips=test_time_flips)
     segmented = {
         split: segment_split(segmenter, dataset_dir, manifest, split, settings, torch.device("cpu")) for split in ("val", "test")
     }
@@ -131,10 +133,11 @@ def main() -> None:
     parser.add_argument("--postprocess-model", help="instead of training: sweep min_cluster_voxels for this trained model")
     parser.add_argument("--cluster-sizes", type=int, nargs="+", default=[1, 5, 10, 20, 40, 80, 160])
     parser.add_argument("--cluster-by", nargs="+", default=["class", "foreground"], choices=["class", "foreground"])
+    parser.add_argument("--test-time-flips", action="store_true", help="with --postprocess-model: average 4 rotations")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.postprocess_model:
-        rows = postprocess_sweep(args.postprocess_model, args.dataset, args.cluster_sizes, args.cluster_by)
+        rows = postprocess_sweep(args.postprocess_model, args.dataset, args.cluster_sizes, args.cluster_by, args.test_time_flips)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.with_name("robpicker_postprocess.json").write_text(json.dumps(rows, indent=1))
         return

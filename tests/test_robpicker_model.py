@@ -144,3 +144,28 @@ def test_hypergradient_scales_with_inner_lr_and_vanishes_without_coupling() -> N
     unrelated = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
     zero = finite_difference_hypergradient(lower, upper, params, [unrelated], 1e-3, epsilon=1e-6).grads
     assert torch.equal(zero[0], torch.zeros(3, dtype=torch.float64))
+
+
+def test_test_time_flips_average_the_four_rotated_predictions() -> None:
+    """``test_time_flips``: the class probabilities of a tile are the mean of the net's probabilities for the tile
+    turned by each of the training augmentation's 180° rotations, turned back."""
+    from dataclasses import replace
+
+    from cryoray.data.patches import WEDGE_PRESERVING_FLIPS
+    from cryoray.methods.robpicker.inference import PickingSettings, segment_tomogram
+
+    torch.manual_seed(0)
+    net = UNet3D(NUM_CLASSES, [4, 8], 8).eval()
+    tomogram = torch.randn(16, 16, 16).numpy()
+    plain = PickingSettings(16, 0, 1, 1.0, 5, 1, 4.0)
+    cpu = torch.device("cpu")
+    averaged = segment_tomogram(net, tomogram, replace(plain, test_time_flips=True), cpu)
+    turned = [
+        segment_tomogram(
+            net, tomogram.copy()[tuple(slice(None, None, -1) if a in axes else slice(None) for a in range(3))], plain, cpu
+        )
+        for axes in WEDGE_PRESERVING_FLIPS
+    ]
+    expected = torch.stack([p.flip([a + 1 for a in axes]) for p, axes in zip(turned, WEDGE_PRESERVING_FLIPS)]).mean(0)
+    torch.testing.assert_close(averaged, expected, atol=1e-5, rtol=0)
+    assert not torch.allclose(averaged, turned[0], atol=1e-3)  # the net is not rotation-invariant: averaging changed it

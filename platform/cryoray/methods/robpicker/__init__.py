@@ -25,6 +25,8 @@ Choices where the paper is silent (logged as MLflow params through the config):
   1e-4 the U-Net does not leave its initial state. ``jobs/configs/robpicker-paper.yaml`` has the paper values;
 - ``keep_best`` makes the test picks and the model file use the net of the evaluation with the best validation F1
   (model selection on held-out data; off by default);
+- ``test_time_flips`` averages the class probabilities of each tile over the four 180° rotations the training
+  patches are augmented with (4× the inference cost; off by default);
 - ``lr_schedule: cosine`` anneals the segmentation net's step to 0 over the run (off by default; at our high
   step the last epochs' validation F1 jumps by ±0.1 without it: benchmarks/RESULTS.md);
 - the label-correction mix α starts at ``initial_alpha`` 0.05 (PyTorch's default init gives 0.5, which halves
@@ -131,6 +133,9 @@ class RobPickerConfig(BaseModel):
         "better of the two on the validation tomograms",
     )
     tolerance_px: float = Field(4.0, gt=0, description="distance rule: a pick matches a particle within this radius")
+    test_time_flips: bool = Field(
+        False, description="average class probabilities over the training flips' four 180° rotations (4× inference)"
+    )
     eval_every_epochs: int = Field(1, ge=1, description="validation picking + F1 every this many epochs")
     keep_best: bool = Field(
         False,
@@ -182,6 +187,7 @@ class RobPickerConfig(BaseModel):
             cluster_by=self.cluster_options[0] if calibration is None else calibration.cluster_by,
             tolerance_px=self.tolerance_px,
             precision=self.precision,
+            test_time_flips=self.test_time_flips,
         )
 
 

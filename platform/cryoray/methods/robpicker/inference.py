@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cryoray.data.patches import split_entries
+from cryoray.data.patches import WEDGE_PRESERVING_FLIPS, split_entries
 from cryoray.io.figures import write_orthoslices_with_picks
 from cryoray.io.manifest import DatasetManifest
 from cryoray.io.mrc import read_mrc, write_mrc
@@ -39,18 +39,26 @@ class PickingSettings:
     tolerance_px: float
     cluster_by: ClusterBy = "class"
     precision: Precision = "fp32"
+    test_time_flips: bool = False  # average over the training augmentation's 180° rotations
 
 
 def segment_tomogram(
     segmenter: torch.nn.Module, tomogram: np.ndarray, settings: PickingSettings, device: torch.device
 ) -> torch.Tensor:
-    """Class probabilities (C, Z, Y, X) of a (Z, Y, X) tomogram, overlaps averaged."""
+    """Class probabilities (C, Z, Y, X) of a (Z, Y, X) tomogram, overlaps averaged (and, with
+    ``test_time_flips``, the four 180° rotations the training patches were augmented with: they keep the missing
+    wedge where it is and a particle's hand)."""
     segmenter.eval()
+    rotations = WEDGE_PRESERVING_FLIPS if settings.test_time_flips else ((),)
+
+    def rotated(tiles: torch.Tensor, axes: tuple[int, ...]) -> torch.Tensor:
+        dims = [axis + 2 for axis in axes]  # of (B, 1, Z, Y, X) tiles
+        with autocast(settings.precision, device):
+            logits = segmenter(standardize(tiles.flip(dims), ndim=4))[0]  # normalised as the training patches
+        return torch.softmax(logits.float(), dim=1).flip(dims)
 
     def predict(tiles: torch.Tensor) -> torch.Tensor:
-        with autocast(settings.precision, device):
-            logits = segmenter(standardize(tiles, ndim=4))[0]  # normalised as the training patches
-        return torch.softmax(logits.float(), dim=1)
+        return torch.stack([rotated(tiles, axes) for axes in rotations]).mean(dim=0)
 
     volume = torch.from_numpy(np.ascontiguousarray(tomogram, dtype=np.float32))
     return sliding_window_predict(volume, predict, settings.patch_px, settings.overlap_px, settings.batch_size, device).cpu()

@@ -66,6 +66,7 @@ def picking_settings(config: dict[str, Any], metadata: dict[str, Any] | None = N
         min_cluster_voxels=config["min_cluster_voxels"] if sizes is None else sizes,
         tolerance_px=config["tolerance_px"],
         precision=config.get("precision", "fp32"),
+        test_time_flips=config.get("test_time_flips", False),
         cluster_by="class" if cluster_by == "auto" else cluster_by,
     )
 
