@@ -20,13 +20,11 @@ import time
 from pathlib import Path
 
 import torch
-from cryo2ssnet_benchmark import dataset_arrays
-from cryoray.data.recipes import resolve_dataset
-from cryoray.physics import CTF_PARAMETERS, ctf_2d, rotation_error_after_alignment
+from cryoray.physics import ctf_2d, rotation_error_after_alignment
 from cryoray.physics.fourier import ht2_centered, ht3_centered
 from cryoray.physics.metrics import fourier_shell_correlation, fsc_resolution_angstrom
 from cryoray.physics.pose_search import FourierDisc, PoseSearch, search_poses
-from symmetry_breaking import reconstruct, run_rotations
+from symmetry_breaking import images_with_ctf, reconstruct, run_rotations
 
 
 @torch.no_grad()
@@ -69,11 +67,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/projection_matching.json"))
     args = parser.parse_args()
     torch.manual_seed(0)
-    _, manifest = resolve_dataset(args.dataset)
-    images, table, truth = dataset_arrays(args.dataset)
-    ctf = {k: torch.tensor(table[k].to_numpy(), dtype=torch.float32) for k in CTF_PARAMETERS}
+    pixel, images, ctf, truth = images_with_ctf(args.dataset)
     rotations = run_rotations(args.run, len(images))
-    pixel, box = manifest.voxel_size_angstrom, manifest.box_px
+    box = images.shape[-1]
     halves = [torch.arange(0, len(images), 2), torch.arange(1, len(images), 2)]
 
     def half_maps() -> list[torch.Tensor]:

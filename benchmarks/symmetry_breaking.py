@@ -68,6 +68,14 @@ def pseudo_twofold(volume: torch.Tensor, min_angle_deg: float = 120.0) -> tuple[
     return rotation, float(scores(rotation[None])[0])
 
 
+def images_with_ctf(dataset: str) -> tuple[float, torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """A dataset's pixel size (Å), standardised images, CTF columns (tensors) and true rotations."""
+    _, manifest = resolve_dataset(dataset)
+    images, table, truth = dataset_arrays(dataset)
+    ctf = {k: torch.tensor(table[k].to_numpy(), dtype=torch.float32) for k in CTF_PARAMETERS}
+    return manifest.voxel_size_angstrom, images, ctf, truth
+
+
 def run_rotations(run: Path, count: int) -> torch.Tensor:
     """The (count, 3, 3) poses a job wrote to ``poses.star`` in its output folder, in image order."""
     poses = starfile.read(run / "poses.star")["particles"].sort_values("rlnImageId")
@@ -112,10 +120,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/symmetry_breaking.json"))
     args = parser.parse_args()
     torch.manual_seed(0)
-    _, manifest = resolve_dataset(args.dataset)
-    images, table, truth = dataset_arrays(args.dataset)
-    ctf = {k: torch.tensor(table[k].to_numpy(), dtype=torch.float32) for k in CTF_PARAMETERS}
-    pixel = manifest.voxel_size_angstrom
+    pixel, images, ctf, truth = images_with_ctf(args.dataset)
     if args.run is None:
         rotations = truth.float()
         start_map = reconstruct(images, rotations, ctf, pixel, args.l2, args.lsq_steps)
