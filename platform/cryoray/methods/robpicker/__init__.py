@@ -27,8 +27,8 @@ Choices where the paper is silent (logged as MLflow params through the config):
   (model selection on held-out data; off by default);
 - ``test_time_flips`` averages the class probabilities of each tile over the four 180° rotations the training
   patches are augmented with (4× the inference cost; off by default);
-- ``lr_schedule: cosine`` anneals the segmentation net's step to 0 over the run (off by default; at our high
-  step the last epochs' validation F1 jumps by ±0.1 without it: benchmarks/RESULTS.md);
+- ``lr_schedule: cosine`` anneals the segmentation net's step to 0 over the run (off by default; on the default
+  set at 1 400 steps it settled the medium classes but stopped before the tiny class was learned: RESULTS.md);
 - the label-correction mix α starts at ``initial_alpha`` 0.05 (PyTorch's default init gives 0.5, which halves
   the label signal while the net is untrained; measured in benchmarks/RESULTS.md, "RobPicker by parts");
 - network forward passes run under bf16 autocast where the hardware has native bf16 (``precision: auto``) and

@@ -217,17 +217,14 @@ def calibrate_picking(
     """Of ``cluster_options`` (each with its own calibrated floors when ``calibrate_sizes``), the one with the best
     macro F1 on these (validation) tomograms, the first on ties (a net that splits a particle's voxels between
     two classes is picked twice per class but once over the foreground; which wins depends on the net)."""
-    best: tuple[float, Calibration] | None = None
+    scored = []
     for cluster_by in cluster_options:
         options = replace(settings, cluster_by=cluster_by)
         sizes = calibrate_min_cluster_voxels(segmented, manifest, options) if calibrate_sizes else None
         result, _ = score_split(segmented, manifest, options if sizes is None else replace(options, min_cluster_voxels=sizes))
         f1 = result["hitbox" if "hitbox" in result else "distance"]["macro"]["f1"]
-        if best is None or f1 > best[0]:
-            best = (f1, Calibration(cluster_by, sizes))
-    if best is None:
-        raise ValueError("calibrate_picking: no cluster option to try")
-    return best[1]
+        scored.append((f1, Calibration(cluster_by, sizes)))
+    return max(scored, key=lambda pair: pair[0])[1]  # max keeps the first of equals
 
 
 def evaluate_split(
