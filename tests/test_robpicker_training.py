@@ -63,22 +63,30 @@ def _one_worker(dataset_dir: Path, manifest: DatasetManifest, runner: RunnerConf
     )
 
 
-def test_segmenter_reaches_f1_0_8_on_the_smoke_set_in_200_steps() -> None:
-    """The segmentation net alone (the method's supervised step, default widths, 32³ patches) picks the held-out
-    smoke tomogram. Measured: test macro F1 0.97-1.0 after 150-400 steps (benchmarks/robpicker_diagnosis.py)."""
+def test_segmenter_reaches_f1_0_8_on_the_smoke_set_in_300_steps() -> None:
+    """The segmentation net alone (the method's supervised step, default widths, 32³ patches, fp32 so that every
+    CPU computes the same) picks the held-out smoke tomogram, with the net of the best of three validation
+    evaluations (as ``keep_best``: at the constant step of 0.2 the picks jump between evaluations). Measured: test
+    macro F1 0.97 for seeds 0 and 1 (validation 0.32/0.32/1.0 and 0.93/1.0/1.0 at steps 100/200/300)."""
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     dataset_dir, manifest = resolve_dataset("tomograms-smoke")
     method = RobPicker()
-    config = RobPickerConfig(mode="supervised", learning_rate=0.2)
+    config = RobPickerConfig(mode="supervised", learning_rate=0.2, precision="fp32")
     ctx = _one_worker(dataset_dir, manifest, RunnerConfig())
     state = method.setup(config, manifest, ctx)
+    segmenter = state.modules["segmenter"]
     train = patch_source(dataset_dir, split_entries(manifest, "train"), "sphere", "annotations")
-    for _ in range(200):
-        state.modules["segmenter"].train()
+    best_val, best = -1.0, segmenter
+    for step in range(1, 301):
+        segmenter.train()
         method.train_step(state, _patch_batch(train, rng, 8, config.patch_px), config, ctx)
         ctx.global_step += 1
-    scores = evaluate_split(state.modules["segmenter"], dataset_dir, manifest, "test", config.picking(), ctx.device, "test_")
+        if step % 100 == 0:
+            val = evaluate_split(segmenter, dataset_dir, manifest, "val", config.picking(), ctx.device, "val_")
+            if val["val_f1_macro"] > best_val:
+                best_val, best = val["val_f1_macro"], copy.deepcopy(segmenter)
+    scores = evaluate_split(best, dataset_dir, manifest, "test", config.picking(), ctx.device, "test_")
     assert scores["test_f1_macro"] >= 0.8, scores
 
 

@@ -1,9 +1,12 @@
 """Mixed precision for the networks: bf16 autocast where the hardware computes it natively, fp32 otherwise.
 
 Only network forward passes run under autocast; losses, FFTs and physics stay in fp32 (callers cast logits
-with ``.float()`` before a loss). ``auto`` picks bf16 on CUDA devices that support it and on CPUs whose oneDNN
-has native bf16 kernels (AVX512-BF16/AMX: 2.3× faster for RobPicker's U-Net step on the 2-core dev machine);
-elsewhere bf16 would be emulated and slower, so ``auto`` stays fp32.
+with ``.float()`` before a loss). ``auto`` picks bf16 on CUDA devices that support it and on CPUs with AMX tiles
+(oneDNN's native bf16 kernels: 2.3× faster for RobPicker's U-Net step on an Intel 2-core VM). Elsewhere ``auto``
+stays fp32: without AMX, bf16 is emulated and slower, and on an AMD EPYC with AVX512-BF16 but no AMX (torch
+2.13) the bf16 backward of the 3D U-Net returned gradients of 1e33 to NaN (forward passes were right), which
+stopped RobPicker at its first step; ``tests/test_precision.py`` checks bf16 against fp32 wherever ``auto``
+picks it.
 """
 
 from __future__ import annotations
@@ -20,8 +23,8 @@ def native_bf16(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":
-        supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-        return bool(supported()) if supported is not None else False
+        amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+        return bool(amx()) if amx is not None else False
     return False
 
 
