@@ -13,11 +13,14 @@ from cryoray.physics import (
     centered_grid,
     fft2_centered,
     fft3_centered,
+    form_particle_images,
     ht3_centered,
     iht2_centered,
+    insert_central_slices,
     project_fourier_slice,
     project_real_space,
     random_rotations,
+    reconstruct_fourier_inversion,
     shift_images,
     shift_images_fourier,
     slice_volume_fourier,
@@ -157,6 +160,45 @@ def test_gradients_reach_volume_and_rotations(blob_case) -> None:
     f_plus = (project_fourier_slice(vol, axis_angle_to_matrix(omega64 + step)) * target64).sum()
     f_minus = (project_fourier_slice(vol, axis_angle_to_matrix(omega64 - step)) * target64).sum()
     assert float(omega.grad[0, 1]) == pytest.approx(float((f_plus - f_minus) / 2e-5), rel=0.02)
+
+
+@pytest.mark.parametrize("complex_data", [False, True])
+def test_insertion_is_the_adjoint_of_slicing(complex_data: bool) -> None:
+    """⟨slice(V, R), S⟩ = ⟨V, insert(S, R)⟩ (real inner product, real and imaginary parts alike)."""
+    gen = torch.Generator().manual_seed(3)
+    dtype = torch.complex128 if complex_data else torch.float64
+    volume = torch.randn(12, 12, 12, generator=gen, dtype=dtype)
+    slices = torch.randn(5, 12, 12, generator=gen, dtype=dtype)
+    rotations = random_rotations(5, generator=gen, dtype=torch.float64)
+    left = (torch.conj(slice_volume_fourier(volume, rotations)) * slices).sum().real
+    right = (torch.conj(volume) * insert_central_slices(slices, rotations)).sum().real
+    assert torch.allclose(left, right, rtol=1e-10)
+
+
+def test_fourier_inversion_recovers_the_map_from_ctf_shifted_images() -> None:
+    """Noiseless CTF images with origin shifts of a known map at 1 000 random poses: the one-pass Wiener inversion
+    gives the map back (measured: correlation 0.9996 at 32 px from 2 000 images, 2 s)."""
+    gen = torch.Generator().manual_seed(0)
+    box, count, pixel = 24, 1000, 3.0
+    volume = _volume(box, _blobs(box)).float()
+    rotations = random_rotations(count, generator=gen)
+    defocus = 1e4 + 2e4 * torch.rand(count, generator=gen)
+    ctf = {
+        "defocus_u_angstrom": defocus,
+        "defocus_v_angstrom": 0.95 * defocus,
+        "defocus_angle_deg": 180 * torch.rand(count, generator=gen),
+        "voltage_kv": torch.full((count,), 300.0),
+        "cs_mm": torch.full((count,), 2.7),
+        "amplitude_contrast": torch.full((count,), 0.1),
+        "phase_shift_deg": torch.zeros(count),
+    }
+    origins = 24 * (torch.rand(count, 2, generator=gen) - 0.5)  # up to 4 px either way
+    images = form_particle_images(volume, rotations, pixel, origins, ctf)
+    recovered = reconstruct_fourier_inversion(images, rotations, pixel, origins, ctf, wiener_constant=0.01)
+    assert torch.corrcoef(torch.stack([recovered.flatten(), volume.flatten()]))[0, 1] > 0.995
+    assert 0.9 < float(recovered.std() / volume.std()) < 1.05  # the amplitude, not only the shape
+    unshifted = reconstruct_fourier_inversion(images, rotations, pixel, None, ctf, wiener_constant=0.01)
+    assert torch.corrcoef(torch.stack([unshifted.flatten(), volume.flatten()]))[0, 1] < 0.99  # the origins matter
 
 
 @pytest.mark.parametrize("box", [16, 17])

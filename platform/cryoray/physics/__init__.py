@@ -58,7 +58,7 @@ from .hopf import (
     hopf_to_quaternion,
     nearest_hopf_neighbours,
 )
-from .image_formation import CTF_PARAMETERS, form_particle_images
+from .image_formation import CTF_PARAMETERS, form_particle_images, reconstruct_fourier_inversion
 from .masks import sphere_mask
 from .metrics import (
     fourier_shell_correlation,
@@ -71,6 +71,7 @@ from .metrics import (
 from .noise import add_gaussian_noise, snr_db_to_linear, snr_linear_to_db
 from .normalize import STD_FLOOR, standardize
 from .projection import (
+    insert_central_slices,
     project_fourier_slice,
     project_real_space,
     sample_central_slices,
@@ -106,6 +107,8 @@ __all__ = [
     "CTF_PARAMETERS",
     "STD_FLOOR",
     "form_particle_images",
+    "reconstruct_fourier_inversion",
+    "insert_central_slices",
     "add_gaussian_noise",
     "apply_ctf",
     "apply_fourier_mask",

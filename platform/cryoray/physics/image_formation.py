@@ -10,9 +10,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
+import torch.nn.functional as F
 
 from cryoray.physics.ctf import apply_ctf, ctf_2d
-from cryoray.physics.projection import project_fourier_slice, shift_images
+from cryoray.physics.fourier import fft2_centered, ifft3_centered
+from cryoray.physics.projection import insert_central_slices, project_fourier_slice, shift_images
 
 # Keyword arguments of ctf_2d that a particle carries (names as in the dataset columns).
 CTF_PARAMETERS = (
@@ -46,3 +48,46 @@ def form_particle_images(
         ctf = ctf_2d(images.shape[-1], pixel_size_angstrom, **parameters, dtype=images.dtype, device=images.device)
         images = apply_ctf(images, ctf)
     return images
+
+
+def reconstruct_fourier_inversion(
+    images: torch.Tensor,
+    rotations: torch.Tensor,
+    pixel_size_angstrom: float,
+    origin_angstrom: torch.Tensor | None = None,
+    ctf_parameters: Mapping[str, torch.Tensor] | None = None,
+    wiener_constant: float = 1.0,
+    pad_factor: int = 2,
+    batch_size: int = 256,
+) -> torch.Tensor:
+    """A (D, D, D) map from (B, D, D) images at known poses in one pass: the inverse of :func:`form_particle_images`.
+
+    Direct Fourier inversion with a Wiener filter, ``V̂ = Σ CTF·Ŷ / (Σ CTF² + wiener_constant)``: each image is
+    shifted back to the centre, zero-padded to ``pad_factor``·D (finer slice sampling), Fourier transformed, and its
+    CTF-weighted slice inserted by the adjoint of the projector's trilinear slicing, its CTF² likewise. The same
+    kernel spreads numerator and weights, so their ratio needs no gridding correction. ``wiener_constant`` is in
+    units of one image's CTF² at a voxel (≈ 1/SSNR): larger values smooth where few images reach. Minutes of
+    iterative least squares become a second; the price is interpolation error of a few percent at high frequency.
+    """
+    box = images.shape[-1]
+    padded_box = pad_factor * box
+    before = padded_box // 2 - box // 2
+    real = images.real.dtype if images.is_complex() else images.dtype
+    numerator = torch.zeros((padded_box,) * 3, dtype=torch.complex64 if real == torch.float32 else torch.complex128)
+    weights = torch.zeros((padded_box,) * 3, dtype=real)
+    numerator, weights = numerator.to(images.device), weights.to(images.device)
+    for start in range(0, images.shape[0], batch_size):
+        part = slice(start, start + batch_size)
+        chunk = images[part]
+        if origin_angstrom is not None:
+            chunk = shift_images(chunk, origin_angstrom[part] / pixel_size_angstrom)
+        chunk_ft = fft2_centered(F.pad(chunk, (before, padded_box - box - before) * 2), norm="backward")
+        if ctf_parameters is None:
+            ctf = torch.ones_like(chunk_ft.real)
+        else:
+            parameters = {k: ctf_parameters[k][part] for k in CTF_PARAMETERS}
+            ctf = ctf_2d(padded_box, pixel_size_angstrom, **parameters, dtype=real, device=images.device)
+        numerator += insert_central_slices(ctf * chunk_ft, rotations[part])
+        weights += insert_central_slices(ctf**2, rotations[part])
+    volume = ifft3_centered(numerator / (weights + wiener_constant), norm="backward").real
+    return volume[before : before + box, before : before + box, before : before + box]

@@ -26,6 +26,7 @@ from .fourier import centered_grid, fft2_centered, fft3_centered, frequency_grid
 __all__ = [
     "slice_volume_fourier",
     "sample_central_slices",
+    "insert_central_slices",
     "project_fourier_slice",
     "project_real_space",
     "shift_images_fourier",
@@ -97,6 +98,21 @@ def sample_central_slices(volume_ft: torch.Tensor, rotations: torch.Tensor, plan
     sampled = sampled.reshape(rot.shape[0], *plane_px.shape[:-1], channels.shape[1])
     out = torch.view_as_complex(sampled.contiguous()) if volume_ft.is_complex() else sampled[..., 0]
     return out[0] if single else out
+
+
+def insert_central_slices(slices_ft: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
+    """The adjoint of :func:`slice_volume_fourier` for one shared volume: each slice spread into the volume by the
+    transposed trilinear weights (back-projection in Fourier space), ``⟨slice(V, R), S⟩ = ⟨V, insert(S, R)⟩``.
+
+    ``slices_ft``: (B, D, D) real or complex; ``rotations``: (B, 3, 3). Returns (D, D, D) of the slices' dtype. The
+    transpose is taken by autograd of the one slicing routine, so the two cannot disagree on a convention.
+    """
+    box = slices_ft.shape[-1]
+    volume = torch.zeros((box, box, box), dtype=slices_ft.dtype, device=slices_ft.device, requires_grad=True)
+    with torch.enable_grad():
+        sampled = slice_volume_fourier(volume, rotations)
+        (inserted,) = torch.autograd.grad(sampled, volume, grad_outputs=slices_ft)
+    return inserted
 
 
 def project_fourier_slice(
