@@ -72,10 +72,9 @@ def reconstruct_fourier_inversion(
     box = images.shape[-1]
     padded_box = pad_factor * box
     before = padded_box // 2 - box // 2
-    real = images.real.dtype if images.is_complex() else images.dtype
-    numerator = torch.zeros((padded_box,) * 3, dtype=torch.complex64 if real == torch.float32 else torch.complex128)
-    weights = torch.zeros((padded_box,) * 3, dtype=real)
-    numerator, weights = numerator.to(images.device), weights.to(images.device)
+    complex_dtype = torch.complex128 if images.dtype == torch.float64 else torch.complex64
+    numerator = torch.zeros((padded_box,) * 3, dtype=complex_dtype, device=images.device)
+    weights = torch.zeros((padded_box,) * 3, dtype=images.dtype, device=images.device)
     for start in range(0, images.shape[0], batch_size):
         part = slice(start, start + batch_size)
         chunk = images[part]
@@ -86,7 +85,7 @@ def reconstruct_fourier_inversion(
             ctf = torch.ones_like(chunk_ft.real)
         else:
             parameters = {k: ctf_parameters[k][part] for k in CTF_PARAMETERS}
-            ctf = ctf_2d(padded_box, pixel_size_angstrom, **parameters, dtype=real, device=images.device)
+            ctf = ctf_2d(padded_box, pixel_size_angstrom, **parameters, dtype=images.dtype, device=images.device)
         numerator += insert_central_slices(ctf * chunk_ft, rotations[part])
         weights += insert_central_slices(ctf**2, rotations[part])
     volume = ifft3_centered(numerator / (weights + wiener_constant), norm="backward").real
