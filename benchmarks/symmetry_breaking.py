@@ -15,6 +15,7 @@ stable point of alternating pose assignment and reconstruction at this SNR.
 
 Run: .venv/bin/python benchmarks/symmetry_breaking.py --dataset particles-4ake-32-snr0.1 \
          [--run benchmarks/out/spr_abinitio/cryospin-particles-4ake-32-snr0.1] [--iterations 6]
+     (at 64 px add --maps fourier --wiener-constant 10: least-squares half-maps would take ~25 min each)
 """
 
 from __future__ import annotations

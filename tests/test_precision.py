@@ -31,6 +31,7 @@ def test_auto_precision_gives_the_fp32_gradients(device_name: str) -> None:
     reference = _gradients("fp32", device)
     assert torch.isfinite(auto).all(), f"auto resolved to {resolve_precision('auto', device)} and gave non-finite gradients"
     relative = (auto - reference).norm() / reference.norm()
+    # bf16 rounding alone gives about 0.04 here; the fault gave gradients of 1e33 or NaN
     assert relative < 0.25, f"auto ({resolve_precision('auto', device)}) gradients differ from fp32 by {relative:.3f}"
 
 
