@@ -199,6 +199,8 @@ def test_fourier_inversion_recovers_the_map_from_ctf_shifted_images() -> None:
     assert 0.9 < float(recovered.std() / volume.std()) < 1.05  # the amplitude, not only the shape
     unshifted = reconstruct_fourier_inversion(images, rotations, pixel, None, ctf, wiener_constant=0.01)
     assert torch.corrcoef(torch.stack([unshifted.flatten(), volume.flatten()]))[0, 1] < 0.99  # the origins matter
+    with pytest.raises(ValueError, match="rotations"):
+        reconstruct_fourier_inversion(images, rotations[:-1], pixel)
 
 
 @pytest.mark.parametrize("box", [16, 17])

@@ -70,6 +70,11 @@ def reconstruct_fourier_inversion(
     of an iterative least-squares fit (2 s against about 25 min for 1 500 images at 64 px on 2 cores); measured:
     correlation 0.9996 with the map from 2 000 noiseless CTF images with shifts at 32 px.
     """
+    if images.ndim != 3 or images.shape[-1] != images.shape[-2] or tuple(rotations.shape) != (len(images), 3, 3):
+        raise ValueError(
+            f"reconstruct_fourier_inversion: expected images (B, D, D) and rotations (B, 3, 3), got "
+            f"{tuple(images.shape)} and {tuple(rotations.shape)}"
+        )
     box = images.shape[-1]
     padded_box = pad_factor * box
     before = padded_box // 2 - box // 2

@@ -31,7 +31,7 @@ Choices where the paper is silent (logged as MLflow params through the config):
   set at 1 400 steps it settled the medium classes but stopped before the tiny class was learned: RESULTS.md);
 - the label-correction mix α starts at ``initial_alpha`` 0.05 (PyTorch's default init gives 0.5, which halves
   the label signal while the net is untrained; measured in benchmarks/RESULTS.md, "RobPicker by parts");
-- network forward passes run under bf16 autocast where the hardware has native bf16 (``precision: auto``) and
+- network forward passes run under bf16 autocast on GPUs with bf16 and CPUs with AMX (``precision: auto``) and
   in channels_last_3d; losses, the hypergradient's sums and picking stay in fp32;
 - post-processing options, off by default (the paper's argmax, DBSCAN per class, no size filter):
   ``calibrate_cluster_sizes`` chooses a cluster-size floor per class on the validation tomograms at each evaluation
@@ -105,7 +105,9 @@ class RobPickerConfig(BaseModel):
     lr_schedule: Literal["constant", "cosine"] = Field(
         "constant", description="the segmentation net's step: constant (paper) | cosine, annealed to 0 over the run"
     )
-    precision: Precision = Field("auto", description="network forward passes: auto (bf16 where native) | fp32 | bf16")
+    precision: Precision = Field(
+        "auto", description="network forward passes: auto (bf16 on GPUs with bf16 and CPUs with AMX) | fp32 | bf16"
+    )
     channels_last: bool = Field(True, description="channels_last_3d memory format (1.5× faster 3D convolutions on CPU)")
     weight_decay: float = Field(5e-4, ge=0)
     inner_lr: float | None = Field(None, gt=0, description="η_I of the one-step unroll; None = learning_rate")
