@@ -20,9 +20,17 @@ import torch
 from cryoray.config import RunnerConfig
 from cryoray.data.patches import draw_patches, patch_source, split_entries
 from cryoray.data.recipes import resolve_dataset
+from cryoray.io.manifest import DatasetManifest
 from cryoray.io.models import write_model_file
 from cryoray.methods.robpicker import RobPicker, RobPickerConfig
-from cryoray.methods.robpicker.inference import calibrate_min_cluster_voxels, evaluate_split, score_split, segment_split
+from cryoray.methods.robpicker.inference import (
+    PickingSettings,
+    SegmentedTomogram,
+    calibrate_min_cluster_voxels,
+    evaluate_split,
+    score_split,
+    segment_split,
+)
 from cryoray.methods.robpicker.predict import build_segmenter, load_model, picking_settings
 from cryoray.train.context import TrainContext
 
@@ -84,28 +92,53 @@ def run(args: argparse.Namespace, precision: str, labels: str) -> dict:
 
 
 def postprocess_sweep(
-    model_reference: str, dataset: str, sizes: list[int], cluster_modes: list[str], test_time_flips: bool = False
+    model_reference: str,
+    dataset: str,
+    sizes: list[int],
+    cluster_modes: list[str],
+    test_time_flips: bool = False,
+    tile_sizes_px: list[int] | None = None,
 ) -> list[dict]:
     """Picking of a trained model per clustering mode (per class, or on the foreground with a majority vote) with
     clusters below ``min_cluster_voxels`` dropped, per size, and with per-class sizes calibrated on the validation
     tomograms (``calibrate_cluster_sizes``): val and test macro F1.
 
-    The net runs once per tomogram; only the clustering and scoring are repeated. Choosing on the validation
-    tomogram and reading the test F1 at that choice is the honest use of the table.
+    The net runs once per tomogram and inference tile size (``tile_sizes_px``, default the model's own); only the
+    clustering and scoring are repeated. Choosing on the validation tomogram and reading the test F1 at that choice
+    is the honest use of the table.
     """
     model = load_model(model_reference)
     segmenter = build_segmenter(model)
     dataset_dir, manifest = resolve_dataset(dataset)
-    settings = replace(picking_settings(model.config), test_time_flips=test_time_flips)
-    segmented = {
-        split: segment_split(segmenter, dataset_dir, manifest, split, settings, torch.device("cpu")) for split in ("val", "test")
-    }
+    trained = replace(picking_settings(model.config), test_time_flips=test_time_flips)
+    rows = []
+    for tile_px in tile_sizes_px or [trained.patch_px]:
+        settings = replace(trained, patch_px=tile_px)
+        segmented = {
+            split: segment_split(segmenter, dataset_dir, manifest, split, settings, torch.device("cpu"))
+            for split in ("val", "test")
+        }
+        rows += _cluster_rows(segmented, manifest, settings, sizes, cluster_modes)
+    return rows
+
+
+def _cluster_rows(
+    segmented: dict[str, list[SegmentedTomogram]],
+    manifest: DatasetManifest,
+    settings: PickingSettings,
+    sizes: list[int],
+    cluster_modes: list[str],
+) -> list[dict]:
     rows = []
     for cluster_by in cluster_modes:
         mode_settings = replace(settings, cluster_by=cluster_by)
         calibrated = calibrate_min_cluster_voxels(segmented["val"], manifest, mode_settings)
         for size in [*sizes, "calibrated"]:
-            row: dict = {"cluster_by": cluster_by, "min_cluster_voxels": size if size != "calibrated" else calibrated}
+            row: dict = {
+                "tile_px": settings.patch_px,
+                "cluster_by": cluster_by,
+                "min_cluster_voxels": size if size != "calibrated" else calibrated,
+            }
             for split, items in segmented.items():
                 result, _ = score_split(
                     items, manifest, replace(mode_settings, min_cluster_voxels=calibrated if size == "calibrated" else size)
@@ -134,10 +167,13 @@ def main() -> None:
     parser.add_argument("--cluster-sizes", type=int, nargs="+", default=[1, 5, 10, 20, 40, 80, 160])
     parser.add_argument("--cluster-by", nargs="+", default=["class", "foreground"], choices=["class", "foreground"])
     parser.add_argument("--test-time-flips", action="store_true", help="with --postprocess-model: average 4 rotations")
+    parser.add_argument("--tile-sizes", type=int, nargs="+", help="with --postprocess-model: inference tile edges (px)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.postprocess_model:
-        rows = postprocess_sweep(args.postprocess_model, args.dataset, args.cluster_sizes, args.cluster_by, args.test_time_flips)
+        rows = postprocess_sweep(
+            args.postprocess_model, args.dataset, args.cluster_sizes, args.cluster_by, args.test_time_flips, args.tile_sizes
+        )
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.with_name("robpicker_postprocess.json").write_text(json.dumps(rows, indent=1))
         return

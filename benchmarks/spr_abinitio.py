@@ -5,9 +5,9 @@ one after the other on the same machine; its per-epoch pose error comes back fro
 timestamps. Ablation rows (``--ablations``) rerun a method with one of its departures from the paper undone;
 ``--budget-epochs N`` runs each method N epochs instead of its default 10. cryoDRGN (its own virtualenv) gets the
 same images as an .mrcs stack and a CTF pickle, runs ``abinit_homo_old`` (``abinit_homo`` of cryoDRGN < 4)
-for ``--cryodrgn-budget-factor`` × our slowest wall time on that dataset, and every epoch's map and poses are
-scored by the same code as ours (global alignment with hand, FSC against the ground truth, pose error modulo the
-recipe's point group).
+for ``--cryodrgn-budget-factor`` × our slowest wall time on that dataset (or ``--cryodrgn-budget-minutes``), and
+every epoch's map and poses are scored by the same code as ours (global alignment with hand, FSC against the ground
+truth, pose error modulo the recipe's point group).
 
 cryoDRGN's virtualenv (once, ~70 s and 2.2 GB; ../shared/research/peers.md §1):
     python3 -m venv /tmp/peers/cryodrgn && /tmp/peers/cryodrgn/bin/pip install torch==2.13.0 cryodrgn==4.3.1
@@ -15,7 +15,8 @@ cryoDRGN's virtualenv (once, ~70 s and 2.2 GB; ../shared/research/peers.md §1):
 Run (writes table.md, curves.csv, curves.png and results.json under --out):
     .venv/bin/python benchmarks/spr_abinitio.py --out benchmarks/out/spr_abinitio \
         [--datasets particles-4ake-32 particles-4ake-32-snr0.1 particles-4ake-d2-32] [--methods cryo2ssnet cryospin] \
-        [--ablations] [--budget-epochs 30] [--cryodrgn-venv /tmp/peers/cryodrgn] [--cryodrgn-budget-factor 3]
+        [--ablations] [--budget-epochs 30] [--cryodrgn-venv /tmp/peers/cryodrgn]
+        [--cryodrgn-budget-factor 3 | --cryodrgn-budget-minutes 30]
 """
 
 from __future__ import annotations
@@ -202,6 +203,7 @@ def main() -> None:
     parser.add_argument("--budget-epochs", type=int, help="each method for this many epochs instead of its default")
     parser.add_argument("--cryodrgn-venv", type=Path, help="virtualenv with cryodrgn 4.3.1 (omit: no cryoDRGN rows)")
     parser.add_argument("--cryodrgn-budget-factor", type=float, default=3.0)
+    parser.add_argument("--cryodrgn-budget-minutes", type=float, help="cryoDRGN's wall time (default: the factor × ours)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "spr_abinitio")
     parser.add_argument("--report-only", action="store_true", help="rewrite the report from --out's results.json")
     args = parser.parse_args()
@@ -226,12 +228,12 @@ def main() -> None:
             print(json.dumps({k: rows[-1][k] for k in ("label", "wall_s", "metrics")}, default=float), flush=True)
         if args.cryodrgn_venv is not None:
             ours = [row["wall_s"] for row in rows if row["dataset"] == dataset and row["method"] != "cryodrgn"]
-            rows.append(
-                {
-                    **run_cryodrgn(args.cryodrgn_venv, dataset, args.out, args.cryodrgn_budget_factor * max(ours)),
-                    "dataset": dataset,
-                }
+            if args.cryodrgn_budget_minutes is None and not ours:
+                parser.error(f"no row of ours on {dataset} to size cryoDRGN's budget: give --cryodrgn-budget-minutes")
+            budget_s = (
+                60 * args.cryodrgn_budget_minutes if args.cryodrgn_budget_minutes else args.cryodrgn_budget_factor * max(ours)
             )
+            rows.append({**run_cryodrgn(args.cryodrgn_venv, dataset, args.out, budget_s), "dataset": dataset})
         results.write_text(json.dumps(rows, indent=1, default=float))
         write_report(rows, args.out)
 

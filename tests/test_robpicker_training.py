@@ -121,6 +121,38 @@ def test_cosine_schedule_anneals_the_segmenter_step_to_zero_over_the_run() -> No
     assert steps[4] == pytest.approx(0.1) and steps[-1] == pytest.approx(0.0, abs=1e-12)
 
 
+def test_weight_average_is_the_exponential_average_and_what_is_tested_and_saved() -> None:
+    """``weight_average_decay``: after each step the average moves by (1 − decay) towards the live weights (it
+    starts at the first step's), and evaluation, test picks and the model file use it, not the live net."""
+    dataset_dir, manifest = resolve_dataset("tomograms-smoke")
+    ctx = TrainContext(
+        rank=0, world_size=1, device=torch.device("cpu"), dataset_dir=dataset_dir, manifest=manifest, runner=RunnerConfig()
+    )
+    method = RobPicker()
+    decay = 0.75
+    config = RobPickerConfig(mode="supervised", learning_rate=0.2, patch_px=16, channels=[4, 8], weight_average_decay=decay)
+    state = method.setup(config, manifest, ctx)
+    batch = {"patch": torch.randn(2, 16, 16, 16), "labels": torch.randint(0, 2, (2, 16, 16, 16))}
+    expected: dict[str, torch.Tensor] = {}
+    for step in range(3):
+        take_step(method, state, batch, config, ctx)
+        live = {k: v.detach().clone() for k, v in state.unwrapped("segmenter").state_dict().items()}
+        expected = (
+            live
+            if step == 0
+            else {k: decay * expected[k] + (1 - decay) * v if v.is_floating_point() else v for k, v in live.items()}
+        )
+    first = next(name for name, value in expected.items() if value.is_floating_point())
+    assert not torch.allclose(expected[first], live[first])  # the average lags the live net
+    for name, value in state.extra["segmenter_average"].items():
+        torch.testing.assert_close(value, expected[name])
+    final, _ = method._final(state, config)
+    for name, value in final.state_dict().items():
+        torch.testing.assert_close(value, expected[name])
+    live_net, _ = method._final(state, config.model_copy(update={"weight_average_decay": None}))
+    assert live_net is state.unwrapped("segmenter")
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Train the full method (meta steps included) for a few dozen steps and keep what the tests need."""

@@ -27,6 +27,9 @@ Choices where the paper is silent (logged as MLflow params through the config):
   (model selection on held-out data; off by default);
 - ``test_time_flips`` averages the class probabilities of each tile over the four 180° rotations the training
   patches are augmented with (4× the inference cost; off by default);
+- ``weight_average_decay`` evaluates, tests and saves an exponential moving average of the segmentation net's
+  weights (and batch-norm statistics) instead of the live net (Polyak averaging; off by default): at a constant step
+  the live net's picks jump between evaluations;
 - ``lr_schedule: cosine`` anneals the segmentation net's step to 0 over the run (off by default; on the default
   set at 1 400 steps it settled the medium classes but stopped before the tiny class was learned: RESULTS.md);
 - the label-correction mix α starts at ``initial_alpha`` 0.05 (PyTorch's default init gives 0.5, which halves
@@ -138,6 +141,13 @@ class RobPickerConfig(BaseModel):
     test_time_flips: bool = Field(
         False, description="average class probabilities over the training flips' four 180° rotations (4× inference)"
     )
+    weight_average_decay: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="evaluate, test and save an exponential moving average of the segmentation net's weights, with "
+        "this decay per step (None = the live net, paper)",
+    )
     eval_every_epochs: int = Field(1, ge=1, description="validation picking + F1 every this many epochs")
     keep_best: bool = Field(
         False,
@@ -220,6 +230,24 @@ def _cycle(make: Callable[[], Iterator[dict[str, torch.Tensor]]]) -> Iterator[di
             yield item
         if empty:
             raise RuntimeError("robpicker: the validation (meta) stream produced no batch")
+
+
+def _update_average(state: TrainState, decay: float) -> None:
+    """Move the running average of the segmentation net's weights and buffers (``state.extra``, checkpointed)
+    towards the live net; the first call starts it at the live net."""
+    live = state.unwrapped("segmenter").state_dict()
+    average = state.extra.get("segmenter_average")
+    if average is None:
+        state.extra["segmenter_average"] = {name: value.detach().clone() for name, value in live.items()}
+        return
+    with torch.no_grad():
+        for name, value in live.items():
+            if average[name].device != value.device:  # restored from a checkpoint on another device
+                average[name] = average[name].to(value.device)
+            if value.is_floating_point():
+                average[name].lerp_(value, 1.0 - decay)
+            else:
+                average[name].copy_(value)
 
 
 def _grad_reducer(ctx: TrainContext):
@@ -395,6 +423,8 @@ class RobPicker(Method[RobPickerConfig]):
         noisy = one_hot_labels(batch["labels"], num_classes)
         loss, parts = weighted_dice(logits, noisy, corrector, reweighter, features)
         ctx.step(state.optimizers["segmenter"], {"weighted_dice": loss})
+        if config.weight_average_decay is not None:
+            _update_average(state, config.weight_average_decay)
         metrics.update({"weighted_dice": float(loss.detach()), **{k: float(v.detach()) for k, v in parts.items()}})
         return metrics
 
@@ -405,9 +435,8 @@ class RobPicker(Method[RobPickerConfig]):
             return {}
         scores = None
         if ctx.is_rank_zero:
-            segmented = segment_split(
-                state.unwrapped("segmenter"), ctx.dataset_dir, ctx.manifest, "val", config.picking(), ctx.device
-            )
+            segmenter = self._evaluated(state, config)
+            segmented = segment_split(segmenter, ctx.dataset_dir, ctx.manifest, "val", config.picking(), ctx.device)
             calibration = (
                 calibrate_picking(
                     segmented, ctx.manifest, config.picking(), config.cluster_options, config.calibrate_cluster_sizes
@@ -426,7 +455,7 @@ class RobPicker(Method[RobPickerConfig]):
                 scores |= {f"val_min_cluster_voxels/{names[c]}": float(v) for c, v in (sizes or {}).items() if c in names}
             best = state.extra.get("best")
             if config.keep_best and (best is None or scores["val_f1_macro"] > best["val_f1_macro"]):
-                weights = {k: v.detach().clone() for k, v in state.unwrapped("segmenter").state_dict().items()}
+                weights = {k: v.detach().clone() for k, v in segmenter.state_dict().items()}
                 state.extra["best"] = {
                     "epoch": ctx.epoch,
                     "val_f1_macro": scores["val_f1_macro"],
@@ -436,14 +465,25 @@ class RobPicker(Method[RobPickerConfig]):
                 }
         return ctx.broadcast_from_rank_zero(scores)
 
-    def _final(self, state: TrainState, config: RobPickerConfig) -> tuple[torch.nn.Module, dict[str, Any]]:
-        """The net the test picks and the model file use, and the record of its post-processing: the last epoch's,
-        or with ``keep_best`` the best evaluation's."""
+    @staticmethod
+    def _evaluated(state: TrainState, config: RobPickerConfig) -> torch.nn.Module:
+        """The net as evaluated now: the live segmentation net, or with ``weight_average_decay`` a copy holding the
+        running average of its weights."""
         segmenter = state.unwrapped("segmenter")
+        average = state.extra.get("segmenter_average")
+        if config.weight_average_decay is None or average is None:
+            return segmenter
+        averaged = copy.deepcopy(segmenter)
+        averaged.load_state_dict(average)
+        return averaged.eval()
+
+    def _final(self, state: TrainState, config: RobPickerConfig) -> tuple[torch.nn.Module, dict[str, Any]]:
+        """The net the test picks and the model file use, and the record of its post-processing: the last epoch's
+        (averaged with ``weight_average_decay``), or with ``keep_best`` the best evaluation's."""
         best = state.extra.get("best") if config.keep_best else None
         if best is None:
-            return segmenter, state.extra
-        kept = copy.deepcopy(segmenter)
+            return self._evaluated(state, config), state.extra
+        kept = copy.deepcopy(state.unwrapped("segmenter"))
         kept.load_state_dict(best["segmenter"])
         return kept, best
 
