@@ -129,6 +129,7 @@ def _cluster_rows(
     sizes: list[int],
     cluster_modes: list[str],
 ) -> list[dict]:
+    """One row per clustering mode and size floor (fixed, then calibrated on validation): val and test macro F1."""
     rows = []
     for cluster_by in cluster_modes:
         mode_settings = replace(settings, cluster_by=cluster_by)
