@@ -228,11 +228,12 @@ def main() -> None:
             print(json.dumps({k: rows[-1][k] for k in ("label", "wall_s", "metrics")}, default=float), flush=True)
         if args.cryodrgn_venv is not None:
             ours = [row["wall_s"] for row in rows if row["dataset"] == dataset and row["method"] != "cryodrgn"]
-            if args.cryodrgn_budget_minutes is None and not ours:
+            minutes = args.cryodrgn_budget_minutes
+            if minutes is None and not ours:
                 parser.error(f"no row of ours on {dataset} to size cryoDRGN's budget: give --cryodrgn-budget-minutes")
-            budget_s = (
-                60 * args.cryodrgn_budget_minutes if args.cryodrgn_budget_minutes else args.cryodrgn_budget_factor * max(ours)
-            )
+            if minutes is not None and minutes <= 0:
+                parser.error(f"--cryodrgn-budget-minutes must be positive, got {minutes}")
+            budget_s = 60 * minutes if minutes is not None else args.cryodrgn_budget_factor * max(ours)
             rows.append({**run_cryodrgn(args.cryodrgn_venv, dataset, args.out, budget_s), "dataset": dataset})
         results.write_text(json.dumps(rows, indent=1, default=float))
         write_report(rows, args.out)
