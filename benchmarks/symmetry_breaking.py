@@ -6,8 +6,11 @@ images go to the other mode against it, 25–27 % against a right-handed map). F
 on the antisymmetric part alone, however small. This script starts from a run's poses and map and repeats: split
 the images into two halves; for each half, reconstruct from the other half (least squares through the project's
 image-formation model, so no image scores against a map it is in) and give each image the one of its two poses
-whose prediction explains it better. Reported per iteration: the share of images in the other mode (error > 90°
-after global alignment) and the median pose error, against the true poses.
+whose prediction explains it better (``--assignment hard``), or give it both, weighted by their posterior under
+white Gaussian noise (``soft``: expectation–maximisation over the two modes; a ``--temperature`` ≫ 1 makes the update
+linear in the log-likelihood ratio, i.e. a power iteration towards the leading sign pattern). Reported per iteration:
+the share of images in the other mode (error > 90° after global alignment), the median pose error against the true
+poses, and the log-likelihood ratio toward the right mode (mean and spread: the evidence the maps carry).
 
 Without ``--run`` it starts from the *true* poses (F from a least-squares map of all images at those poses): the
 same iteration then measures whether a right-handed map keeps its images, i.e. whether the mixture is the only
@@ -87,9 +90,15 @@ def run_rotations(run: Path, count: int) -> torch.Tensor:
 
 
 def reconstruct(
-    images: torch.Tensor, rotations: torch.Tensor, ctf: dict[str, torch.Tensor], pixel: float, l2: float, steps: int
+    images: torch.Tensor,
+    rotations: torch.Tensor,
+    weights: torch.Tensor,
+    ctf: dict[str, torch.Tensor],
+    pixel: float,
+    l2: float,
+    steps: int,
 ) -> torch.Tensor:
-    """Least-squares map through the image-formation model (L-BFGS, full batch, a small ℓ2 on the voxels)."""
+    """Weighted least-squares map through the image-formation model (L-BFGS, full batch, a small ℓ2 on the voxels)."""
     box = images.shape[-1]
     volume = torch.zeros(box, box, box, requires_grad=True)
     optimizer = torch.optim.LBFGS([volume], max_iter=steps, history_size=20, line_search_fn="strong_wolfe")
@@ -97,7 +106,7 @@ def reconstruct(
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
         predicted = form_particle_images(volume, rotations, pixel, None, ctf)
-        loss = ((predicted - images) ** 2).mean() + l2 * (volume**2).mean()
+        loss = (weights[:, None, None] * (predicted - images) ** 2).mean() + l2 * (volume**2).mean()
         loss.backward()
         return loss
 
@@ -126,15 +135,28 @@ def main() -> None:
         help="half-maps by iterative least squares or by one-pass Wiener Fourier inversion (seconds, for 64 px)",
     )
     parser.add_argument("--wiener-constant", type=float, default=1.0, help="--maps fourier: 1/SSNR per voxel")
+    parser.add_argument(
+        "--assignment",
+        choices=("hard", "soft"),
+        default="hard",
+        help="each image takes the better of its two poses, or both weighted by their posterior (EM)",
+    )
+    parser.add_argument("--temperature", type=float, default=1.0, help="--assignment soft: divides the log-likelihood ratio")
+    parser.add_argument(
+        "--no-halves", action="store_true", help="score every image against the map of all images, itself included"
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/symmetry_breaking.json"))
     args = parser.parse_args()
     torch.manual_seed(0)
     pixel, images, ctf, truth = images_with_ctf(args.dataset)
 
-    def reconstruct_map(images: torch.Tensor, rotations: torch.Tensor, ctf: dict[str, torch.Tensor]) -> torch.Tensor:
+    def reconstruct_map(
+        images: torch.Tensor, rotations: torch.Tensor, ctf: dict[str, torch.Tensor], weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        weights = torch.ones(len(images)) if weights is None else weights
         if args.maps == "fourier":
-            return reconstruct_fourier_inversion(images, rotations, pixel, None, ctf, args.wiener_constant)
-        return reconstruct(images, rotations, ctf, pixel, args.l2, args.lsq_steps)
+            return reconstruct_fourier_inversion(images, rotations, pixel, None, ctf, args.wiener_constant, image_weights=weights)
+        return reconstruct(images, rotations, weights, ctf, pixel, args.l2, args.lsq_steps)
 
     if args.run is None:
         rotations = truth.float()
@@ -145,17 +167,25 @@ def main() -> None:
     twofold, symmetry_correlation = pseudo_twofold(start_map)
     alternative = rotations @ twofold.T  # the pose that projects the map's F-symmetric part identically
     halves = [torch.arange(0, len(images), 2), torch.arange(1, len(images), 2)]
-    chosen = torch.zeros(len(images), dtype=torch.bool)  # False: the run's pose, True: its pseudo-symmetric mate
+    splits = [(torch.arange(len(images)),) * 2] if args.no_halves else [halves, halves[::-1]]
+    mate = torch.zeros(len(images))  # probability of the pseudo-symmetric mate (0 or 1 when hard)
+    log_ratio = torch.zeros(len(images))  # log p(image | its pose) − log p(image | the mate), σ² from the better fit
+    run_pose_right = rotation_error_after_alignment(rotations.double(), truth.double())["errors_deg"] <= 90
 
     def score(iteration: int, seconds: float) -> dict[str, float]:
-        current = torch.where(chosen[:, None, None], alternative, rotations)
+        toward_truth = torch.where(run_pose_right, log_ratio, -log_ratio)
+        current = torch.where(mate[:, None, None] > 0.5, alternative, rotations)
         errors = rotation_error_after_alignment(current.double(), truth.double())["errors_deg"]
         return {
             "iteration": iteration,
             "median_error_deg": float(errors.median()),
             "beyond_90deg": float((errors > 90).float().mean()),
             "within_10deg": float((errors <= 10).float().mean()),
-            "switched": float(chosen.float().mean()),
+            "switched": float((mate > 0.5).float().mean()),
+            "mean_confidence": float((2 * mate - 1).abs().mean()),
+            # Calibration: for a Gaussian log-likelihood ratio toward the right mode, variance = 2 × mean.
+            "log_ratio_toward_truth_mean": float(toward_truth.mean()),
+            "log_ratio_toward_truth_std": float(toward_truth.std()),
             "seconds": seconds,
         }
 
@@ -171,19 +201,26 @@ def main() -> None:
     )
     print(json.dumps(rows[-1]), flush=True)
     for iteration in range(1, args.iterations + 1):
-        for mine, other in (halves, halves[::-1]):
-            current = torch.where(chosen[other, None, None], alternative[other], rotations[other])
-            half_ctf = {k: v[other] for k, v in ctf.items()}
-            volume = reconstruct_map(images[other], current, half_ctf)
+        for mine, other in splits:
+            both_ctf = {k: torch.cat([v[other], v[other]]) for k, v in ctf.items()}
+            both_rotations = torch.cat([rotations[other], alternative[other]])
+            both_weights = torch.cat([1 - mate[other], mate[other]])
+            volume = reconstruct_map(torch.cat([images[other], images[other]]), both_rotations, both_ctf, both_weights)
             mine_ctf = {k: v[mine] for k, v in ctf.items()}
             keep = residuals(volume, images[mine], rotations[mine], mine_ctf, pixel)
             switch = residuals(volume, images[mine], alternative[mine], mine_ctf, pixel)
-            chosen[mine] = switch < keep
+            noise_variance = torch.minimum(keep, switch).median() / images[0].numel()
+            log_ratio[mine] = (switch - keep) / (2 * noise_variance)  # white Gaussian noise
+            if args.assignment == "hard":
+                mate[mine] = (log_ratio[mine] < 0).float()
+            else:  # the posterior of the mate
+                mate[mine] = torch.sigmoid(-log_ratio[mine] / args.temperature)
         rows.append(score(iteration, time.perf_counter() - start))
         print(json.dumps(rows[-1]), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     start = "the true poses" if args.run is None else str(args.run)
-    args.out.write_text(json.dumps({"dataset": args.dataset, "run": start, "maps": args.maps, "rows": rows}, indent=1))
+    settings = {k: str(v) for k, v in vars(args).items()}
+    args.out.write_text(json.dumps({"dataset": args.dataset, "run": start, "settings": settings, "rows": rows}, indent=1))
     print("RESULT " + json.dumps(rows[-1]))
 
 

@@ -201,6 +201,21 @@ def test_fourier_inversion_recovers_the_map_from_ctf_shifted_images() -> None:
     assert torch.corrcoef(torch.stack([unshifted.flatten(), volume.flatten()]))[0, 1] < 0.99  # the origins matter
     with pytest.raises(ValueError, match="rotations"):
         reconstruct_fourier_inversion(images, rotations[:-1], pixel)
+    # Weights: an image at weight 0 is absent, and doubling every weight is halving the Wiener constant.
+    garbage = torch.randn(images.shape, generator=gen)
+    doubled_ctf = {k: torch.cat([v, v]) for k, v in ctf.items()}
+    weighted = reconstruct_fourier_inversion(
+        torch.cat([images, garbage]),
+        torch.cat([rotations, rotations]),
+        pixel,
+        torch.cat([origins, origins]),
+        doubled_ctf,
+        wiener_constant=0.02,
+        image_weights=torch.cat([torch.full((count,), 2.0), torch.zeros(count)]),
+    )
+    torch.testing.assert_close(weighted, recovered, rtol=0, atol=1e-4 * float(recovered.abs().max()))
+    with pytest.raises(ValueError, match="image_weights"):
+        reconstruct_fourier_inversion(images, rotations, pixel, image_weights=torch.ones(count + 1))
 
 
 @pytest.mark.parametrize("box", [16, 17])

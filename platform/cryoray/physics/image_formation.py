@@ -59,6 +59,7 @@ def reconstruct_fourier_inversion(
     wiener_constant: float = 1.0,
     pad_factor: int = 2,
     batch_size: int = 256,
+    image_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """A (D, D, D) map from (B, D, D) images at known poses in one pass: the inverse of :func:`form_particle_images`.
 
@@ -69,11 +70,17 @@ def reconstruct_fourier_inversion(
     units of one image's CTF² at a voxel (≈ 1/SSNR): larger values smooth where few images reach. One pass instead
     of an iterative least-squares fit (2 s against about 25 min for 1 500 images at 64 px on 2 cores); measured:
     correlation 0.9996 with the map from 2 000 noiseless CTF images with shifts at 32 px.
+    ``image_weights`` (B,) scale each image's numerator and CTF² terms: an image listed at two poses with weights
+    p and 1 − p enters as a soft assignment (expectation–maximisation's M-step for the map).
     """
     if images.ndim != 3 or images.shape[-1] != images.shape[-2] or tuple(rotations.shape) != (len(images), 3, 3):
         raise ValueError(
             f"reconstruct_fourier_inversion: expected images (B, D, D) and rotations (B, 3, 3), got "
             f"{tuple(images.shape)} and {tuple(rotations.shape)}"
+        )
+    if image_weights is not None and tuple(image_weights.shape) != (len(images),):
+        raise ValueError(
+            f"reconstruct_fourier_inversion: expected image_weights ({len(images)},), got {tuple(image_weights.shape)}"
         )
     box = images.shape[-1]
     padded_box = pad_factor * box
@@ -92,7 +99,11 @@ def reconstruct_fourier_inversion(
         else:
             parameters = {k: ctf_parameters[k][part] for k in CTF_PARAMETERS}
             ctf = ctf_2d(padded_box, pixel_size_angstrom, **parameters, dtype=images.dtype, device=images.device)
-        numerator += insert_central_slices(ctf * chunk_ft, rotations[part])
-        weights += insert_central_slices(ctf**2, rotations[part])
+        if image_weights is None:
+            weight = 1.0
+        else:
+            weight = image_weights[part, None, None].to(images.dtype)
+        numerator += insert_central_slices(weight * ctf * chunk_ft, rotations[part])
+        weights += insert_central_slices(weight * ctf**2, rotations[part])
     volume = ifft3_centered(numerator / (weights + wiener_constant), norm="backward").real
     return volume[before : before + box, before : before + box, before : before + box]
