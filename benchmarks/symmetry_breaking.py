@@ -114,6 +114,15 @@ def reconstruct(
     return volume.detach()
 
 
+def low_pass(volume: torch.Tensor, band_fraction: float) -> torch.Tensor:
+    """``volume`` with every Fourier coefficient beyond ``band_fraction`` of Nyquist set to zero."""
+    if band_fraction >= 1:
+        return volume
+    frequencies = torch.fft.fftfreq(volume.shape[-1])  # cycles per voxel, Nyquist 0.5
+    radius = torch.sqrt(sum(f**2 for f in torch.meshgrid(frequencies, frequencies, frequencies, indexing="ij")))
+    return torch.fft.ifftn(torch.fft.fftn(volume) * (radius <= 0.5 * band_fraction)).real
+
+
 @torch.no_grad()
 def residuals(
     volume: torch.Tensor, images: torch.Tensor, rotations: torch.Tensor, ctf: dict[str, torch.Tensor], pixel: float
@@ -143,7 +152,7 @@ def main() -> None:
     )
     parser.add_argument("--temperature", type=float, default=1.0, help="--assignment soft: divides the log-likelihood ratio")
     parser.add_argument(
-        "--no-halves", action="store_true", help="score every image against the map of all images, itself included"
+        "--band-fraction", type=float, default=1.0, help="score against maps low-passed to this fraction of Nyquist"
     )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/symmetry_breaking.json"))
     args = parser.parse_args()
@@ -167,7 +176,6 @@ def main() -> None:
     twofold, symmetry_correlation = pseudo_twofold(start_map)
     alternative = rotations @ twofold.T  # the pose that projects the map's F-symmetric part identically
     halves = [torch.arange(0, len(images), 2), torch.arange(1, len(images), 2)]
-    splits = [(torch.arange(len(images)),) * 2] if args.no_halves else [halves, halves[::-1]]
     mate = torch.zeros(len(images))  # probability of the pseudo-symmetric mate (0 or 1 when hard)
     log_ratio = torch.zeros(len(images))  # log p(image | its pose) − log p(image | the mate), σ² from the better fit
     run_pose_right = rotation_error_after_alignment(rotations.double(), truth.double())["errors_deg"] <= 90
@@ -201,11 +209,12 @@ def main() -> None:
     )
     print(json.dumps(rows[-1]), flush=True)
     for iteration in range(1, args.iterations + 1):
-        for mine, other in splits:
+        for mine, other in (halves, halves[::-1]):
             both_ctf = {k: torch.cat([v[other], v[other]]) for k, v in ctf.items()}
             both_rotations = torch.cat([rotations[other], alternative[other]])
             both_weights = torch.cat([1 - mate[other], mate[other]])
             volume = reconstruct_map(torch.cat([images[other], images[other]]), both_rotations, both_ctf, both_weights)
+            volume = low_pass(volume, args.band_fraction)
             mine_ctf = {k: v[mine] for k, v in ctf.items()}
             keep = residuals(volume, images[mine], rotations[mine], mine_ctf, pixel)
             switch = residuals(volume, images[mine], alternative[mine], mine_ctf, pixel)
