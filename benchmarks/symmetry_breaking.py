@@ -106,7 +106,8 @@ def reconstruct(
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
         predicted = form_particle_images(volume, rotations, pixel, None, ctf)
-        loss = (weights[:, None, None] * (predicted - images) ** 2).mean() + l2 * (volume**2).mean()
+        data = (weights[:, None, None] * (predicted - images) ** 2).sum() / (weights.sum() * images[0].numel())
+        loss = data + l2 * (volume**2).mean()
         loss.backward()
         return loss
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,24 @@ def isolated_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("cryoray_datasets")
     os.environ["CRYORAY_DATA_DIR"] = str(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def empty_tracking_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty MLflow sqlite store, made once: MLflow's schema migrations take seconds per new store."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow_template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def fresh_tracking_uri(tmp_path: Path, empty_tracking_store: Path) -> str:
+    """This test's own MLflow store (a copy of the empty one): what a new ``--tracking-uri`` file gives a job."""
+    path = tmp_path / "mlflow.db"
+    shutil.copyfile(empty_tracking_store, path)
+    return f"sqlite:///{path}"
 
 
 @pytest.fixture(params=["cpu", "cuda"])

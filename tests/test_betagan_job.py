@@ -18,8 +18,8 @@ from mlflow.tracking import MlflowClient
 
 
 @pytest.mark.ray
-def test_smoke_job_trains_scores_and_writes_its_artifacts(tmp_path, run_job_in_process, monkeypatch):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+def test_smoke_job_trains_scores_and_writes_its_artifacts(tmp_path, run_job_in_process, monkeypatch, fresh_tracking_uri):
+    uri = fresh_tracking_uri
     argv = ["--smoke", "--output-dir", str(tmp_path / "run"), "--tracking-uri", uri, "--register-model", "denoiser"]
     result = run_job_in_process(BetaGAN(), argv).result
     metrics = result["metrics"]

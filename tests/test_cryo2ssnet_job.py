@@ -11,8 +11,8 @@ from mlflow.tracking import MlflowClient
 pytestmark = pytest.mark.ray
 
 
-def test_smoke_job_writes_map_fsc_poses_and_tracks_resolution_per_epoch(tmp_path, run_job_in_process) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_smoke_job_writes_map_fsc_poses_and_tracks_resolution_per_epoch(tmp_path, run_job_in_process, fresh_tracking_uri) -> None:
+    uri = fresh_tracking_uri
     result = run_job_in_process(Cryo2SSNet(), ["--smoke", "--output-dir", str(tmp_path / "out"), "--tracking-uri", uri]).result
     metrics, artifacts = result["metrics"], result["artifacts"]
     assert 0 < metrics["fsc_resolution_0.5_angstrom"] < 1000 and "pose_error_median_deg" in metrics

@@ -12,11 +12,11 @@ from cryoray.methods.cryogen2.apply import run_apply
 
 
 @pytest.mark.ray
-def test_smoke_job_reports_in_wedge_fsc_and_writes_reconstructions(tmp_path: Path, run_job_in_process) -> None:
+def test_smoke_job_reports_in_wedge_fsc_and_writes_reconstructions(
+    tmp_path: Path, run_job_in_process, fresh_tracking_uri: str
+) -> None:
     out = tmp_path / "run"
-    result = run_job_in_process(
-        CryoGEN2(), ["--smoke", "--output-dir", str(out), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
-    ).result
+    result = run_job_in_process(CryoGEN2(), ["--smoke", "--output-dir", str(out), "--tracking-uri", fresh_tracking_uri]).result
     metrics = result["metrics"]
     for key in (
         "test_fsc_wedge_mean",

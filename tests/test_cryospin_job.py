@@ -31,8 +31,8 @@ def _tables(checkpoint_dir: Path) -> dict[int, int]:
     return steps
 
 
-def test_smoke_run_learns_and_resumes_with_its_pose_table(tmp_path, run_job_in_process):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_smoke_run_learns_and_resumes_with_its_pose_table(tmp_path, run_job_in_process, fresh_tracking_uri):
+    uri = fresh_tracking_uri
     storage = str(tmp_path / "checkpoints")
     settings = {"train": {"epochs": 3}, "method": {"switch_epoch": 2}}
     config = tmp_path / "config.yaml"

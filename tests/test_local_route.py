@@ -113,9 +113,9 @@ def _config(tmp_path: Path, epochs: int) -> str:
 
 
 def test_in_process_training_learns_checkpoints_like_the_runner_and_resumes(
-    tmp_path: Path, run_job_in_process: Callable[..., Any]
+    tmp_path: Path, run_job_in_process: Callable[..., Any], fresh_tracking_uri: str
 ) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = fresh_tracking_uri
     out = tmp_path / "out"
     common = ["--smoke", "--num-workers", "0", "--output-dir", str(out), "--tracking-uri", uri]
     normal = run_job_in_process(KnownPoseReconstruction(), [*common, "--config", _config(tmp_path, 2)])

@@ -5,6 +5,7 @@ repeats between runs (README, "Reproducibility")."""
 from __future__ import annotations
 
 import hashlib
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -51,9 +52,11 @@ def local_ray() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def tracking_uri(local_ray: None, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """One MLflow store for the module's runs (its creation costs seconds)."""
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+def tracking_uri(local_ray: None, tmp_path_factory: pytest.TempPathFactory, empty_tracking_store: Path) -> str:
+    """One MLflow store for the module's runs (a copy of the session's empty store)."""
+    path = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    shutil.copyfile(empty_tracking_store, path)
+    return f"sqlite:///{path}"
 
 
 # Ray Train's one worker for the methods whose streams Ray Data runs; cryoSPIN reads its own rows with the same

@@ -23,10 +23,10 @@ def _config(tmp_path: Path, settings: dict) -> str:
     return str(path)
 
 
-def test_two_workers_reconstruct_the_map_and_mlflow_holds_the_run(tmp_path, run_job_in_process):
+def test_two_workers_reconstruct_the_map_and_mlflow_holds_the_run(tmp_path, run_job_in_process, fresh_tracking_uri):
     """The workers read their own parts of the training shards here (``parquet_feed: worker``); the cryoSPIN job
     test trains on Ray Data's split."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = fresh_tracking_uri
     train = {"epochs": 5, "batch_size": 64, "parquet_feed": "worker"}
     config = _config(tmp_path, {"train": train, "method": {"learning_rate": 0.02}})
     outcome = run_job_in_process(
@@ -72,7 +72,7 @@ class _DivergingReconstruction(KnownPoseReconstruction):
         return super().train_step(state, batch, config, ctx)
 
 
-def test_a_non_finite_loss_stops_before_the_step_and_names_the_term(tmp_path, run_job_in_process):
+def test_a_non_finite_loss_stops_before_the_step_and_names_the_term(tmp_path, run_job_in_process, fresh_tracking_uri):
     outcome = run_job_in_process(
         _DivergingReconstruction(),
         [
@@ -82,7 +82,7 @@ def test_a_non_finite_loss_stops_before_the_step_and_names_the_term(tmp_path, ru
             "--output-dir",
             str(tmp_path / "out"),
             "--tracking-uri",
-            f"sqlite:///{tmp_path / 'm.db'}",
+            fresh_tracking_uri,
         ],
         expect_success=False,
     )
