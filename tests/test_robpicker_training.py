@@ -64,10 +64,11 @@ def _one_worker(dataset_dir: Path, manifest: DatasetManifest, runner: RunnerConf
 
 
 def test_segmenter_reaches_f1_0_8_on_the_smoke_set_in_300_steps() -> None:
-    """The segmentation net alone (the method's supervised step, default widths, 32³ patches, fp32 so that every
-    CPU computes the same) picks the held-out smoke tomogram, with the net of the best of three validation
+    """The segmentation net alone (the method's supervised step, default widths, 32³ patches, batches of 4, fp32 so
+    that every CPU computes the same) picks the held-out smoke tomogram, with the net of the best of three validation
     evaluations (as ``keep_best``: at the constant step of 0.2 the picks jump between evaluations). Measured: test
-    macro F1 0.97 for seeds 0 and 1 (validation 0.32/0.32/1.0 and 0.93/1.0/1.0 at steps 100/200/300)."""
+    macro F1 0.97, 0.89, 0.93 and 0.81 for seeds 0–3 (seed 0's validation 0.32/0.95/0.93 at steps 100/200/300); with
+    batches of 8, 0.97 for seeds 0 and 1 in twice the time."""
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     dataset_dir, manifest = resolve_dataset("tomograms-smoke")
@@ -80,7 +81,7 @@ def test_segmenter_reaches_f1_0_8_on_the_smoke_set_in_300_steps() -> None:
     best_val, best = -1.0, segmenter
     for step in range(1, 301):
         segmenter.train()
-        method.train_step(state, _patch_batch(train, rng, 8, config.patch_px), config, ctx)
+        method.train_step(state, _patch_batch(train, rng, 4, config.patch_px), config, ctx)
         ctx.global_step += 1
         if step % 100 == 0:
             val = evaluate_split(segmenter, dataset_dir, manifest, "val", config.picking(), ctx.device, "val_")
