@@ -99,10 +99,7 @@ def reconstruct_fourier_inversion(
         else:
             parameters = {k: ctf_parameters[k][part] for k in CTF_PARAMETERS}
             ctf = ctf_2d(padded_box, pixel_size_angstrom, **parameters, dtype=images.dtype, device=images.device)
-        if image_weights is None:
-            weight = 1.0
-        else:
-            weight = image_weights[part, None, None].to(images.dtype)
+        weight = 1.0 if image_weights is None else image_weights[part, None, None].to(images.dtype)
         numerator += insert_central_slices(weight * ctf * chunk_ft, rotations[part])
         weights += insert_central_slices(weight * ctf**2, rotations[part])
     volume = ifft3_centered(numerator / (weights + wiener_constant), norm="backward").real
