@@ -37,10 +37,13 @@ from cryoray.io.mrc import read_mrc
 from cryoray.physics import (
     CTF_PARAMETERS,
     euler_relion_to_matrix,
+    fft3_centered,
     form_particle_images,
     hopf_children,
     hopf_grid_rotations,
+    ifft3_centered,
     matrix_to_axis_angle,
+    radial_frequency_grid,
     reconstruct_fourier_inversion,
     rotation_error_after_alignment,
 )
@@ -119,9 +122,8 @@ def low_pass(volume: torch.Tensor, band_fraction: float) -> torch.Tensor:
     """``volume`` with every Fourier coefficient beyond ``band_fraction`` of Nyquist set to zero."""
     if band_fraction >= 1:
         return volume
-    frequencies = torch.fft.fftfreq(volume.shape[-1])  # cycles per voxel, Nyquist 0.5
-    radius = torch.sqrt(sum(f**2 for f in torch.meshgrid(frequencies, frequencies, frequencies, indexing="ij")))
-    return torch.fft.ifftn(torch.fft.fftn(volume) * (radius <= 0.5 * band_fraction)).real
+    inside = radial_frequency_grid(volume.shape[-1], 3, dtype=volume.dtype) <= 0.5 * band_fraction  # Nyquist 0.5
+    return ifft3_centered(fft3_centered(volume) * inside).real
 
 
 @torch.no_grad()
@@ -163,7 +165,12 @@ def main() -> None:
     def reconstruct_map(
         images: torch.Tensor, rotations: torch.Tensor, ctf: dict[str, torch.Tensor], weights: torch.Tensor | None = None
     ) -> torch.Tensor:
-        weights = torch.ones(len(images)) if weights is None else weights
+        if weights is not None:  # a pose of weight 0 adds nothing: leave it out (hard assignment)
+            used = weights > 0
+            images, rotations, weights = images[used], rotations[used], weights[used]
+            ctf = {k: v[used] for k, v in ctf.items()}
+        else:
+            weights = torch.ones(len(images))
         if args.maps == "fourier":
             return reconstruct_fourier_inversion(images, rotations, pixel, None, ctf, args.wiener_constant, image_weights=weights)
         return reconstruct(images, rotations, weights, ctf, pixel, args.l2, args.lsq_steps)
